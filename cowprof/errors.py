@@ -1,0 +1,59 @@
+"""Domain errors. Every error a user can cause carries an exit code and a one-line message.
+
+The CLI maps :class:`CowprofError` to ``cowprof: <message>`` on stderr and ``exit_code``;
+anything else is a bug and may show a traceback.
+"""
+from __future__ import annotations
+
+
+class CowprofError(Exception):
+    """Base error: ``str(err)`` is a one-line message for the user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class BadInput(CowprofError):
+    """An option value, PID or file name that cannot be used."""
+
+    exit_code = 2
+
+
+class ProcessGone(CowprofError):
+    """The process exited (or never existed) while it was being read."""
+
+    exit_code = 3
+
+    def __init__(self, pid: int, message: str | None = None) -> None:
+        super().__init__(message or f"process {pid} does not exist (or exited)")
+        self.pid = pid
+
+
+class AccessDenied(CowprofError):
+    """Not allowed to read a /proc file of the target."""
+
+    exit_code = 4
+
+    def __init__(self, pid: int | None, message: str | None = None) -> None:
+        who = f"process {pid}" if pid is not None else "this file"
+        super().__init__(
+            message
+            or f"permission denied reading {who}: run cowprof as the same user as the server, or as root"
+        )
+        self.pid = pid
+
+
+class NotAPreforkTree(CowprofError):
+    """The PID is neither a pre-fork master nor one of its workers."""
+
+    exit_code = 5
+
+
+class RecordFileError(CowprofError):
+    """A record file that is corrupt, truncated, or of an unknown version."""
+
+    exit_code = 6

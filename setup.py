@@ -1,0 +1,12 @@
+"""Build the native extension ``cowprof._native``; all metadata lives in pyproject.toml."""
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "cowprof._native",
+            sources=["native/_native.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+        )
+    ]
+)

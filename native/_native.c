@@ -1,4 +1,612 @@
+/*
+ * cowprof._native — the parts of heap preparation that Python cannot do.
+ *
+ * walk():  visits every live object reachable from the GC-tracked set once, iteratively (explicit
+ *          stack, no C recursion over the object graph), and for each object not yet immortal:
+ *            - sets its refcount to the immortal value of the headers this file is compiled against
+ *              (PEP 683), so later Py_INCREF/Py_DECREF never write to its page;
+ *            - caches the hash of exact str objects;
+ *            - assigns the version tag of its type (PyUnstable_Type_AssignVersionTag);
+ *            - optionally records (address, size, type) into a heap map buffer.
+ *          It descends into containers the GC does not track (dicts and tuples of atomic values),
+ *          into dict keys (dict_traverse skips str keys) and into code objects (not reachable by
+ *          tp_traverse: consts, names, local names, file name, qualname, line/exception tables).
+ * trim():  malloc_trim(0) where glibc has it.
+ * info():  what this build can do, and why not.
+ *
+ * No parsing, formatting or policy here: cowprof/prepare.py decides when and what.
+ * No Python code runs during a walk (only C-level __sizeof__ implementations are called), so no
+ * object can be freed or created under our feet apart from the short-lived int __sizeof__ returns.
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "cowprof._native", NULL, -1, NULL};
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&mod); }
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* What this build can do: decided only from the headers we compile against.                   */
+
+#if SIZEOF_VOID_P <= 4
+#  define CP_CAN_WALK 0
+#  define CP_REASON "32-bit builds are not supported"
+#elif defined(Py_GIL_DISABLED)
+#  define CP_CAN_WALK 0
+#  define CP_REASON "free-threaded CPython keeps immortality in ob_ref_local; cowprof does not immortalize there"
+#elif PY_VERSION_HEX < 0x030C0000
+#  define CP_CAN_WALK 0
+#  define CP_REASON "immortal objects need CPython 3.12+ (PEP 683)"
+#elif PY_VERSION_HEX < 0x030E0000
+/* 3.12 and 3.13: immortal means the low 32 bits of ob_refcnt are all set (_Py_IMMORTAL_REFCNT);
+ * Py_INCREF's saturated add then skips and Py_DECREF's sign test skips. */
+#  define CP_CAN_WALK 1
+#  define CP_UNTESTED 0
+#  define CP_SCHEME "ob_refcnt = _Py_IMMORTAL_REFCNT"
+static inline void cp_set_immortal(PyObject *op) { op->ob_refcnt = _Py_IMMORTAL_REFCNT; }
+#elif PY_VERSION_HEX < 0x030F0000 && defined(_Py_IMMORTAL_INITIAL_REFCNT) && defined(_Py_IMMORTAL_FLAGS)
+/* 3.14: Py_INCREF skips at >= _Py_IMMORTAL_INITIAL_REFCNT (only the minimum would still let INCREF
+ * write) and immortality also lives in ob_flags. Compiles only against real 3.14 headers; it was not
+ * run by cowprof's test suite, so prepare.py enables it only on request. */
+#  define CP_CAN_WALK 1
+#  define CP_UNTESTED 1
+#  define CP_SCHEME "ob_refcnt = _Py_IMMORTAL_INITIAL_REFCNT, ob_flags |= _Py_IMMORTAL_FLAGS"
+static inline void cp_set_immortal(PyObject *op) {
+    op->ob_refcnt = (uint32_t)_Py_IMMORTAL_INITIAL_REFCNT;
+    op->ob_flags |= _Py_IMMORTAL_FLAGS;
+}
+#else
+#  define CP_CAN_WALK 0
+#  define CP_REASON "this cowprof build does not know the immortal refcount scheme of this CPython version"
+#endif
+
+#if CP_CAN_WALK
+
+/* str objects longer than this are not hashed up front (hashing is ~1 GB/s; such strings are rarely
+ * hashed by a server and cost one page each if they are). */
+#define CP_HASH_MAX_LEN (1 << 20)
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- explicit stack ---------------------------------------------------------------------- */
+typedef struct {
+    PyObject **items;
+    size_t len, cap;
+} cp_stack;
+
+static int stack_push(cp_stack *s, PyObject *op) {
+    if (s->len == s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 4096;
+        PyObject **n = PyMem_RawRealloc(s->items, ncap * sizeof(PyObject *));
+        if (n == NULL) return -1;
+        s->items = n;
+        s->cap = ncap;
+    }
+    s->items[s->len++] = op;
+    return 0;
+}
+
+/* ---- pointer set (open addressing, linear probing) ---------------------------------------- */
+typedef struct {
+    uintptr_t *slots;
+    size_t cap, len; /* cap is a power of two; 0 marks an empty slot */
+} cp_ptrset;
+
+static inline size_t ptr_hash(uintptr_t p) { return (size_t)((p >> 4) * 0x9E3779B97F4A7C15ull); }
+
+static int ptrset_grow(cp_ptrset *s) {
+    size_t ncap = s->cap ? s->cap * 2 : 1024;
+    uintptr_t *n = PyMem_RawCalloc(ncap, sizeof(uintptr_t));
+    if (n == NULL) return -1;
+    for (size_t i = 0; i < s->cap; i++) {
+        uintptr_t p = s->slots[i];
+        if (p) {
+            size_t j = ptr_hash(p) & (ncap - 1);
+            while (n[j]) j = (j + 1) & (ncap - 1);
+            n[j] = p;
+        }
+    }
+    PyMem_RawFree(s->slots);
+    s->slots = n;
+    s->cap = ncap;
+    return 0;
+}
+
+/* 1 if added, 0 if it was there, -1 on memory error */
+static int ptrset_add(cp_ptrset *s, const void *ptr) {
+    uintptr_t p = (uintptr_t)ptr;
+    if ((s->len + 1) * 2 > s->cap && ptrset_grow(s) < 0) return -1;
+    size_t j = ptr_hash(p) & (s->cap - 1);
+    while (s->slots[j]) {
+        if (s->slots[j] == p) return 0;
+        j = (j + 1) & (s->cap - 1);
+    }
+    s->slots[j] = p;
+    s->len++;
+    return 1;
+}
+
+/* ---- per-type facts, computed once per type ----------------------------------------------- */
+enum { SZ_CONST, SZ_VAR, SZ_STR, SZ_CALL };
+
+typedef struct {
+    PyTypeObject *tp;     /* key; NULL = empty slot */
+    PyObject *sizeof_fn;  /* borrowed: the first C-level __sizeof__ along the MRO */
+    Py_ssize_t const_size; /* for SZ_CONST, -1 until measured */
+    uint32_t id;          /* index in the heap map's type table */
+    uint8_t mode;
+    uint8_t preheader;    /* GC header + managed dict/weakref slots before the object */
+} cp_typeinfo;
+
+typedef struct {
+    uint64_t addr;
+    uint32_t size;
+    uint32_t type;
+} cp_hmrec;
+
+typedef struct {
+    int immortalize;
+    int record;
+    Py_ssize_t gc_head;       /* sizeof(PyGC_Head), measured by the caller */
+    Py_ssize_t managed_pre;   /* bytes of the managed dict/weakref pre-header */
+    cp_stack stack;
+    cp_ptrset seen;
+    cp_typeinfo *types;
+    size_t types_cap, types_len;
+    PyTypeObject **type_list; /* by id */
+    size_t type_list_cap;
+    PyObject *hm;             /* bytearray of cp_hmrec, or NULL */
+    size_t hm_len;
+    PyObject *object_sizeof;  /* object.__sizeof__ descriptor */
+    PyObject *sizeof_name;
+    int failed;
+    /* counts */
+    uint64_t objects, immortalized, already_immortal, tracked, untracked, bytes;
+    uint64_t strings_hashed, types_tagged, containers_descended;
+} cp_walk;
+
+static PyObject *first_c_sizeof(cp_walk *w, PyTypeObject *tp) {
+    /* Skip __sizeof__ written in Python: no Python code may run during the walk. */
+    PyObject *mro = tp->tp_mro;
+    if (mro == NULL || !PyTuple_Check(mro)) return w->object_sizeof;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        /* PyType_GetDict: static builtin types keep their dict in the interpreter state */
+        PyObject *dict = PyType_GetDict((PyTypeObject *)PyTuple_GET_ITEM(mro, i));
+        if (dict == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        PyObject *f = PyDict_GetItemWithError(dict, w->sizeof_name); /* borrowed; the type keeps it */
+        Py_DECREF(dict);
+        if (f == NULL) {
+            if (PyErr_Occurred()) PyErr_Clear();
+            continue;
+        }
+        if (Py_IS_TYPE(f, &PyMethodDescr_Type) || PyCFunction_Check(f)) return f;
+    }
+    return w->object_sizeof;
+}
+
+static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
+    if ((w->types_len + 1) * 2 > w->types_cap) {
+        size_t ncap = w->types_cap ? w->types_cap * 2 : 1024;
+        cp_typeinfo *n = PyMem_RawCalloc(ncap, sizeof(cp_typeinfo));
+        if (n == NULL) return NULL;
+        for (size_t i = 0; i < w->types_cap; i++) {
+            if (w->types[i].tp) {
+                size_t j = ptr_hash((uintptr_t)w->types[i].tp) & (ncap - 1);
+                while (n[j].tp) j = (j + 1) & (ncap - 1);
+                n[j] = w->types[i];
+            }
+        }
+        PyMem_RawFree(w->types);
+        w->types = n;
+        w->types_cap = ncap;
+    }
+    size_t j = ptr_hash((uintptr_t)tp) & (w->types_cap - 1);
+    while (w->types[j].tp) {
+        if (w->types[j].tp == tp) return &w->types[j];
+        j = (j + 1) & (w->types_cap - 1);
+    }
+    /* new type */
+    if (w->types_len == w->type_list_cap) {
+        size_t ncap = w->type_list_cap ? w->type_list_cap * 2 : 256;
+        PyTypeObject **n = PyMem_RawRealloc(w->type_list, ncap * sizeof(PyTypeObject *));
+        if (n == NULL) return NULL;
+        w->type_list = n;
+        w->type_list_cap = ncap;
+    }
+    cp_typeinfo *ti = &w->types[j];
+    ti->tp = tp;
+    ti->id = (uint32_t)w->types_len;
+    w->type_list[w->types_len++] = tp;
+    ti->const_size = -1;
+    ti->preheader = (uint8_t)((PyType_IS_GC(tp) ? w->gc_head : 0) +
+                              ((tp->tp_flags & Py_TPFLAGS_PREHEADER) ? w->managed_pre : 0));
+    ti->sizeof_fn = first_c_sizeof(w, tp);
+    int inline_values = 0;
+#ifdef Py_TPFLAGS_INLINE_VALUES
+    inline_values = (tp->tp_flags & Py_TPFLAGS_INLINE_VALUES) != 0;
+#endif
+    if (tp == &PyUnicode_Type) {
+        ti->mode = SZ_STR;
+    } else if (tp == &PyTuple_Type || tp == &PyBytes_Type) {
+        ti->mode = SZ_VAR; /* their __sizeof__ is basicsize + itemsize * size */
+    } else if (ti->sizeof_fn == w->object_sizeof) {
+        if (tp->tp_itemsize == 0)
+            ti->mode = SZ_CONST;
+        else
+            ti->mode = inline_values || PyType_IsSubtype(tp, &PyLong_Type) ? SZ_CALL : SZ_VAR;
+    } else {
+        ti->mode = SZ_CALL;
+    }
+    if (PyUnstable_Type_AssignVersionTag(tp)) w->types_tagged++;
+    return ti;
+}
+
+static Py_ssize_t call_sizeof(cp_typeinfo *ti, PyObject *op) {
+    PyObject *r = PyObject_CallOneArg(ti->sizeof_fn, op);
+    if (r == NULL) {
+        PyErr_Clear();
+        return ti->tp->tp_basicsize;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (n < 0) {
+        PyErr_Clear();
+        return ti->tp->tp_basicsize;
+    }
+    return n;
+}
+
+static inline Py_ssize_t var_size(PyTypeObject *tp, PyObject *op) {
+    Py_ssize_t n = Py_SIZE(op);
+    if (n < 0) n = -n;
+    return tp->tp_basicsize + tp->tp_itemsize * n;
+}
+
+/* Size of the object by __sizeof__ (what sys.getsizeof reports without the pre-header). */
+static Py_ssize_t object_size(cp_typeinfo *ti, PyObject *op) {
+    switch (ti->mode) {
+    case SZ_CONST:
+        if (ti->const_size < 0) ti->const_size = call_sizeof(ti, op);
+        return ti->const_size;
+    case SZ_VAR:
+        return var_size(ti->tp, op);
+    case SZ_STR:
+        if (PyUnicode_IS_COMPACT_ASCII(op))
+            return (Py_ssize_t)sizeof(PyASCIIObject) + PyUnicode_GET_LENGTH(op) + 1;
+        return call_sizeof(ti, op);
+    default:
+        return call_sizeof(ti, op);
+    }
+}
+
+static int hm_add(cp_walk *w, const void *addr, Py_ssize_t size, uint32_t type) {
+    size_t need = (w->hm_len + 1) * sizeof(cp_hmrec);
+    if ((size_t)PyByteArray_GET_SIZE(w->hm) < need) {
+        size_t ncap = (size_t)PyByteArray_GET_SIZE(w->hm) * 2;
+        if (ncap < need) ncap = need + (1 << 20);
+        if (PyByteArray_Resize(w->hm, (Py_ssize_t)ncap) < 0) return -1;
+    }
+    cp_hmrec *r = (cp_hmrec *)PyByteArray_AS_STRING(w->hm) + w->hm_len++;
+    r->addr = (uint64_t)(uintptr_t)addr;
+    r->size = size > (Py_ssize_t)UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+    r->type = type;
+    return 0;
+}
+
+/* Heap map: the object's own block (pre-header included) plus the separately allocated buffers of
+ * list, set and dict that are part of its __sizeof__ and whose addresses public structs expose. */
+static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
+    PyTypeObject *tp = ti->tp;
+    Py_ssize_t block = size;
+    if (ti->mode == SZ_CALL && !PyLong_Check(op)) {
+        block = tp->tp_itemsize ? var_size(tp, op) : tp->tp_basicsize;
+    }
+    if (hm_add(w, (char *)op - ti->preheader, block + ti->preheader, ti->id) < 0) return -1;
+    if (PyList_Check(op)) {
+        PyListObject *l = (PyListObject *)op;
+        if (l->ob_item && l->allocated > 0 &&
+            hm_add(w, l->ob_item, l->allocated * (Py_ssize_t)sizeof(PyObject *), ti->id) < 0)
+            return -1;
+    } else if (PyAnySet_Check(op)) {
+        PySetObject *s = (PySetObject *)op;
+        if (s->table != s->smalltable &&
+            hm_add(w, s->table, (s->mask + 1) * (Py_ssize_t)sizeof(setentry), ti->id) < 0)
+            return -1;
+    } else if (PyDict_Check(op)) {
+        PyDictObject *d = (PyDictObject *)op;
+        /* combined table: __sizeof__ - basicsize is the keys object this dict owns */
+        if (d->ma_values == NULL && size > tp->tp_basicsize && d->ma_keys != NULL &&
+            hm_add(w, d->ma_keys, size - tp->tp_basicsize, ti->id) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Count, size, record, hash, tag, and immortalize one object seen for the first time. */
+static int process(cp_walk *w, PyObject *op, int was_immortal) {
+    PyTypeObject *tp = Py_TYPE(op);
+    cp_typeinfo *ti = typeinfo_get(w, tp);
+    if (ti == NULL) return -1;
+    Py_ssize_t size = object_size(ti, op);
+    w->objects++;
+    w->bytes += (uint64_t)(size + ti->preheader);
+    if (w->record && record(w, ti, op, size) < 0) return -1;
+    if (tp == &PyUnicode_Type && ((PyASCIIObject *)op)->hash == -1 &&
+        PyUnicode_GET_LENGTH(op) <= CP_HASH_MAX_LEN) {
+        if (PyObject_Hash(op) == -1) PyErr_Clear();
+        else w->strings_hashed++;
+    } else if (PyType_Check(op)) {
+        if (typeinfo_get(w, (PyTypeObject *)op) == NULL) return -1;
+    }
+    if (was_immortal) {
+        w->already_immortal++;
+    } else if (w->immortalize) {
+        cp_set_immortal(op);
+        w->immortalized++;
+    }
+    return 0;
+}
+
+/* May this untracked object hold references we must follow? */
+static inline int is_container(PyObject *op) {
+    return PyCode_Check(op) || Py_TYPE(op)->tp_traverse != NULL;
+}
+
+/* Visit callback for every reference found: tracked objects are left to the GC-list pass (each is
+ * a root there), untracked ones are processed here and their contents pushed on the stack. */
+static int visit_edge(PyObject *op, void *arg) {
+    cp_walk *w = (cp_walk *)arg;
+    if (op == NULL || PyObject_GC_IsTracked(op)) return 0;
+    int immortal = _Py_IsImmortal(op);
+    if (w->immortalize && !immortal) {
+        /* first time: immortalizing it is also what marks it visited */
+        if (process(w, op, 0) < 0) goto fail;
+        w->untracked++;
+        if (is_container(op) && stack_push(&w->stack, op) < 0) goto fail;
+        return 0;
+    }
+    /* already immortal (or not immortalizing): atomic objects and immutable containers need no
+     * visit; mutable ones (dicts) may hold new objects, so follow them once per walk. */
+    if (w->immortalize && !PyDict_Check(op)) return 0;
+    if (!w->immortalize && !is_container(op) && immortal) return 0;
+    int added = ptrset_add(&w->seen, op);
+    if (added < 0) goto fail;
+    if (added == 0) return 0;
+    if (process(w, op, immortal) < 0) goto fail;
+    w->untracked++;
+    if (is_container(op) && stack_push(&w->stack, op) < 0) goto fail;
+    return 0;
+fail:
+    w->failed = 1;
+    return -1;
+}
+
+static int descend(cp_walk *w, PyObject *op) {
+    w->containers_descended++;
+    if (PyCode_Check(op)) {
+        PyCodeObject *co = (PyCodeObject *)op;
+        if (visit_edge(co->co_consts, w) || visit_edge(co->co_names, w) ||
+            visit_edge(co->co_localsplusnames, w) || visit_edge(co->co_localspluskinds, w) ||
+            visit_edge(co->co_filename, w) || visit_edge(co->co_name, w) ||
+            visit_edge(co->co_qualname, w) || visit_edge(co->co_linetable, w) ||
+            visit_edge(co->co_exceptiontable, w))
+            return -1;
+        return 0;
+    }
+    if (PyDict_Check(op)) {
+        /* dict_traverse skips str keys; a worker iterating the dict would still incref them */
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(op, &pos, &k, &v)) {
+            if (visit_edge(k, w) || visit_edge(v, w)) return -1;
+        }
+        if (PyDict_CheckExact(op)) return 0;
+    }
+    traverseproc trav = Py_TYPE(op)->tp_traverse;
+    if (trav != NULL && trav(op, visit_edge, w) != 0) return -1;
+    return w->failed ? -1 : 0;
+}
+
+static int drain(cp_walk *w) {
+    while (w->stack.len) {
+        PyObject *op = w->stack.items[--w->stack.len];
+        if (descend(w, op) < 0) return -1;
+    }
+    return 0;
+}
+
+static int visit_root(PyObject *op, void *arg) {
+    cp_walk *w = (cp_walk *)arg;
+    w->tracked++;
+    int immortal = _Py_IsImmortal(op);
+    if (!w->immortalize) {
+        int added = ptrset_add(&w->seen, op);
+        if (added < 0) goto fail;
+        if (added == 0) return 1;
+    }
+    if (process(w, op, immortal) < 0) goto fail;
+    if (descend(w, op) < 0 || drain(w) < 0) goto fail;
+    return 1;
+fail:
+    w->failed = 1;
+    return 0; /* stop the visit */
+}
+
+static void walk_free(cp_walk *w) {
+    PyMem_RawFree(w->stack.items);
+    PyMem_RawFree(w->seen.slots);
+    PyMem_RawFree(w->types);
+    PyMem_RawFree(w->type_list);
+    Py_XDECREF(w->hm);
+    Py_XDECREF(w->object_sizeof);
+    Py_XDECREF(w->sizeof_name);
+}
+
+#define SET_U64(d, key, val)                                                \
+    do {                                                                     \
+        PyObject *_v = PyLong_FromUnsignedLongLong((unsigned long long)(val)); \
+        if (_v == NULL || PyDict_SetItemString(d, key, _v) < 0) {           \
+            Py_XDECREF(_v);                                                  \
+            goto error;                                                      \
+        }                                                                    \
+        Py_DECREF(_v);                                                       \
+    } while (0)
+
+PyDoc_STRVAR(walk_doc,
+"walk(*, immortalize=True, heapmap=False, gc_head=16, managed_preheader=16) -> dict\n\n"
+"Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
+"gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
+"Returns counts (objects, immortalized, already_immortal, tracked, untracked, bytes,\n"
+"strings_hashed, types_tagged, seconds) and, with heapmap=True, 'heapmap' (a bytearray of\n"
+"records <u8 addr, <u4 size, <u4 type index>) and 'heapmap_types' (tuple of types by index).");
+
+static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"immortalize", "heapmap", "gc_head", "managed_preheader", NULL};
+    int immortalize = 1, heapmap = 0;
+    Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$ppnn:walk", kwlist, &immortalize, &heapmap,
+                                     &gc_head, &managed_pre))
+        return NULL;
+    if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
+        PyErr_SetString(PyExc_ValueError, "implausible pre-header sizes");
+        return NULL;
+    }
+    cp_walk w;
+    memset(&w, 0, sizeof(w));
+    w.immortalize = immortalize;
+    w.record = heapmap;
+    w.gc_head = gc_head;
+    w.managed_pre = managed_pre;
+    PyObject *result = NULL;
+    w.sizeof_name = PyUnicode_InternFromString("__sizeof__");
+    if (w.sizeof_name == NULL) goto error;
+    {
+        PyObject *odict = PyType_GetDict(&PyBaseObject_Type);
+        if (odict == NULL) goto error;
+        w.object_sizeof = PyDict_GetItemWithError(odict, w.sizeof_name);
+        Py_XINCREF(w.object_sizeof);
+        Py_DECREF(odict);
+    }
+    if (w.object_sizeof == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "object.__sizeof__ not found");
+        goto error;
+    }
+    if (heapmap && (w.hm = PyByteArray_FromStringAndSize(NULL, 0)) == NULL) goto error;
+
+    double t0 = now_seconds();
+    PyUnstable_GC_VisitObjects(visit_root, &w);
+    double seconds = now_seconds() - t0;
+    if (w.failed) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto error;
+    }
+    result = PyDict_New();
+    if (result == NULL) goto error;
+    SET_U64(result, "objects", w.objects);
+    SET_U64(result, "immortalized", w.immortalized);
+    SET_U64(result, "already_immortal", w.already_immortal);
+    SET_U64(result, "tracked", w.tracked);
+    SET_U64(result, "untracked", w.untracked);
+    SET_U64(result, "bytes", w.bytes);
+    SET_U64(result, "strings_hashed", w.strings_hashed);
+    SET_U64(result, "types_tagged", w.types_tagged);
+    SET_U64(result, "containers_descended", w.containers_descended);
+    {
+        PyObject *s = PyFloat_FromDouble(seconds);
+        if (s == NULL || PyDict_SetItemString(result, "seconds", s) < 0) {
+            Py_XDECREF(s);
+            goto error;
+        }
+        Py_DECREF(s);
+    }
+    if (heapmap) {
+        if (PyByteArray_Resize(w.hm, (Py_ssize_t)(w.hm_len * sizeof(cp_hmrec))) < 0) goto error;
+        if (PyDict_SetItemString(result, "heapmap", w.hm) < 0) goto error;
+        PyObject *types = PyTuple_New((Py_ssize_t)w.types_len);
+        if (types == NULL) goto error;
+        for (size_t i = 0; i < w.types_len; i++) {
+            Py_INCREF(w.type_list[i]);
+            PyTuple_SET_ITEM(types, (Py_ssize_t)i, (PyObject *)w.type_list[i]);
+        }
+        int rc = PyDict_SetItemString(result, "heapmap_types", types);
+        Py_DECREF(types);
+        if (rc < 0) goto error;
+    }
+    walk_free(&w);
+    return result;
+error:
+    Py_XDECREF(result);
+    walk_free(&w);
+    return NULL;
+}
+
+PyDoc_STRVAR(is_immortal_doc, "is_immortal(obj) -> bool\n\nWhether obj's refcount holds the immortal value.");
+
+static PyObject *cp_is_immortal(PyObject *self, PyObject *obj) {
+    return PyBool_FromLong(_Py_IsImmortal(obj));
+}
+
+#endif /* CP_CAN_WALK */
+
+PyDoc_STRVAR(trim_doc, "trim() -> bool\n\nmalloc_trim(0): give free heap memory back to the OS (glibc only).\n"
+                       "Returns True if memory was released, False if not or unavailable.");
+
+static PyObject *cp_trim(PyObject *self, PyObject *unused) {
+#ifdef __GLIBC__
+    int r = malloc_trim(0);
+    return PyBool_FromLong(r);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+PyDoc_STRVAR(info_doc, "info() -> dict\n\nWhat this build can do: can_walk, reason (why not), scheme, untested, "
+                       "compiled_for, has_malloc_trim.");
+
+static PyObject *cp_info(PyObject *self, PyObject *unused) {
+    char compiled[16];
+    snprintf(compiled, sizeof(compiled), "%d.%d", PY_MAJOR_VERSION, PY_MINOR_VERSION);
+#ifdef __GLIBC__
+    int has_trim = 1;
+#else
+    int has_trim = 0;
+#endif
+#if CP_CAN_WALK
+    return Py_BuildValue("{s:O,s:O,s:s,s:O,s:s,s:O}", "can_walk", Py_True, "reason", Py_None, "scheme",
+                         CP_SCHEME, "untested", CP_UNTESTED ? Py_True : Py_False, "compiled_for", compiled,
+                         "has_malloc_trim", has_trim ? Py_True : Py_False);
+#else
+    return Py_BuildValue("{s:O,s:s,s:O,s:O,s:s,s:O}", "can_walk", Py_False, "reason", CP_REASON, "scheme",
+                         Py_None, "untested", Py_False, "compiled_for", compiled, "has_malloc_trim",
+                         has_trim ? Py_True : Py_False);
+#endif
+}
+
+static PyMethodDef cp_methods[] = {
+#if CP_CAN_WALK
+    {"walk", (PyCFunction)(void (*)(void))cp_walk_fn, METH_VARARGS | METH_KEYWORDS, walk_doc},
+    {"is_immortal", cp_is_immortal, METH_O, is_immortal_doc},
+#endif
+    {"trim", cp_trim, METH_NOARGS, trim_doc},
+    {"info", cp_info, METH_NOARGS, info_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef cp_module = {
+    PyModuleDef_HEAD_INIT, "cowprof._native",
+    "Native helpers of cowprof: the heap walk (immortalize, hash, type tags, heap map) and malloc_trim.",
+    -1, cp_methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    return PyModule_Create(&cp_module);
+}

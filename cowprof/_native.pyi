@@ -1,0 +1,19 @@
+"""Typed stub of the native module (native/_native.c)."""
+from typing import Any, TypedDict
+
+class Info(TypedDict):
+    can_walk: bool
+    reason: str | None
+    scheme: str | None
+    untested: bool
+    compiled_for: str
+    has_malloc_trim: bool
+
+def info() -> Info: ...
+def trim() -> bool: ...
+
+# Present only when info()["can_walk"] is True (CPython 3.12+, GIL build, 64-bit).
+def walk(
+    *, immortalize: bool = True, heapmap: bool = False, gc_head: int = 16, managed_preheader: int = 16
+) -> dict[str, Any]: ...
+def is_immortal(obj: object) -> bool: ...

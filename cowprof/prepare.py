@@ -1,0 +1,238 @@
+"""The fork recipe: make the master's heap safe to share copy-on-write, then fork.
+
+``prepare_fork()`` runs in the master right before it forks workers:
+
+1. ``gc.collect()`` — drops garbage and (3.12+) clears the free lists, so workers don't inherit
+   half-dead objects whose pages they would write while reusing them;
+2. the native heap walk — every reachable object gets the immortal refcount (PEP 683), so the
+   ``Py_INCREF``/``Py_DECREF`` a worker does on a read no longer writes to its page; exact ``str``
+   objects get their hash cached and types get their version tag (both otherwise written lazily);
+3. ``gc.freeze()`` — moves everything tracked to the permanent generation, so the workers'
+   collections never write GC headers of the master's objects;
+4. ``malloc_trim(0)`` — hands free malloc memory back to the OS instead of to the first worker
+   that touches it.
+
+Policy lives here; the native module only walks. See README "Heap preparation" for trade-offs
+(prepared objects are never freed; a second call only handles objects created since).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import platform
+import sys
+import time
+import warnings
+from typing import Any
+
+try:
+    from cowprof import _native
+except ImportError as exc:  # a source checkout without the build, or an unsupported platform
+    _native = None
+    _NATIVE_IMPORT_ERROR: str | None = f"cowprof._native is not built ({exc})"
+else:
+    _NATIVE_IMPORT_ERROR = None
+
+__all__ = ["PrepareReport", "prepare_fork", "after_fork", "disable_gc_until_fork", "immortalize_unavailable"]
+
+ALLOW_UNTESTED_ENV = "COWPROF_ALLOW_UNTESTED"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareReport:
+    """What ``prepare_fork`` did. Byte and object counts come from the native walk."""
+
+    objects: int
+    """Objects visited by the walk (each once)."""
+    immortalized: int
+    """Objects whose refcount this call set to the immortal value."""
+    bytes: int
+    """Bytes of the visited objects (``__sizeof__`` plus GC/managed pre-header)."""
+    seconds: float
+    """Wall time of the whole ``prepare_fork`` call."""
+    walk_seconds: float
+    """Wall time of the native walk alone."""
+    frozen: int
+    """``gc.get_freeze_count()`` afterwards (objects in the permanent generation)."""
+    python: str
+    """Interpreter version, e.g. ``"CPython 3.12.1"``."""
+    immortalize_skipped: str | None = None
+    """Why immortalization did not run: ``None`` when it ran, ``"not requested"`` for
+    ``immortalize=False``, else the reason (old or free-threaded interpreter, missing build)."""
+    trimmed: bool = False
+    """Whether ``malloc_trim`` released memory."""
+    collected: int = 0
+    """Unreachable objects found by the ``gc.collect()`` before the walk."""
+    already_immortal: int = 0
+    strings_hashed: int = 0
+    types_tagged: int = 0
+    full_walk: bool = True
+    """False when only objects created since the previous call were walked (the cheap repeat)."""
+    heapmap_path: str | None = None
+    """Where the heap map was saved (see cowprof.heapmap), when it was."""
+
+    @property
+    def immortalize_ran(self) -> bool:
+        return self.immortalize_skipped is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """One line for logs."""
+        mb = self.bytes / 1e6
+        parts = [f"prepared {self.objects:,} objects ({mb:,.1f} MB) in {self.seconds:.2f} s"]
+        if self.immortalize_skipped:
+            parts.append(f"not immortalized: {self.immortalize_skipped}")
+        else:
+            parts.append(
+                f"{self.immortalized:,} immortalized, {self.strings_hashed:,} str hashes cached, "
+                f"{self.types_tagged:,} type tags"
+            )
+        parts.append(f"{self.frozen:,} objects frozen")
+        if self.trimmed:
+            parts.append("malloc_trim released memory")
+        if not self.full_walk:
+            parts.append("repeat call: only new objects walked")
+        return "; ".join(parts)
+
+
+# Module state. A forked child inherits it, which is what we want: a child that prepares its own
+# children knows the inherited heap is already done.
+_state: dict[str, Any] = {
+    "walked_and_frozen": False,  # an immortalizing walk was followed by our gc.freeze()
+    "gc_disabled_by_us": False,
+    "warned": False,
+}
+
+
+def immortalize_unavailable() -> str | None:
+    """Why this interpreter/build cannot immortalize, or ``None`` if it can."""
+    if sys.implementation.name != "cpython":
+        return f"immortal objects are a CPython feature (this is {sys.implementation.name})"
+    if sys.version_info < (3, 12):
+        return f"immortal objects need CPython 3.12+ (PEP 683); this is {platform.python_version()}"
+    if _native is None:
+        return _NATIVE_IMPORT_ERROR
+    info = _native.info()
+    if not info["can_walk"]:
+        return str(info["reason"])
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if info["compiled_for"] != running:
+        return f"cowprof._native was built for CPython {info['compiled_for']}, running {running}"
+    if info["untested"] and os.environ.get(ALLOW_UNTESTED_ENV) != "1":
+        return (
+            f"immortalization on CPython {running} is built from its headers but untested; "
+            f"set {ALLOW_UNTESTED_ENV}=1 to use it"
+        )
+    return None
+
+
+def _preheader_sizes() -> tuple[int, int]:
+    """(GC header size, managed dict/weakref pre-header size), measured, not assumed."""
+    gc_head = sys.getsizeof([]) - [].__sizeof__()
+
+    class _Probe:
+        pass
+
+    probe = _Probe()
+    managed = sys.getsizeof(probe) - probe.__sizeof__() - gc_head
+    return max(gc_head, 0), max(managed, 0)
+
+
+def _warn_once(message: str) -> None:
+    if not _state["warned"]:
+        _state["warned"] = True
+        warnings.warn(f"cowprof: {message}; only gc.freeze() is applied", RuntimeWarning, stacklevel=3)
+
+
+def prepare_fork(
+    *, immortalize: bool = True, freeze: bool = True, trim: bool = True, heapmap: bool | str = False
+) -> PrepareReport:
+    """Prepare the current (master) process's heap to be shared with workers forked after it.
+
+    Call it in the master right before forking (gunicorn: ``cowprof.gunicorn``'s ``when_ready``).
+    Never raises for an unsupported interpreter: it freezes, reports what it skipped and why, and
+    warns once. Calling it again is safe and cheap: only objects created since are walked.
+
+    ``heapmap``: record each object's address range and type for attribution (``True`` saves it
+    to cowprof's per-user directory keyed by this PID; a string is a directory to save into).
+    """
+    t0 = time.perf_counter()
+    collected = gc.collect()
+    skipped = immortalize_unavailable() if immortalize else None
+    walk: dict[str, Any] = {}
+    full_walk = True
+    record = bool(heapmap) and _native is not None and hasattr(_native, "walk")
+    if skipped:
+        _warn_once(skipped)
+    if (immortalize and not skipped) or record:
+        if gc.get_freeze_count() and not _state["walked_and_frozen"]:
+            # Objects frozen before our first walk (the user's own gc.freeze recipe) sit in the
+            # permanent generation, which the GC-list walk cannot see: bring them back first.
+            gc.unfreeze()
+        elif gc.get_freeze_count():
+            # Everything frozen was walked by our previous call; only newer objects are walked.
+            # (Objects someone else froze between two calls are not: documented.)
+            full_walk = False
+        gc_head, managed = _preheader_sizes()
+        walk = _native.walk(
+            immortalize=bool(immortalize and not skipped),
+            heapmap=record,
+            gc_head=gc_head,
+            managed_preheader=managed,
+        )
+    heapmap_path = None
+    if record and "heapmap" in walk:
+        heapmap_path = _save_heapmap(walk, heapmap, full_walk)
+    walk.pop("heapmap", None)
+    walk.pop("heapmap_types", None)
+    if freeze:
+        gc.freeze()
+        if immortalize and not skipped:
+            _state["walked_and_frozen"] = True
+    trimmed = bool(_native.trim()) if (trim and _native is not None) else False
+    return PrepareReport(
+        objects=int(walk.get("objects", 0)),
+        immortalized=int(walk.get("immortalized", 0)),
+        bytes=int(walk.get("bytes", 0)),
+        seconds=time.perf_counter() - t0,
+        walk_seconds=float(walk.get("seconds", 0.0)),
+        frozen=gc.get_freeze_count(),
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        immortalize_skipped=skipped if immortalize else "not requested",
+        trimmed=trimmed,
+        collected=collected,
+        already_immortal=int(walk.get("already_immortal", 0)),
+        strings_hashed=int(walk.get("strings_hashed", 0)),
+        types_tagged=int(walk.get("types_tagged", 0)),
+        full_walk=full_walk,
+        heapmap_path=heapmap_path,
+    )
+
+
+def _save_heapmap(walk: dict[str, Any], heapmap: bool | str, full_walk: bool) -> str | None:
+    """Hand the walk's heap map to cowprof.heapmap when that module is available."""
+    try:
+        from cowprof import heapmap as hm
+    except ImportError:
+        return None
+    directory = heapmap if isinstance(heapmap, str) else None
+    return hm.save_from_walk(walk, directory=directory, merge=not full_walk)
+
+
+def disable_gc_until_fork() -> None:
+    """Step one of the gc.freeze recipe: disable the collector early in the master, so that no
+    collection leaves holes in pages that will be shared. ``after_fork()`` re-enables it."""
+    if gc.isenabled():
+        gc.disable()
+        _state["gc_disabled_by_us"] = True
+
+
+def after_fork() -> None:
+    """Call in each child right after fork. Re-enables the GC if ``disable_gc_until_fork``
+    disabled it, and nothing else that would write to the shared heap."""
+    if _state["gc_disabled_by_us"]:
+        gc.enable()
+        _state["gc_disabled_by_us"] = False

@@ -356,9 +356,11 @@ static int process(cp_walk *w, PyObject *op, int was_immortal) {
     return 0;
 }
 
-/* May this untracked object hold references we must follow? */
+/* May this untracked object hold references we must follow? Only GC-capable objects may be
+ * traversed (static types have a tp_traverse that must not be called on them), plus code objects,
+ * which we read ourselves. */
 static inline int is_container(PyObject *op) {
-    return PyCode_Check(op) || Py_TYPE(op)->tp_traverse != NULL;
+    return PyCode_Check(op) || (Py_TYPE(op)->tp_traverse != NULL && PyObject_IS_GC(op));
 }
 
 /* Visit callback for every reference found: tracked objects are left to the GC-list pass (each is
@@ -412,7 +414,7 @@ static int descend(cp_walk *w, PyObject *op) {
         if (PyDict_CheckExact(op)) return 0;
     }
     traverseproc trav = Py_TYPE(op)->tp_traverse;
-    if (trav != NULL && trav(op, visit_edge, w) != 0) return -1;
+    if (trav != NULL && PyObject_IS_GC(op) && trav(op, visit_edge, w) != 0) return -1;
     return w->failed ? -1 : 0;
 }
 

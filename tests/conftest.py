@@ -5,3 +5,9 @@ import sys
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
+
+# prepare_fork saves heap maps by default: keep the tests' maps out of the user's directory
+if "COWPROF_HEAPMAP_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["COWPROF_HEAPMAP_DIR"] = tempfile.mkdtemp(prefix="cowprof-test-heapmaps-")

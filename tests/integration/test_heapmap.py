@@ -1,0 +1,107 @@
+"""Heap maps written by prepare_fork: found by PID, private, no pickle, stale ones ignored."""
+import os
+import stat
+import sys
+
+import numpy as np
+import pytest
+
+from cowprof import heapmap
+from cowprof.errors import BadInput
+from pyrun import run_json
+
+needs_312 = pytest.mark.skipif(sys.version_info < (3, 12), reason="the heap walk needs CPython 3.12+")
+
+
+@pytest.fixture
+def hm_dir(tmp_path, monkeypatch):
+    d = tmp_path / "maps"
+    monkeypatch.setenv(heapmap.DIR_ENV, str(d))
+    return d
+
+
+@needs_312
+def test_prepare_fork_saves_a_map_that_locates_objects(hm_dir):
+    out = run_json("""
+        import json, os, sys, cowprof
+        from cowprof import heapmap
+        class Marker:
+            pass
+        markers = [Marker() for _ in range(5000)]
+        rows = [{"k": i + 0.5} for i in range(5000)]
+        r = cowprof.prepare_fork()
+        hm = heapmap.load(os.getpid())
+        found = []
+        for obj in (markers[10], rows[20], rows[20]["k"]):
+            i = int(hm.addr.searchsorted(id(obj), "right")) - 1
+            inside = hm.addr[i] <= id(obj) < hm.addr[i] + hm.size[i]
+            found.append([bool(inside), str(hm.type_names[hm.type[i]])])
+        print(json.dumps({"path": r.heapmap_path, "n": len(hm), "objects": r.objects, "found": found,
+                          "sorted": bool((hm.addr[1:] >= hm.addr[:-1]).all())}))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    assert out["path"].startswith(str(hm_dir))
+    assert out["n"] >= out["objects"]  # plus list/dict/set buffers
+    assert out["sorted"]
+    assert out["found"] == [[True, "__main__.Marker"], [True, "dict"], [True, "float"]]
+    assert stat.S_IMODE(os.stat(out["path"]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(hm_dir).st_mode) == 0o700
+    # the writer has exited: its PID no longer names that process, so the map is stale
+    pid = int(os.path.basename(out["path"]).split("-")[1].split(".")[0])
+    assert heapmap.load(pid) is None
+    with np.load(out["path"], allow_pickle=False) as z:  # loads without pickle
+        assert z["records"].dtype.itemsize == 16
+
+
+@needs_312
+def test_repeat_prepare_merges_new_objects_into_the_map(hm_dir):
+    out = run_json("""
+        import json, os, cowprof
+        from cowprof import heapmap
+        first = [[i] for i in range(1000)]
+        cowprof.prepare_fork()
+        n1 = len(heapmap.load(os.getpid()))
+        later = [[i, i] for i in range(1000)]
+        cowprof.prepare_fork()
+        hm = heapmap.load(os.getpid())
+        def has(o):
+            i = int(hm.addr.searchsorted(id(o), "right")) - 1
+            return bool(hm.addr[i] <= id(o) < hm.addr[i] + hm.size[i])
+        print(json.dumps({"n1": n1, "n2": len(hm), "old": has(first[3]), "new": has(later[3])}))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    assert out["n2"] > out["n1"]
+    assert out["old"] and out["new"]
+
+
+def test_stale_map_of_a_reused_pid_is_ignored(hm_dir):
+    hm = heapmap.HeapMap(pid=os.getpid(), start_ticks=1, boot_id="", created_at=0.0,
+                         addr=np.array([4096], dtype=np.uint64), size=np.array([64], dtype=np.uint32),
+                         type=np.array([0], dtype=np.uint32), type_names=np.array(["float"]))
+    heapmap.save(hm)
+    assert heapmap.load(os.getpid()) is None  # our start time is not 1 tick
+    current = heapmap.HeapMap(**{**hm.__dict__, "start_ticks": heapmap.process_start_ticks(os.getpid())})
+    heapmap.save(current)
+    loaded = heapmap.load(os.getpid())
+    assert loaded is not None and loaded.addr.tolist() == [4096]
+
+
+def test_garbage_file_is_a_clear_error(hm_dir, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(BadInput, match="not a cowprof heap map"):
+        heapmap.read(str(bad))
+    os.makedirs(hm_dir, exist_ok=True)
+    (hm_dir / f"heapmap-{os.getpid()}.npz").write_bytes(b"junk")
+    assert heapmap.load(os.getpid()) is None
+
+
+def test_merge_prefers_newer_records():
+    def mk(addrs, sizes, types, names):
+        return heapmap.HeapMap(pid=1, start_ticks=1, boot_id="", created_at=0.0,
+                               addr=np.array(addrs, dtype=np.uint64), size=np.array(sizes, dtype=np.uint32),
+                               type=np.array(types, dtype=np.uint32), type_names=np.array(names))
+    old = mk([100, 200], [10, 10], [0, 1], ["a", "b"])
+    new = mk([200, 300], [20, 30], [0, 0], ["c"])
+    m = heapmap.merge_maps(old, new)
+    assert m.addr.tolist() == [100, 200, 300]
+    assert m.size.tolist() == [10, 20, 30]
+    assert [str(m.type_names[t]) for t in m.type] == ["a", "c", "c"]

@@ -93,6 +93,7 @@ class HeapMap:
     size: np.ndarray  # uint32
     type: np.ndarray  # uint32 index into type_names
     type_names: np.ndarray  # str
+    type_preheader: np.ndarray | None = None  # uint8 per type: bytes before the object in a record
     _records: np.ndarray | None = dataclasses.field(default=None, repr=False)  # raw, unsorted
 
     def __len__(self) -> int:
@@ -113,10 +114,14 @@ def from_walk(walk: dict[str, Any], pid: int | None = None) -> HeapMap:
     must get to fork quickly; readers sort (see ``read``)."""
     recs = np.frombuffer(walk["heapmap"], dtype=RECORD_DTYPE)
     names = np.array([_type_name(t) for t in walk["heapmap_types"]] or [""], dtype=str)
+    pre = np.frombuffer(walk.get("heapmap_preheaders", b""), dtype=np.uint8).copy()
+    if pre.size < names.size:
+        pre = np.concatenate([pre, np.zeros(names.size - pre.size, dtype=np.uint8)])
     pid = os.getpid() if pid is None else pid
     return HeapMap(
         pid=pid, start_ticks=process_start_ticks(pid) or 0, boot_id=_boot_id(), created_at=time.time(),
-        addr=recs["addr"], size=recs["size"], type=recs["type"], type_names=names, _records=recs,
+        addr=recs["addr"], size=recs["size"], type=recs["type"], type_names=names, type_preheader=pre,
+        _records=recs,
     )
 
 
@@ -125,9 +130,17 @@ def _sorted(hm: HeapMap) -> HeapMap:
     return dataclasses.replace(hm, addr=hm.addr[order], size=hm.size[order], type=hm.type[order], _records=None)
 
 
+def _preheaders(hm: HeapMap) -> np.ndarray:
+    if hm.type_preheader is not None and hm.type_preheader.size == hm.type_names.size:
+        return hm.type_preheader
+    return np.zeros(hm.type_names.size, dtype=np.uint8)
+
+
 def merge_maps(old: HeapMap, new: HeapMap) -> HeapMap:
     """Records of both, sorted; where both have the same address the newer record wins."""
-    names, inverse = np.unique(np.concatenate([old.type_names, new.type_names]), return_inverse=True)
+    names, first_of_name, inverse = np.unique(np.concatenate([old.type_names, new.type_names]),
+                                              return_index=True, return_inverse=True)
+    pre = np.concatenate([_preheaders(old), _preheaders(new)])[first_of_name]
     old_t = inverse[: old.type_names.size][old.type]
     new_t = inverse[old.type_names.size :][new.type]
     addr = np.concatenate([new.addr, old.addr])
@@ -135,7 +148,7 @@ def merge_maps(old: HeapMap, new: HeapMap) -> HeapMap:
     typ = np.concatenate([new_t, old_t]).astype(np.uint32)
     addr_u, first = np.unique(addr, return_index=True)  # first occurrence = the newer record
     return dataclasses.replace(new, addr=addr_u, size=size[first], type=typ[first], type_names=names,
-                               _records=None)
+                               type_preheader=pre, _records=None)
 
 
 def save(hm: HeapMap, directory: str | None = None) -> str:
@@ -153,7 +166,7 @@ def save(hm: HeapMap, directory: str | None = None) -> str:
             np.savez(
                 f, version=np.array(FORMAT_VERSION), pid=np.array(hm.pid), start_ticks=np.array(hm.start_ticks),
                 boot_id=np.array(hm.boot_id), created_at=np.array(hm.created_at), records=records,
-                type_names=hm.type_names,
+                type_names=hm.type_names, type_preheader=_preheaders(hm),
             )
         os.replace(tmp, path)
     except BaseException:
@@ -177,7 +190,7 @@ def read(path: str) -> HeapMap:
             return _sorted(HeapMap(
                 pid=int(z["pid"]), start_ticks=int(z["start_ticks"]), boot_id=str(z["boot_id"]),
                 created_at=float(z["created_at"]), addr=recs["addr"], size=recs["size"], type=recs["type"],
-                type_names=z["type_names"],
+                type_names=z["type_names"], type_preheader=z["type_preheader"],
             ))
     except BadInput:
         raise

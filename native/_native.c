@@ -469,7 +469,9 @@ PyDoc_STRVAR(walk_doc,
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
 "Returns counts (objects, immortalized, already_immortal, tracked, untracked, bytes,\n"
 "strings_hashed, types_tagged, seconds) and, with heapmap=True, 'heapmap' (a bytearray of\n"
-"records <u8 addr, <u4 size, <u4 type index>) and 'heapmap_types' (tuple of types by index).");
+"records <u8 addr, <u4 size, <u4 type index>), 'heapmap_types' (tuple of types by index) and\n"
+"'heapmap_preheaders' (bytes: pre-header size per type index; a record starts that many bytes\n"
+"before the object).");
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"immortalize", "heapmap", "gc_head", "managed_preheader", NULL};
@@ -541,6 +543,15 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         }
         int rc = PyDict_SetItemString(result, "heapmap_types", types);
         Py_DECREF(types);
+        if (rc < 0) goto error;
+        /* per type: bytes of pre-header (GC header, managed dict/weakref) before the object */
+        PyObject *pre = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)w.types_len);
+        if (pre == NULL) goto error;
+        for (size_t i = 0; i < w.types_cap; i++) {
+            if (w.types[i].tp) PyBytes_AS_STRING(pre)[w.types[i].id] = (char)w.types[i].preheader;
+        }
+        rc = PyDict_SetItemString(result, "heapmap_preheaders", pre);
+        Py_DECREF(pre);
         if (rc < 0) goto error;
     }
     walk_free(&w);

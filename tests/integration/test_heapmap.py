@@ -105,3 +105,21 @@ def test_merge_prefers_newer_records():
     assert m.addr.tolist() == [100, 200, 300]
     assert m.size.tolist() == [10, 20, 30]
     assert [str(m.type_names[t]) for t in m.type] == ["a", "c", "c"]
+
+
+@needs_312
+def test_map_knows_each_types_preheader(hm_dir):
+    out = run_json("""
+        import json, os, sys, cowprof
+        from cowprof import heapmap
+        class WithDict:
+            pass
+        keep = ([WithDict() for _ in range(10)], [[1] for _ in range(10)], [2.5 + i for i in range(10)])
+        cowprof.prepare_fork()
+        hm = heapmap.load(os.getpid())
+        pre = {str(n): int(p) for n, p in zip(hm.type_names, hm.type_preheader)}
+        gc_head = sys.getsizeof([]) - [].__sizeof__()
+        print(json.dumps({"pre": [pre["__main__.WithDict"], pre["list"], pre["float"]], "gc_head": gc_head}))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    g = out["gc_head"]
+    assert out["pre"] == [2 * g, g, 0]  # GC header + managed dict/weakref slots; GC header; none

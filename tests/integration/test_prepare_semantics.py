@@ -221,3 +221,19 @@ def test_summary_is_one_line():
         print(json.dumps(cowprof.prepare_fork().summary()))
     """)
     assert "\\n" not in out and "objects" in out and "frozen" in out
+
+
+@needs_312
+def test_extension_static_types_are_not_traversed():
+    """numpy defines static types with a tp_traverse that must not be called on them (it aborts)."""
+    out = run_json("""
+        import json, numpy, cowprof
+        from cowprof import _native
+        arr = numpy.arange(10_000, dtype=numpy.float64)
+        objs = [numpy.float64(i) for i in range(1000)]
+        r = cowprof.prepare_fork()
+        print(json.dumps({"objects": r.objects, "arr": _native.is_immortal(arr),
+                          "sum": float(arr.sum())}))
+    """)
+    assert out["arr"] is True and out["objects"] > 10_000
+    assert out["sum"] == 49995000.0

@@ -1,0 +1,324 @@
+"""Gunicorn hooks: prepare the master's heap before the first fork, restore each worker after it.
+
+With ``preload_app`` the app is imported once in the master and the workers share its memory
+copy-on-write, until reference counting, the cyclic GC and lazy caches write to that memory and the
+kernel copies the pages, in every worker. The hooks here fix that at the right moments:
+
+- ``when_ready(server)`` — runs in the master after the app is loaded and before any worker is
+  forked: the user's own ``when_ready`` first, then the optional warm-up (the WSGI app is called
+  in-process for a few paths, so lazy imports, caches and bytecode specialization happen once, in
+  the master), then :func:`cowprof.prepare_fork`. The :class:`~cowprof.PrepareReport` is logged
+  through gunicorn's logger. With ``preload_app`` off it warns instead: nothing would be shared.
+- ``post_fork(server, worker)`` — runs in each new worker: :func:`cowprof.after_fork`, then the
+  user's own ``post_fork``.
+
+Two ways to use it (docs/gunicorn.md has the details):
+
+1. As the config module: ``gunicorn -c python:cowprof.gunicorn app:app``. To keep your own config
+   file, name it in ``COWPROF_GUNICORN_CONFIG`` (a path, or ``python:module``): it is executed the way
+   gunicorn executes a config file, all its settings are taken over and its hooks are composed with
+   these (``cowprof run`` sets this up from ``-c``).
+2. From your own ``gunicorn.conf.py``: ``from cowprof.gunicorn import install; install(globals())``
+   at the end of the file wraps the hooks defined above it; or, with no hooks of your own,
+   ``from cowprof.gunicorn import when_ready, post_fork``.
+
+Environment (read when the hook runs, and stronger than arguments and config names):
+``COWPROF_PREPARE=0`` keeps the hooks but skips ``prepare_fork`` (a baseline);
+``COWPROF_WARMUP="/a,/b?x=1"`` warm-up paths (empty disables); ``COWPROF_WARMUP_ROUNDS`` (default 2);
+``COWPROF_HEAPMAP=1`` (or a directory) records the heap map for attribution;
+``COWPROF_PREPARE_REPORT=path`` writes what the hook did as JSON. In a config file loaded through
+``COWPROF_GUNICORN_CONFIG`` the names ``cowprof_prepare``, ``cowprof_warmup`` and
+``cowprof_warmup_rounds`` set the same things.
+
+Every module-level name here that gunicorn knows as a setting is applied by ``-c python:`` — so
+the module defines only ``when_ready`` and ``post_fork`` (plus the user's settings, when loaded).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cowprof.errors import BadInput
+from cowprof.prepare import PrepareReport, after_fork, prepare_fork
+from cowprof.recipes import WarmupResult, warm_up
+
+__all__ = [
+    "ENV_CONFIG", "HookOptions", "WarmupResult", "apply_user_config", "install", "load_user_config",
+    "make_post_fork", "make_when_ready", "options_from_env", "post_fork", "prepare_master", "warm_up",
+    "when_ready",
+]
+
+ENV_CONFIG = "COWPROF_GUNICORN_CONFIG"
+ENV_PREPARE = "COWPROF_PREPARE"
+ENV_WARMUP = "COWPROF_WARMUP"
+ENV_WARMUP_ROUNDS = "COWPROF_WARMUP_ROUNDS"
+ENV_HEAPMAP = "COWPROF_HEAPMAP"
+ENV_REPORT = "COWPROF_PREPARE_REPORT"
+_HOOK_MARK = "_cowprof_hook"
+_FALSE = ("0", "false", "no", "off")
+_TRUE = ("1", "true", "yes", "on")
+PRELOAD_OFF_WARNING = (
+    "cowprof: preload_app is off: every worker imports the app after the fork, so the workers share "
+    "none of the app's memory with the master and there is nothing to prepare. Set "
+    "'preload_app = True' in the config (or pass --preload) to share it."
+)
+
+
+@dataclass(frozen=True)
+class HookOptions:
+    """What the ``when_ready`` hook does. ``prepare_kwargs`` go to :func:`cowprof.prepare_fork`."""
+
+    prepare: bool = True
+    warmup: tuple[str, ...] = ()
+    warmup_rounds: int = 2
+    report_path: str | None = None
+    prepare_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _FALSE:
+        return False
+    if value in _TRUE:
+        return True
+    raise BadInput(f"{name} must be 0 or 1, got {raw!r}")
+
+
+def _parse_paths(raw: str | Iterable[str] | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    paths = tuple(p.strip() for p in items if p and p.strip())
+    for p in paths:
+        if not (p.startswith("/") or "://" in p):
+            raise BadInput(f"warm-up paths must start with '/' (or be http:// URLs), got {p!r}")
+    return paths
+
+
+def options_from_env(base: HookOptions = HookOptions(), environ: Mapping[str, str] | None = None) -> HookOptions:
+    """``base`` with the ``COWPROF_*`` environment variables applied on top (see the module doc)."""
+    env = os.environ if environ is None else environ
+    opts = base
+    if ENV_PREPARE in env:
+        opts = replace(opts, prepare=_parse_bool(ENV_PREPARE, env[ENV_PREPARE]))
+    if ENV_WARMUP in env:
+        opts = replace(opts, warmup=_parse_paths(env[ENV_WARMUP]))
+    if env.get(ENV_WARMUP_ROUNDS, "").strip():
+        raw = env[ENV_WARMUP_ROUNDS]
+        try:
+            rounds = int(raw)
+        except ValueError:
+            raise BadInput(f"{ENV_WARMUP_ROUNDS} must be a whole number, got {raw!r}") from None
+        opts = replace(opts, warmup_rounds=max(0, rounds))
+    if env.get(ENV_HEAPMAP, "").strip():
+        raw = env[ENV_HEAPMAP].strip()
+        heapmap: bool | str = raw if raw.lower() not in _FALSE + _TRUE else raw.lower() in _TRUE
+        opts = replace(opts, prepare_kwargs={**opts.prepare_kwargs, "heapmap": heapmap})
+    if env.get(ENV_REPORT, "").strip():
+        opts = replace(opts, report_path=env[ENV_REPORT].strip())
+    return opts
+
+
+def _write_report(path: str | None, payload: dict[str, Any], log: Any) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+    except OSError as err:
+        log.warning("cowprof: cannot write %s=%s: %s", ENV_REPORT, path, err)
+
+
+def prepare_master(server: Any, options: HookOptions = HookOptions()) -> PrepareReport | None:
+    """The body of the ``when_ready`` hook: warn, warm up, prepare, log (see the module doc).
+
+    ``server`` is gunicorn's Arbiter (``server.cfg``, ``server.log``, ``server.app``). Returns the
+    report, or ``None`` when nothing was prepared. Never raises: a failing preparation is logged and
+    the server starts as it would have without cowprof.
+    """
+    log = server.log
+    try:
+        opts = options_from_env(options)
+    except BadInput as err:
+        log.error("cowprof: %s; ignoring the COWPROF_* environment", err)
+        opts = options
+    payload: dict[str, Any] = {"pid": os.getpid(), "preload": bool(server.cfg.preload_app),
+                               "prepare": None, "warmup": None, "skipped": None}
+    if not server.cfg.preload_app:
+        log.warning(PRELOAD_OFF_WARNING)
+        payload["skipped"] = "preload_app is off"
+        _write_report(opts.report_path, payload, log)
+        return None
+    if opts.warmup and opts.warmup_rounds > 0:
+        try:
+            app = server.app.wsgi()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cowprof: warm-up skipped, cannot get the WSGI app: %s", exc)
+        else:
+            result = warm_up(app, opts.warmup, rounds=opts.warmup_rounds, log=log)
+            log.info("cowprof: %s", result.summary())
+            payload["warmup"] = result.to_dict()
+    report = None
+    if not opts.prepare:
+        log.info("cowprof: prepare_fork skipped (%s=0 or cowprof_prepare = False): workers fork from the "
+                 "unprepared heap", ENV_PREPARE)
+        payload["skipped"] = "prepare off"
+    else:
+        try:
+            report = prepare_fork(**dict(opts.prepare_kwargs))
+        except Exception:  # noqa: BLE001 - an optimisation must not keep the server from starting
+            log.exception("cowprof: prepare_fork failed; workers fork from the unprepared heap")
+            payload["skipped"] = "prepare_fork failed"
+        else:
+            log.info("cowprof: %s", report.summary())
+            payload["prepare"] = report.to_dict()
+    _write_report(opts.report_path, payload, log)
+    return report
+
+
+def _mark(fn: Callable, user_hook: Callable | None) -> Callable:
+    setattr(fn, _HOOK_MARK, True)
+    fn.__wrapped_user_hook__ = user_hook  # type: ignore[attr-defined]
+    return fn
+
+
+def _is_ours(hook: Any) -> bool:
+    return bool(getattr(hook, _HOOK_MARK, False))
+
+
+def _resolve_hook(hook: Any) -> Callable | None:
+    """A hook as gunicorn accepts it: a callable, or a 'module.name' string."""
+    if hook is None or callable(hook):
+        return hook
+    if isinstance(hook, str) and "." in hook:
+        mod_name, obj_name = hook.rsplit(".", 1)
+        return getattr(importlib.import_module(mod_name), obj_name)
+    raise BadInput(f"a gunicorn hook must be callable or a 'module.name' string, got {hook!r}")
+
+
+def make_when_ready(user_hook: Callable | None = None, options: HookOptions = HookOptions()) -> Callable:
+    """A ``when_ready(server)`` hook: ``user_hook(server)`` first, then :func:`prepare_master`."""
+    if _is_ours(user_hook):
+        return user_hook  # type: ignore[return-value]
+
+    def when_ready(server: Any) -> None:
+        if user_hook is not None:
+            user_hook(server)
+        prepare_master(server, options)
+
+    return _mark(when_ready, user_hook)
+
+
+def make_post_fork(user_hook: Callable | None = None) -> Callable:
+    """A ``post_fork(server, worker)`` hook: :func:`cowprof.after_fork` first, then ``user_hook``."""
+    if _is_ours(user_hook):
+        return user_hook  # type: ignore[return-value]
+
+    def post_fork(server: Any, worker: Any) -> None:
+        after_fork()
+        if user_hook is not None:
+            user_hook(server, worker)
+
+    return _mark(post_fork, user_hook)
+
+
+def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str | None = None,
+            warmup_rounds: int | None = None, prepare: bool | None = None,
+            **prepare_kwargs: Any) -> None:
+    """Installs cowprof's hooks into a gunicorn config namespace (call with ``globals()``).
+
+    Wraps the ``when_ready`` and ``post_fork`` already in ``namespace`` (so call it at the end of
+    the config file); other hooks are left alone. Arguments left ``None`` fall back to the names
+    ``cowprof_warmup``, ``cowprof_warmup_rounds``, ``cowprof_prepare`` in the namespace;
+    ``prepare_kwargs`` go to :func:`cowprof.prepare_fork`. Installing twice keeps the first hooks.
+    """
+    if warmup is None:
+        warmup = namespace.get("cowprof_warmup")
+    if warmup_rounds is None:
+        warmup_rounds = namespace.get("cowprof_warmup_rounds", HookOptions.warmup_rounds)
+    if prepare is None:
+        prepare = bool(namespace.get("cowprof_prepare", True))
+    options = HookOptions(prepare=prepare, warmup=_parse_paths(warmup), warmup_rounds=int(warmup_rounds),
+                          prepare_kwargs=dict(prepare_kwargs))
+    namespace["when_ready"] = make_when_ready(_resolve_hook(namespace.get("when_ready")), options)
+    namespace["post_fork"] = make_post_fork(_resolve_hook(namespace.get("post_fork")))
+
+
+def _gunicorn_settings() -> frozenset[str]:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return frozenset(s.name for s in KNOWN_SETTINGS)
+
+
+def load_user_config(location: str) -> dict[str, Any]:
+    """Executes a gunicorn config the way gunicorn does and returns its namespace.
+
+    ``location`` is a file path (optionally ``file:``-prefixed) or ``python:module``. Raises
+    :class:`BadInput` for a missing file or module; an exception raised by the file itself
+    propagates (it is the user's code).
+    """
+    if location.startswith("python:"):
+        name = location[len("python:"):]
+        if name == __name__:
+            raise BadInput(f"{ENV_CONFIG} names cowprof's own config module; name your config instead")
+        try:
+            return dict(vars(importlib.import_module(name)))
+        except ModuleNotFoundError as err:
+            if err.name and name.startswith(err.name):
+                raise BadInput(f"{ENV_CONFIG}: no module named {name!r}") from None
+            raise
+    path = location[len("file:"):] if location.startswith("file:") else location
+    if not os.path.isfile(path):
+        raise BadInput(f"{ENV_CONFIG}: no such config file: {path!r}")
+    spec = importlib.util.spec_from_file_location("__config__", path,
+                                                  loader=importlib.machinery.SourceFileLoader("__config__", path))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["__config__"] = module
+    spec.loader.exec_module(module)
+    return dict(vars(module))
+
+
+def apply_user_config(location: str, namespace: MutableMapping[str, Any]) -> None:
+    """Copies the gunicorn settings of the config at ``location`` into ``namespace`` and composes
+    its hooks with cowprof's (see :func:`install`)."""
+    user = load_user_config(location)
+    known = _gunicorn_settings()
+    settings = {k: v for k, v in user.items() if k in known}
+    for key in ("cowprof_warmup", "cowprof_warmup_rounds", "cowprof_prepare"):
+        if key in user:
+            settings[key] = user[key]
+    install(settings)
+    for key in ("cowprof_warmup", "cowprof_warmup_rounds", "cowprof_prepare"):
+        settings.pop(key, None)
+    namespace.update(settings)
+
+
+def _load_from_env() -> None:
+    """Module-import time: take over the user's config named by ``COWPROF_GUNICORN_CONFIG``."""
+    location = os.environ.get(ENV_CONFIG, "").strip()
+    if not location:
+        return
+    try:
+        apply_user_config(location, globals())
+    except BadInput as err:
+        print(f"cowprof: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except Exception:
+        print(f"cowprof: failed to read the gunicorn config {location!r} ({ENV_CONFIG}):", file=sys.stderr)
+        traceback.print_exc()
+        raise SystemExit(1) from None
+
+
+# The hooks gunicorn picks up from this module (and ``from cowprof.gunicorn import when_ready``).
+when_ready = make_when_ready()
+post_fork = make_post_fork()
+_load_from_env()

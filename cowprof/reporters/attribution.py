@@ -1,0 +1,143 @@
+"""Rich tables and JSON for attribution (``cowprof snapshot PID --by type|cause``).
+
+Only rendering: the data comes from :func:`cowprof.attribution.attribute` /
+:func:`cowprof.attribution.snapshot`. Every ``render*`` function takes ``file=`` (default stdout).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, TYPE_CHECKING
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from cowprof.reporters import fmt_size
+
+if TYPE_CHECKING:
+    from cowprof.attribution import Attribution, WorkerAttribution
+
+__all__ = ["MAX_WORKER_COLUMNS", "cause_table", "render", "render_json", "type_table"]
+
+#: at most this many per-worker columns (the workers with the most copied bytes); JSON has all
+MAX_WORKER_COLUMNS = 6
+
+
+def _console(file: IO[str] | None) -> Console:
+    return Console(file=file, highlight=False)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def _shown_workers(attr: Attribution) -> list[WorkerAttribution]:
+    return sorted(attr.workers, key=lambda w: (-w.copied_bytes, w.pid))[:MAX_WORKER_COLUMNS]
+
+
+def _caption(attr: Attribution, extra: str = "") -> str:
+    hidden = len(attr.workers) - min(len(attr.workers), MAX_WORKER_COLUMNS)
+    parts = [f"heap map: {attr.heapmap_records:,} records", f"mode {attr.mode}",
+             f"attribution {attr.seconds:.2f}s"]
+    if hidden:
+        parts.append(f"{hidden} more worker{'s' if hidden != 1 else ''} in --json")
+    if extra:
+        parts.append(extra)
+    return "  ".join(parts)
+
+
+def type_table(attr: Attribution, *, top: int = 10, title: str | None = None) -> Table:
+    """Top-``top`` types by copied bytes over all workers, then the other types and "no object";
+    one column per worker (the largest :data:`MAX_WORKER_COLUMNS`)."""
+    from cowprof.attribution import NO_OBJECT
+
+    total_copied = sum(w.copied_bytes for w in attr.workers)
+    totals = [(t, b) for t, b in attr.total_types() if t != NO_OBJECT]
+    shown = totals[:top]
+    rest = totals[top:]
+    workers = _shown_workers(attr)
+    per_worker = [dict(w.types) for w in workers]
+    table = Table(title=title, title_justify="left", caption=_caption(attr), caption_justify="left",
+                  show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("Type", footer=f"copied ({len(attr.workers)} workers)", no_wrap=True)
+    table.add_column("Copied", footer=fmt_size(total_copied), justify="right", style="bold")
+    table.add_column("Of copied", footer="100.0%" if total_copied else "-", justify="right")
+    for w in workers:
+        table.add_column(str(w.pid), footer=fmt_size(w.copied_bytes), justify="right")
+
+    def row(name: str, total: int, cells: list[int], style: str | None = None) -> None:
+        table.add_row(Text(name, style=style or ""), fmt_size(total), _pct(total, total_copied),
+                      *(fmt_size(c) for c in cells))
+
+    for name, b in shown:
+        row(name, b, [pw.get(name, 0) for pw in per_worker])
+    if rest:
+        names = {t for t, _b in rest}
+        row(f"(other types: {len(rest)})", sum(b for _t, b in rest),
+            [sum(v for k, v in pw.items() if k in names) for pw in per_worker], style="dim")
+    row(NO_OBJECT, sum(w.no_object_bytes for w in attr.workers), [w.no_object_bytes for w in workers],
+        style="dim")
+    return table
+
+
+def cause_table(attr: Attribution, *, title: str | None = None) -> Table:
+    """Copied bytes per cause over all workers (largest first) with the changed 64-bit words, one
+    column per worker; the caption says where the originals were read from."""
+    from cowprof.attribution import CAUSE_LABELS, CAUSES, ORIGINALS
+
+    total_copied = sum(w.copied_bytes for w in attr.workers)
+    workers = _shown_workers(attr)
+    sums = dict.fromkeys(CAUSES, 0)
+    words = dict.fromkeys(CAUSES, 0)
+    origins = dict.fromkeys(ORIGINALS, 0)
+    for w in attr.workers:
+        for c in CAUSES:
+            sums[c] += (w.causes or {}).get(c, 0)
+            words[c] += (w.changed_words or {}).get(c, 0)
+        for o in ORIGINALS:
+            origins[o] += (w.originals or {}).get(o, 0)
+    labels = {"master": "master (still shared)", "sibling": "sibling worker",
+              "master_assumed": "master (assumed unchanged)", "none": "none"}
+    src = ", ".join(f"{labels[o]} {fmt_size(b)}" for o, b in origins.items() if b)
+    table = Table(title=title, title_justify="left", caption=_caption(attr, f"originals: {src or '-'}"),
+                  caption_justify="left", show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("Cause", footer=f"copied ({len(attr.workers)} workers)", no_wrap=True)
+    table.add_column("Copied", footer=fmt_size(total_copied), justify="right", style="bold")
+    table.add_column("Of copied", footer="100.0%" if total_copied else "-", justify="right")
+    table.add_column("Words", footer=f"{sum(words.values()):,}", justify="right")
+    for w in workers:
+        table.add_column(str(w.pid), footer=fmt_size(w.copied_bytes), justify="right")
+    for c in sorted(CAUSES, key=lambda c: (-sums[c], CAUSES.index(c))):
+        if not sums[c]:
+            continue
+        table.add_row(CAUSE_LABELS[c], fmt_size(sums[c]), _pct(sums[c], total_copied),
+                      f"{words[c]:,}" if words[c] else "-",
+                      *(fmt_size((w.causes or {}).get(c, 0)) for w in workers))
+    return table
+
+
+def render(attr: Attribution, *, by: str = "type", top: int = 10, file: IO[str] | None = None) -> None:
+    """Print the by-``type`` or by-``cause`` table. By cause without the rights to read process
+    memory prints what is needed, then the by-type table."""
+    title = f"cowprof: master {attr.master}, {len(attr.workers)} workers"
+    parts: list[RenderableType] = []
+    if by == "cause" and attr.has_causes:
+        parts.append(cause_table(attr, title=title + ", copied bytes by cause"))
+    elif by in ("cause", "type"):
+        if by == "cause":
+            parts.append(Text(f"by cause unavailable: {attr.causes_error}; showing copied bytes by type",
+                              style="yellow"))
+        parts.append(type_table(attr, top=top, title=title + ", copied bytes by type"))
+    else:
+        raise ValueError(f"unknown grouping {by!r}; expected 'type' or 'cause'")
+    _console(file).print(Group(*parts))
+
+
+def render_json(attr: Attribution, *, top: int | None = None, file: IO[str] | None = None,
+                indent: int | None = 2) -> None:
+    """Write ``attr.to_dict(top)`` (docs/attribution.md) as JSON followed by a newline."""
+    out = file if file is not None else sys.stdout
+    out.write(json.dumps(attr.to_dict(top), indent=indent, allow_nan=False) + "\n")
+    out.flush()

@@ -1,0 +1,163 @@
+"""The ``cowprof top`` view: per-worker memory and copy-on-write rate, refreshed from samples.
+
+:class:`TopView` is fed :class:`~cowprof.sampler.Sample` objects and builds a Rich renderable; it
+keeps just enough state to compute each worker's copied MiB/s since the previous refresh and to say
+which workers appeared or disappeared (``max_requests`` recycling, HUP reloads). The refresh loop
+(Rich ``Live`` on a terminal, one table per sample otherwise) lives in :func:`run`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable
+from typing import IO, TYPE_CHECKING
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from cowprof.reporters import MiB, fmt_size
+
+if TYPE_CHECKING:
+    from cowprof.pages import PageReport
+    from cowprof.sampler import Sample
+
+__all__ = ["TopView", "run"]
+
+
+class TopView:
+    """State of the live view: the last report, per-worker copied rates, workers that came and went."""
+
+    def __init__(self, *, interval: float, max_cpu: float | None = None) -> None:
+        self.interval = interval
+        self.max_cpu = max_cpu
+        self.gap: float | None = None
+        """Seconds between the last two samples (more than ``interval`` when the CPU cap stretched it)."""
+        self.report: PageReport | None = None
+        self.sample: Sample | None = None
+        self.error: str | None = None
+        self.rates: dict[int, float | None] = {}
+        """Copied bytes per second since the previous report holding the same worker (None: new)."""
+        self.appeared: list[int] = []
+        self.disappeared: list[int] = []
+        self.samples = 0
+        self.failed = 0
+        self._prev: dict[int, tuple[float, float, int]] = {}  # pid -> (started_at, taken_at, copied)
+
+    def update(self, sample: Sample) -> None:
+        """Take one sample: a new report updates rates and worker changes; an error is shown as such."""
+        self.samples += 1
+        if self.sample is not None:
+            self.gap = sample.elapsed - self.sample.elapsed
+        self.sample = sample
+        if sample.report is None:
+            self.failed += 1
+            self.error = str(sample.error) if sample.error is not None else "sample failed"
+            return
+        self.error = None
+        report = sample.report
+        now: dict[int, tuple[float, float, int]] = {}
+        rates: dict[int, float | None] = {}
+        for w in report.workers:
+            prev = self._prev.get(w.pid)
+            rate = None
+            # same PID and start time: the same worker (a reused PID is a new worker)
+            if prev is not None and prev[0] == w.started_at and report.taken_at > prev[1]:
+                rate = (w.copied_bytes - prev[2]) / (report.taken_at - prev[1])
+            rates[w.pid] = rate
+            now[w.pid] = (w.started_at, report.taken_at, w.copied_bytes)
+        if self.report is not None:
+            self.appeared = sorted(p for p, v in now.items()
+                                   if p not in self._prev or self._prev[p][0] != v[0])
+            self.disappeared = sorted(p for p, v in self._prev.items()
+                                      if p not in now or now[p][0] != v[0])
+        self._prev = now
+        self.rates = rates
+        self.report = report
+
+    def _header(self) -> Text:
+        text = Text()
+        r = self.report
+        if r is None:
+            text.append("cowprof top: waiting for a first sample", style="bold")
+        else:
+            when = _dt.datetime.fromtimestamp(r.taken_at).strftime("%H:%M:%S")
+            text.append(f"cowprof top  master {r.master.pid}  {len(r.workers)} workers  ", style="bold")
+            text.append(f"every {self.interval:g}s  {when}  scan {r.scan_seconds:.3f}s  {r.mode}")
+            if self.gap is not None and self.gap > 1.2 * self.interval:
+                why = f" (CPU cap {100 * self.max_cpu:g}%)" if self.max_cpu else ""
+                text.append(f"\nrefreshing every {self.gap:.1f}s{why}", style="yellow")
+            if self.sample is not None and self.sample.lateness > 0.05:
+                text.append(f"  late {self.sample.lateness:.2f}s", style="yellow")
+        if self.appeared:
+            text.append("\nnew workers: " + " ".join(map(str, self.appeared)), style="green")
+        if self.disappeared:
+            text.append("\nworkers gone: " + " ".join(map(str, self.disappeared)), style="dim")
+        if self.error is not None:
+            text.append(f"\nlast sample failed ({self.failed} of {self.samples}): {self.error}",
+                        style="yellow")
+        return text
+
+    def renderable(self) -> RenderableType:
+        """Header plus the table of the last good report."""
+        r = self.report
+        if r is None:
+            return self._header()
+        workers = sorted(r.workers, key=lambda w: (-w.copied_bytes, w.pid))
+        t = Table(show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False)
+        rates = [v for v in self.rates.values() if v is not None]
+        total_rate = sum(rates) if rates else None
+        cols = [
+            ("PID", f"{len(workers)} workers"),
+            ("RSS", fmt_size(r.master.rss_bytes + sum(w.rss_bytes for w in workers))),
+            ("PSS", fmt_size(r.master.pss_bytes + sum(w.pss_bytes for w in workers))),
+            ("USS", fmt_size(r.master.uss_bytes + sum(w.uss_bytes for w in workers))),
+            ("Shared", fmt_size(sum(w.shared_bytes for w in workers))),
+            ("Copied", fmt_size(sum(w.copied_bytes for w in workers))),
+            ("New", fmt_size(sum(w.new_bytes for w in workers))),
+            ("Copy MiB/s", _rate(total_rate)),
+        ]
+        for name, footer in cols:
+            t.add_column(name, footer=footer, justify="left" if name == "PID" else "right",
+                         no_wrap=True, style="bold" if name == "Copy MiB/s" else None,
+                         min_width=len(footer) if name == "PID" else None)
+        m = r.master
+        t.add_row(Text(f"{m.pid} master", style="cyan"), fmt_size(m.rss_bytes),
+                  fmt_size(m.pss_bytes), fmt_size(m.uss_bytes), "", "", "", "", end_section=True)
+        for w in workers:
+            t.add_row(str(w.pid), fmt_size(w.rss_bytes), fmt_size(w.pss_bytes),
+                      fmt_size(w.uss_bytes), fmt_size(w.shared_bytes), fmt_size(w.copied_bytes),
+                      fmt_size(w.new_bytes), _rate(self.rates.get(w.pid)))
+        return Group(self._header(), t)
+
+
+def _rate(bytes_per_s: float | None) -> str:
+    return "new" if bytes_per_s is None else f"{bytes_per_s / MiB:.2f}"
+
+
+def run(samples: Iterable[Sample], *, interval: float, file: IO[str] | None = None,
+        live: bool | None = None, max_cpu: float | None = None) -> TopView:
+    """Show ``samples`` until the iterable ends; returns the final view state.
+
+    ``live=None`` picks Rich ``Live`` (refresh in place) when ``file`` is a terminal; otherwise
+    each sample prints one complete table (pipes, logs, tests). KeyboardInterrupt propagates: the
+    caller decides that Ctrl-C is a normal exit.
+    """
+    console = Console(file=file, highlight=False)
+    view = TopView(interval=interval, max_cpu=max_cpu)
+    if live is None:
+        live = console.is_terminal
+    if not live:
+        for sample in samples:
+            view.update(sample)
+            console.print(view.renderable())
+            console.print()
+            console.file.flush()
+        return view
+    with Live(view.renderable(), console=console, auto_refresh=False, transient=False,
+              redirect_stdout=False, redirect_stderr=False) as display:
+        for sample in samples:
+            view.update(sample)
+            display.update(view.renderable(), refresh=True)
+    return view

@@ -1,0 +1,234 @@
+"""Periodic page scans of a pre-fork tree, as an iterator of samples.
+
+``top``, ``record`` and ``run --record`` all need the same loop: re-discover the tree (workers come and
+go with ``max_requests`` recycling and HUP reloads), scan it, wait for the next tick. Like py-spy's
+sampler, each :class:`Sample` carries its own error and lateness instead of aborting the loop, and the
+iteration ends cleanly when the target master exits.
+
+The first tree discovery happens in :class:`Sampler`'s constructor, so a wrong PID (no such process,
+not a pre-fork tree, permission denied) raises a :class:`~cowprof.errors.CowprofError` before any
+output is produced.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from cowprof.errors import CowprofError
+
+if TYPE_CHECKING:
+    from cowprof.pages import PageReport
+    from cowprof.tree import Tree
+
+__all__ = ["Sample", "Sampler", "StopReason"]
+
+
+class StopReason:
+    """Why a :class:`Sampler` stopped (``Sampler.stop_reason``); plain strings, stored in record files."""
+
+    TARGET_EXITED = "target-exited"
+    DURATION = "duration"
+    COUNT = "count"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One tick of the sampler: a page report, or the error that tick hit (never both)."""
+
+    index: int
+    """0-based sequence number, counting failed samples too."""
+    time: float
+    """Wall clock (unix seconds) when the sample started."""
+    elapsed: float
+    """Seconds since the sampler's first tick (monotonic clock)."""
+    lateness: float
+    """Seconds the sample started after its scheduled tick (scheduling jitter, slow previous scans)."""
+    report: PageReport | None
+    error: CowprofError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the sample holds a report."""
+        return self.report is not None
+
+
+def _default_find_tree(pid: int) -> Tree:
+    from cowprof.tree import find_tree
+
+    return find_tree(pid)
+
+
+def _default_scan(tree: Tree, privileged: bool | None) -> PageReport:
+    from cowprof.pages import scan
+
+    return scan(tree, privileged=privileged)
+
+
+def _process_identity(pid: int) -> float | None:
+    """Start time of a live (non-zombie) process, or None when it is gone.
+
+    The start time tells a PID reused by an unrelated process apart from the original master.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        # alive but unreadable: keep sampling, each sample reports the denial itself
+        return math.nan
+
+
+class Sampler:
+    """Iterate over :class:`Sample` objects taken every ``interval`` seconds from the tree of ``pid``.
+
+    ``pid`` may be the master or any worker; the sampler follows the master, so recycled workers do not
+    end it. Iteration stops when the master exits (``stop_reason == "target-exited"``), after
+    ``duration`` seconds, after ``count`` samples, or when :meth:`stop` is called. The first sample is
+    taken immediately. Ticks are on a fixed grid (``start + k * interval``); ticks missed because a scan
+    was slower than the interval are skipped, and the delay shows up as the next sample's ``lateness``.
+
+    ``max_cpu`` (a fraction of one core) caps this process's CPU use: after each sample the CPU time
+    it took (the scan, plus what the consumer did with the sample before asking for the next one,
+    smoothed) sets the earliest next tick, so the interval stretches on trees too big to scan every
+    ``interval`` within the cap (``effective_interval`` says by how much). A full page scan of a
+    1 GiB tree costs ~50 ms of CPU: at 1 Hz that alone is 5% of a core.
+
+    ``find_tree``, ``scan``, ``is_alive``, ``clock``, ``wall_clock``, ``sleep`` and ``cpu_clock`` are
+    injectable for tests; by default they are :func:`cowprof.tree.find_tree`,
+    :func:`cowprof.pages.scan`, a psutil liveness check of the master and the ``time`` module.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        *,
+        interval: float = 1.0,
+        duration: float | None = None,
+        count: int | None = None,
+        privileged: bool | None = None,
+        max_cpu: float | None = None,
+        find_tree: Callable[[int], Tree] | None = None,
+        scan: Callable[[Tree, bool | None], PageReport] | None = None,
+        is_alive: Callable[[int], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Any] = time.sleep,
+        cpu_clock: Callable[[], float] = time.process_time,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError("interval must be > 0")
+        if max_cpu is not None and not 0 < max_cpu <= 1:
+            raise ValueError("max_cpu must be in (0, 1]")
+        self.interval = float(interval)
+        self.effective_interval = float(interval)
+        """Seconds between the last sample and the next one (> interval when max_cpu stretches it)."""
+        self.max_cpu = max_cpu
+        self.duration = duration
+        self.count = count
+        self.privileged = privileged
+        self._find_tree = find_tree or _default_find_tree
+        self._scan = scan or _default_scan
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._cpu_clock = cpu_clock
+        self._stopped = False
+        self.stop_reason: str | None = None
+        self.samples_taken = 0
+
+        first = self._find_tree(pid)  # raises ProcessGone / AccessDenied / NotAPreforkTree
+        self.requested_pid = pid
+        self.master: int = first.master
+        self._first_tree: Tree | None = first
+        if is_alive is None:
+            identity = _process_identity(self.master)
+
+            def is_alive(master: int) -> bool:
+                now = _process_identity(master)
+                if now is None:
+                    return False
+                return math.isnan(now) or identity is None or math.isnan(identity) or now == identity
+
+        self._is_alive = is_alive
+
+    def stop(self) -> None:
+        """Ask the iteration to end before the next sample (safe from a signal handler)."""
+        self._stopped = True
+
+    def _take(self, index: int, start: float, scheduled: float) -> Sample:
+        began = self._clock()
+        wall = self._wall_clock()
+        lateness = max(0.0, began - scheduled)
+        report = None
+        error: CowprofError | None = None
+        try:
+            tree = self._first_tree if self._first_tree is not None else self._find_tree(self.master)
+            self._first_tree = None
+            report = self._scan(tree, self.privileged)
+        except CowprofError as exc:  # ProcessGone, AccessDenied, NotAPreforkTree...: per sample
+            error = exc
+        return Sample(index=index, time=wall, elapsed=began - start, lateness=lateness, report=report,
+                      error=error)
+
+    def __iter__(self) -> Iterator[Sample]:
+        start = self._clock()
+        tick = 0  # index on the grid start + k * interval
+        scheduled = start
+        index = 0
+        cost: float | None = None  # smoothed CPU seconds per cycle (scan + the consumer's work)
+        cpu_mark = self._cpu_clock()
+        while True:
+            if self._stopped:
+                self.stop_reason = StopReason.STOPPED
+                return
+            if self.count is not None and index >= self.count:
+                self.stop_reason = StopReason.COUNT
+                return
+            # the last sample is the one at ``duration`` (inclusive), checked before sleeping to it
+            if self.duration is not None and scheduled - start > self.duration + 1e-9:
+                self.stop_reason = StopReason.DURATION
+                return
+            delay = scheduled - self._clock()
+            if delay > 0:
+                self._sleep(delay)
+            if self._stopped:
+                self.stop_reason = StopReason.STOPPED
+                return
+            if not self._is_alive(self.master):
+                self.stop_reason = StopReason.TARGET_EXITED
+                return
+            sample = self._take(index, start, scheduled)
+            if sample.error is not None and not self._is_alive(self.master):
+                # the scan failed because the master exited mid-scan: that is the end, not an error
+                self.stop_reason = StopReason.TARGET_EXITED
+                return
+            index += 1
+            self.samples_taken = index
+            began = start + sample.elapsed
+            yield sample
+            # next tick on the grid that is still in the future (skip the ones a slow scan missed)
+            now = self._clock()
+            tick = max(tick + 1, math.floor((now - start) / self.interval) + 1)
+            scheduled = start + tick * self.interval
+            if self.max_cpu is not None:
+                # CPU cap: this cycle cost `spent` CPU seconds of the whole process (liveness check,
+                # scan, whatever the consumer did with the sample); wait long enough that cycles
+                # average at most max_cpu of one core
+                cpu_now = self._cpu_clock()
+                spent = max(0.0, cpu_now - cpu_mark)
+                cpu_mark = cpu_now
+                cost = spent if cost is None else 0.5 * cost + 0.5 * spent
+                earliest = began + cost / self.max_cpu
+                if earliest > scheduled:
+                    scheduled = earliest
+                    tick = max(tick, math.ceil((earliest - start) / self.interval - 1e-9))
+            self.effective_interval = scheduled - began

@@ -1,0 +1,110 @@
+"""Find the pre-fork tree (master and live workers) from any PID of it.
+
+A worker is a child the master *forked without exec*: it runs the same executable and, because
+address-space layout is randomized at exec time only, it keeps the master's stack and brk start
+addresses (``/proc/PID/stat`` fields 28 and 47). That test works for gunicorn, uWSGI, Celery
+prefork, ``multiprocessing`` (fork) and a plain ``os.fork()`` parent, and it rejects a child that
+exec'd the same interpreter (``subprocess.Popen([sys.executable, ...])``). With ASLR disabled
+the layout test proves nothing, so the command lines must match too.
+
+Given a PID: if it has live forked children, it is the master; otherwise, if its parent forked it,
+the parent is the master; otherwise it is not part of a pre-fork tree (:class:`NotAPreforkTree`).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psutil
+
+from . import procfs
+from .errors import AccessDenied, CowprofError, NotAPreforkTree, ProcessGone
+
+_PSUTIL_ROOT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A pre-fork master and its live workers (PIDs, workers in ascending order)."""
+
+    master: int
+    workers: tuple[int, ...]
+
+
+@contextmanager
+def _psutil_root(procfs_root: str) -> Iterator[None]:
+    """Point psutil at another procfs root for the duration (fixture roots in tests)."""
+    if procfs_root == "/proc":
+        yield
+        return
+    with _PSUTIL_ROOT_LOCK:
+        old = psutil.PROCFS_PATH
+        psutil.PROCFS_PATH = procfs_root
+        try:
+            yield
+        finally:
+            psutil.PROCFS_PATH = old
+
+
+def _aslr_enabled(procfs_root: str) -> bool:
+    try:
+        return procfs.read_bytes(None, "sys/kernel/randomize_va_space", procfs_root).strip() != b"0"
+    except CowprofError:
+        return True
+
+
+def _is_fork_of(child: psutil.Process, parent: psutil.Process, procfs_root: str, aslr: bool) -> bool:
+    """True when ``child`` is a fork (without exec) of ``parent``; False for zombies and exec'd ones."""
+    try:
+        cst = procfs.read_stat(child.pid, procfs_root)
+        pst = procfs.read_stat(parent.pid, procfs_root)
+        if cst.zombie or pst.zombie or cst.ppid != parent.pid:
+            return False
+        if child.exe() != parent.exe():
+            return False
+        if (cst.start_stack, cst.start_brk) != (pst.start_stack, pst.start_brk):
+            return False
+        if cst.start_stack == 0 and cst.start_brk == 0:
+            # no ptrace read access to the layout: fall back on the command line
+            return child.cmdline() == parent.cmdline()
+        return aslr or child.cmdline() == parent.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessGone):
+        return False
+
+
+def _forked_children(proc: psutil.Process, procfs_root: str, aslr: bool) -> list[int]:
+    return sorted(c.pid for c in proc.children() if _is_fork_of(c, proc, procfs_root, aslr))
+
+
+def find_tree(pid: int, *, procfs_root: str = "/proc") -> Tree:
+    """The pre-fork tree that ``pid`` (master or worker) belongs to.
+
+    Raises :class:`ProcessGone` (no such PID, or a zombie), :class:`AccessDenied` (another
+    user's process, without root) and :class:`NotAPreforkTree` (no forked children and no
+    forking parent).
+    """
+    if pid <= 0:
+        raise NotAPreforkTree(f"{pid} is not a process ID")
+    with _psutil_root(procfs_root):
+        try:
+            proc = psutil.Process(pid)
+            if procfs.read_stat(pid, procfs_root).zombie:
+                raise ProcessGone(pid, f"process {pid} has exited (zombie)")
+            aslr = _aslr_enabled(procfs_root)
+            proc.exe()  # checks we may read it at all
+            workers = _forked_children(proc, procfs_root, aslr)
+            if workers:
+                return Tree(pid, tuple(workers))
+            parent = proc.parent()
+            if parent is not None and parent.pid > 1 and _is_fork_of(proc, parent, procfs_root, aslr):
+                return Tree(parent.pid, tuple(_forked_children(parent, procfs_root, aslr)))
+        except psutil.NoSuchProcess:  # also ZombieProcess
+            raise ProcessGone(pid) from None
+        except psutil.AccessDenied:
+            raise AccessDenied(pid) from None
+    raise NotAPreforkTree(
+        f"process {pid} is not part of a pre-fork tree: it has no forked children and its parent "
+        "did not fork it (give the PID of the server's master or of one of its workers)"
+    )

@@ -1,0 +1,257 @@
+"""The CLI as a user runs it: real subprocesses against real forked trees (and a real gunicorn)."""
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from forktree import ForkTree
+
+from cowprof.pages import PageReport
+from cowprof.record import read_record
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+COWPROF = [sys.executable, "-m", "cowprof"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cowprof(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COWPROF, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+class Reader:
+    """Collects a child's stdout without blocking, so a test can wait for some text to appear."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.text = ""
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(proc.stdout, selectors.EVENT_READ)
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.text):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None and not self.sel.select(0):
+                return predicate(self.text)
+            if self.sel.select(min(left, 0.2)):
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    return predicate(self.text)
+                self.text += chunk.decode(errors="replace")
+        return True
+
+    def rest(self) -> str:
+        self.sel.close()
+        self.text += self.proc.stdout.read().decode(errors="replace")
+        return self.text
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Make sure a cowprof we started is gone (by its PID only)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def wait_lines(path: Path, n: int, timeout: float = 20.0) -> int:
+    """Wait until ``path`` holds ``n`` complete lines; returns the count seen."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        if path.exists():
+            count = path.read_bytes().count(b"\n")
+            if count >= n:
+                break
+        time.sleep(0.05)
+    return count
+
+
+def test_snapshot_json_reports_the_tree_and_its_writes():
+    """The JSON lists the tree's real PIDs, and workers that wrote N pages of the master's
+    anonymous buffer show at least N copied pages there; workers that wrote none (the baseline)
+    do not reach that bar."""
+    writes = 256
+    copied: dict[int, list[int]] = {}
+    for w in (0, writes):
+        with ForkTree(workers=2, master_mb=8, write_pages=w) as tree:
+            out = cowprof("snapshot", str(tree.worker_pids[0]), "--json")
+            assert out.returncode == 0, out.stderr
+            data = json.loads(out.stdout)
+            assert PageReport.from_dict(data).to_dict() == data
+            assert data["master"]["pid"] == tree.master_pid
+            assert sorted(x["pid"] for x in data["workers"]) == sorted(tree.worker_pids)
+            copied[w] = [x["regions"]["python"]["copied_bytes"] for x in data["workers"]]
+    assert all(c >= writes * PAGE for c in copied[writes]), copied
+    assert all(c < writes * PAGE for c in copied[0]), copied
+
+
+def test_top_follows_workers_and_exits_zero_on_ctrl_c():
+    with ForkTree(workers=3, master_mb=8) as tree:
+        proc = subprocess.Popen([*COWPROF, "top", str(tree.master_pid), "--interval", "0.3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "COLUMNS": "120"})
+        try:
+            reader = Reader(proc)
+            assert reader.wait_for(lambda t: all(str(p) in t for p in tree.worker_pids)), reader.text
+            victim = tree.worker_pids[0]
+            tree.kill_worker(victim)  # like max_requests recycling: a worker disappears
+            assert reader.wait_for(lambda t: f"workers gone: {victim}" in t), reader.text
+            assert reader.wait_for(lambda t: t.count("cowprof top") >= 4)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+            out, err = reader.rest(), proc.stderr.read().decode()
+        finally:
+            stop(proc)
+    assert "Traceback" not in err and err == ""
+    assert "2 workers" in out  # after the kill
+
+
+def test_record_survives_sigkill_and_reports(tmp_path):
+    path = tmp_path / "rec.jsonl"
+    with ForkTree(workers=2, master_mb=8, write_pages=16) as tree:
+        proc = subprocess.Popen([*COWPROF, "record", str(tree.master_pid), "-o", str(path),
+                                 "--interval", "0.2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            assert wait_lines(path, 4) >= 4  # header + 3 samples
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            stop(proc)
+            proc.stdout.close()
+            proc.stderr.close()
+    rec = read_record(path)
+    assert len(rec.samples) >= 3 and rec.end is None
+    assert all(r.master.pid == tree.master_pid for r in rec.reports)
+    assert all(sorted(w.pid for w in r.workers) == sorted(tree.worker_pids) for r in rec.reports)
+    out = cowprof("report", str(path))
+    assert out.returncode == 0 and "no end line" in out.stdout
+
+
+def test_record_stops_cleanly_on_ctrl_c_and_when_the_master_exits(tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    tree = ForkTree(workers=2, master_mb=8)
+    procs = []
+    try:
+        proc = subprocess.Popen([*COWPROF, "record", str(tree.master_pid), "-o", str(first),
+                                 "-i", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+        assert wait_lines(first, 3) >= 3
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0 and b"Traceback" not in err
+        assert read_record(first).end["reason"] == "interrupted"
+
+        proc = subprocess.Popen([*COWPROF, "record", str(tree.master_pid), "-o", str(second),
+                                 "-i", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+        assert wait_lines(second, 3) >= 3
+        tree.stop()  # the server goes away: the recorder ends by itself
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+    finally:
+        tree.stop()
+        for p in procs:
+            stop(p)
+    rec = read_record(second)
+    assert rec.end["reason"] == "target-exited" and len(rec.samples) >= 2
+    out_html = tmp_path / "b.html"
+    out = cowprof("report", str(second), "--html", str(out_html))
+    assert out.returncode == 0, out.stderr
+    assert 'id="cowprof-shared"' in out_html.read_text()
+
+
+def _unprivileged_python() -> tuple[list[str], dict[str, str]] | None:
+    """A command that runs cowprof as uid 65534 (needs root and setpriv), or None.
+
+    The test interpreter may live where nobody else can read (e.g. pyenv under /root); then a
+    system python of a version with a venv in the repo is used, with that venv's site-packages.
+    """
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return None
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    candidates = [([sys.executable], {})]
+    for minor in (11, 12, 13):
+        site = REPO / f".venv/py3.{minor}/lib/python3.{minor}/site-packages"
+        exe = f"/usr/bin/python3.{minor}"
+        if site.is_dir() and os.access(exe, os.X_OK):
+            candidates.append(([exe], {"PYTHONPATH": f"{REPO}:{site}"}))
+    for cmd, env in candidates:
+        probe = subprocess.run([*drop, *cmd, "-c", "import cowprof.cli, psutil"], cwd="/",
+                               capture_output=True, timeout=60, env={**os.environ, **env})
+        if probe.returncode == 0:
+            return [*drop, *cmd, "-m", "cowprof"], env
+    return None
+
+
+def test_permission_denied_for_real():
+    found = _unprivileged_python()
+    if found is None:
+        pytest.skip("needs root, setpriv and a Python that uid 65534 can run")
+    cmd, env = found
+    with ForkTree(workers=1, master_mb=4) as tree:  # owned by root
+        out = subprocess.run([*cmd, "snapshot", str(tree.master_pid)], capture_output=True,
+                             text=True, timeout=60, cwd="/", env={**os.environ, **env})
+    assert out.returncode == 4, out.stderr
+    assert out.stderr.startswith("cowprof: permission denied") and len(out.stderr.splitlines()) == 1
+
+
+WSGI_APP = """\
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+GUNICORN_CONF = """\
+workers = 2
+preload_app = True
+bind = "127.0.0.1:0"
+graceful_timeout = 5
+"""
+
+
+@pytest.mark.slow
+def test_run_gunicorn_with_record(tmp_path):
+    """``cowprof run`` keeps the user's config (2 workers, gunicorn's default is 1), injects the
+    hook (its log line), records the tree, forwards SIGTERM and exits with gunicorn's status."""
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    if not gunicorn.exists():
+        pytest.skip("gunicorn is not installed next to this Python")
+    (tmp_path / "tinyapp.py").write_text(WSGI_APP)
+    (tmp_path / "my.conf.py").write_text(GUNICORN_CONF)
+    rec = tmp_path / "rec.jsonl"
+    proc = subprocess.Popen(
+        [*COWPROF, "run", "--record", str(rec), "--interval", "0.3", "--", str(gunicorn),
+         "-c", "my.conf.py", "tinyapp:app"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "COWPROF_WARMUP": ""})
+    try:
+        assert wait_lines(rec, 3, timeout=60) >= 3, proc.stderr.read1().decode() if proc.poll() is not None else ""
+        deadline = time.monotonic() + 30  # until a sample sees both workers (or give up)
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(len(r.workers) == 2 for r in read_record(rec).reports):
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
+    err_text = err.decode(errors="replace")
+    assert proc.returncode == 0, err_text
+    assert "[INFO] cowprof: " in err_text  # the hook's log line, through gunicorn's logger
+    recording = read_record(rec)
+    assert recording.end["reason"] == "target-exited"
+    reports = recording.reports
+    assert len(reports) >= 2
+    # the user's workers = 2 applied (gunicorn's default is 1); the first sample may come between
+    # the two forks
+    assert max(len(r.workers) for r in reports) == 2
+    assert recording.header["target"]["pid"] == reports[0].master.pid

@@ -1,0 +1,528 @@
+"""The CLI with typer's CliRunner and ``main(argv)``: commands on a fake tree, one-line errors, exit
+codes, and the ``run`` argument rewriting. Real processes are in tests/integration/test_cli.py."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+import cowprof.pages
+import cowprof.sampler
+import cowprof.tree
+from cowprof import cli
+from cowprof.errors import AccessDenied, BadInput, NotAPreforkTree, ProcessGone
+from cowprof.pages import PageReport
+from cowprof.record import read_record
+from cowprof.sampler import Sampler, StopReason
+from cowprof.tree import Tree
+
+MiB = 1 << 20
+runner = CliRunner()
+
+
+def report_dict(t: float = 1000.0, workers: dict[int, int] | None = None) -> dict:
+    """Documented page-report JSON; ``workers`` maps PID -> copied bytes."""
+    workers = {11: 3 * MiB, 12: 7 * MiB} if workers is None else workers
+    return {
+        "version": 1, "taken_at": t, "privileged": False, "mode": "exclusive-bit", "page_size": 4096,
+        "scan_seconds": 0.01,
+        "master": {"pid": 10, "started_at": 900.0, "rss_bytes": 40 * MiB, "pss_bytes": 20 * MiB,
+                   "uss_bytes": 5 * MiB, "swap_bytes": 0, "diverged_bytes": 0, "regions": {}},
+        "workers": [
+            {"pid": pid, "started_at": 901.0, "rss_bytes": 30 * MiB, "pss_bytes": 10 * MiB,
+             "uss_bytes": c, "swap_bytes": 0, "shared_bytes": 16 * MiB, "copied_bytes": c,
+             "new_bytes": MiB,
+             "regions": {"python": {"shared_bytes": 16 * MiB, "copied_bytes": c, "new_bytes": MiB}}}
+            for pid, c in workers.items()],
+        "gone": [],
+    }
+
+
+class FakeTree:
+    """Stands in for tree.find_tree / pages.scan / the master liveness check."""
+
+    def __init__(self, error: Exception | None = None, scan_error: Exception | None = None) -> None:
+        self.error = error
+        self.scan_error = scan_error
+        self.scans = 0
+
+    def find_tree(self, pid: int, **kw) -> Tree:
+        if self.error is not None:
+            raise self.error
+        return Tree(10, (11, 12))
+
+    def scan(self, target, **kw) -> PageReport:
+        if self.scan_error is not None:
+            raise self.scan_error
+        self.scans += 1
+        return PageReport.from_dict(report_dict(1000.0 + self.scans,
+                                                {11: 3 * MiB + self.scans * MiB, 12: 7 * MiB}))
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    f = FakeTree()
+    monkeypatch.setattr(cowprof.tree, "find_tree", f.find_tree)
+    monkeypatch.setattr(cowprof.pages, "scan", f.scan)
+    monkeypatch.setattr(cowprof.sampler, "_process_identity", lambda pid: 1.0)
+    return f
+
+
+def assert_one_line_error(result_or_err: str, code: int, expected_code: int, needle: str) -> None:
+    err = result_or_err
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cowprof: ") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- help ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [[], ["snapshot"], ["top"], ["record"], ["report"], ["run"],
+                                     ["export"]])
+def test_help_has_an_example(command):
+    result = runner.invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output and "cowprof" in result.output
+
+
+def test_version(capsys):
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and out.strip() == f"cowprof {cowprof.__version__}"
+
+
+# --- snapshot --------------------------------------------------------------------------------
+
+def test_snapshot_table(fake):
+    result = runner.invoke(cli.app, ["snapshot", "11"])
+    assert result.exit_code == 0, result.output
+    pids = [line.split()[0] for line in result.stdout.splitlines()
+            if line.split()[:1] in (["10"], ["11"], ["12"])]
+    assert pids == ["10", "12", "11"]
+
+
+def test_snapshot_json_is_the_page_report(fake):
+    result = runner.invoke(cli.app, ["snapshot", "10", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert PageReport.from_dict(data).to_dict() == data
+    assert [w["pid"] for w in data["workers"]] == [11, 12]
+
+
+def test_snapshot_by_region(fake):
+    result = runner.invoke(cli.app, ["snapshot", "10", "--by", "region"])
+    assert result.exit_code == 0
+    assert "python" in result.stdout and "by region" in result.stdout
+
+
+def test_by_choices_match_the_table_reporter():
+    from cowprof.reporters.table import BY_CHOICES
+
+    assert tuple(b.value for b in cli.By) == BY_CHOICES
+
+
+# --- errors: one line, exit code, no traceback -------------------------------------------------
+
+@pytest.mark.parametrize("error, code, needle", [
+    (ProcessGone(4242), 3, "does not exist"),
+    (AccessDenied(4242), 4, "permission denied"),
+    (NotAPreforkTree("process 4242 is not part of a pre-fork tree"), 5, "not part of a pre-fork tree"),
+])
+@pytest.mark.parametrize("command", [["snapshot", "4242"], ["top", "4242"],
+                                     ["record", "4242", "-o", "{tmp}/r.jsonl"]])
+def test_tree_errors(monkeypatch, tmp_path, error, code, needle, command):
+    monkeypatch.setattr(cowprof.tree, "find_tree", FakeTree(error).find_tree)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    result = runner.invoke(cli.app, argv)
+    assert_one_line_error(result.stderr, result.exit_code, code, needle)
+    assert result.stdout == ""
+    assert not (tmp_path / "r.jsonl").exists()  # nothing created for a bad target
+
+
+def test_permission_denied_while_scanning(monkeypatch, capsys):
+    f = FakeTree(scan_error=AccessDenied(11))
+    monkeypatch.setattr(cowprof.tree, "find_tree", f.find_tree)
+    monkeypatch.setattr(cowprof.pages, "scan", f.scan)
+    code, out, err = run_main(capsys, "snapshot", "10")
+    assert_one_line_error(err, code, 4, "permission denied reading process 11")
+
+
+def test_real_missing_pid_and_lone_process(capsys):
+    with open("/proc/sys/kernel/pid_max") as fh:
+        missing = int(fh.read()) + 1  # above pid_max: can never exist
+    code, _, err = run_main(capsys, "snapshot", str(missing))
+    assert_one_line_error(err, code, 3, str(missing))
+    lone = subprocess.Popen(["sleep", "30"])
+    try:
+        code, _, err = run_main(capsys, "snapshot", str(lone.pid))
+        assert_one_line_error(err, code, 5, "not part of a pre-fork tree")
+    finally:
+        lone.kill()
+        lone.wait()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["snapshot", "0"], "'pid'"),
+    (["snapshot", "-5"], ""),
+    (["snapshot", "abc"], "'pid'"),
+    (["snapshot", "1", "--by", "colour"], "'--by'"),
+    (["top", "1", "--interval", "-1"], "seconds > 0"),
+    (["top", "1", "--interval", "0"], "seconds > 0"),
+    (["top", "1", "--interval", "nan"], "seconds > 0"),
+    (["top", "1", "--interval", "soon"], "not a number"),
+    (["record", "1"], "'--output'"),
+    (["record", "1", "-o", "x.jsonl", "--duration", "-3"], "seconds > 0"),
+    (["export", "1", "--port", "70000"], "'--port'"),
+    (["export"], "needs a PID"),
+    (["frobnicate"], "No such command"),
+    (["report"], "'FILE'"),
+])
+def test_bad_option_values(capsys, argv, needle):
+    code, out, err = run_main(capsys, *argv)
+    assert_one_line_error(err, code, 2, needle)
+
+
+def test_clirunner_sees_the_same_one_line_errors():
+    result = runner.invoke(cli.app, ["top", "1", "--interval", "-1"])
+    assert_one_line_error(result.stderr, result.exit_code, 2, "seconds > 0")
+
+
+# --- top -------------------------------------------------------------------------------------
+
+def test_top_without_terminal_prints_each_refresh(fake):
+    result = runner.invoke(cli.app, ["top", "10", "--interval", "0.01", "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("cowprof top") == 3
+    assert "11" in result.stdout and "12" in result.stdout
+    assert "1.00" in result.stdout  # worker 11 copies 1 MiB per (fake) second
+
+
+def test_top_ctrl_c_exits_zero(fake, monkeypatch):
+    from cowprof.reporters import live
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(live, "run", interrupted)
+    result = runner.invoke(cli.app, ["top", "10"])
+    assert result.exit_code == 0
+
+
+def test_top_ends_when_master_exits(fake, monkeypatch):
+    alive = iter([1.0, 1.0, None, None])  # construction, first sample, then gone
+    monkeypatch.setattr(cowprof.sampler, "_process_identity", lambda pid: next(alive))
+    result = runner.invoke(cli.app, ["top", "10", "--interval", "0.01"])
+    assert result.exit_code == 0
+    assert result.stdout.count("cowprof top") == 1
+    assert "master 10 exited" in result.stderr
+
+
+# --- record / report -------------------------------------------------------------------------
+
+def test_record_then_report(fake, tmp_path):
+    path = tmp_path / "r.jsonl"
+    result = runner.invoke(cli.app, ["record", "11", "-o", str(path), "--interval", "0.01",
+                                     "--count", "3"])
+    assert result.exit_code == 0, result.output
+    assert "recorded 3 samples" in result.stderr
+    rec = read_record(path)
+    assert len(rec.samples) == 3 and rec.end["reason"] == StopReason.COUNT
+    assert rec.header["target"]["pid"] == 10 and rec.header["target"]["requested_pid"] == 11
+    result = runner.invoke(cli.app, ["report", str(path)])
+    assert result.exit_code == 0
+    assert "3 samples" in result.stdout and "Last sample, by worker" in result.stdout
+
+
+def test_record_duration(fake, tmp_path):
+    path = tmp_path / "r.jsonl"
+    result = runner.invoke(cli.app, ["record", "10", "-o", str(path), "--interval", "0.02",
+                                     "--duration", "0.1"])
+    assert result.exit_code == 0
+    rec = read_record(path)
+    assert rec.end["reason"] == StopReason.DURATION and 2 <= len(rec.samples) <= 6
+
+
+def test_record_never_overwrites(fake, tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("keep me\n")
+    result = runner.invoke(cli.app, ["record", "10", "-o", str(path), "--count", "1"])
+    assert_one_line_error(result.stderr, result.exit_code, 2, "--force")
+    assert path.read_text() == "keep me\n" and fake.scans == 0
+    result = runner.invoke(cli.app, ["record", "10", "-o", str(path), "--count", "1", "--force"])
+    assert result.exit_code == 0 and len(read_record(path).samples) == 1
+
+
+def test_report_html(fake, tmp_path):
+    pytest.importorskip("plotly")
+    path = tmp_path / "r.jsonl"
+    assert runner.invoke(cli.app, ["record", "10", "-o", str(path), "--interval", "0.01",
+                                   "--count", "2"]).exit_code == 0
+    out = tmp_path / "r.html"
+    result = runner.invoke(cli.app, ["report", str(path), "--html", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = out.read_text()
+    assert 'id="cowprof-copied"' in doc and "<script src" not in doc
+
+
+@pytest.mark.parametrize("content, code, needle", [
+    (b"garbage\n", 6, "not a cowprof record file"),
+    (b'{"format": "cowprof-record", "version": 7, "target": {}}\n', 6, "version 7"),
+    (b"", 6, "empty"),
+])
+def test_report_bad_files(tmp_path, capsys, content, code, needle):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(content)
+    rc, out, err = run_main(capsys, "report", str(path))
+    assert_one_line_error(err, rc, code, needle)
+
+
+def test_report_missing_file(tmp_path, capsys):
+    rc, out, err = run_main(capsys, "report", str(tmp_path / "nope.jsonl"))
+    assert_one_line_error(err, rc, 2, "no such file")
+
+
+def test_report_truncated_file_warns_and_keeps_the_rest(fake, tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert cli.main(["record", "10", "-o", str(path), "--interval", "0.01", "--count", "3"]) == 0
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    path.write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:50])  # 2 samples + half of one
+    capsys.readouterr()
+    rc, out, err = run_main(capsys, "report", str(path))
+    assert rc == 0
+    assert "2 samples" in out
+    assert err.startswith("cowprof: warning:") and "truncated" in err and len(err.splitlines()) == 1
+
+
+# --- sampler ---------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def test_sampler_grid_lateness_and_errors():
+    clock = Clock()
+    calls = []
+
+    def scan(tree, privileged):
+        calls.append(clock.now)
+        if len(calls) == 2:
+            clock.now += 2.5  # a slow scan: misses two ticks
+            raise AccessDenied(11)
+        return PageReport.from_dict(report_dict())
+
+    s = Sampler(10, interval=1.0, count=4, find_tree=lambda pid: Tree(10, (11,)), scan=scan,
+                is_alive=lambda pid: True, clock=clock, wall_clock=clock, sleep=clock.sleep)
+    samples = list(s)
+    assert [x.index for x in samples] == [0, 1, 2, 3]
+    assert samples[1].error is not None and samples[1].report is None
+    assert calls == [0.0, 1.0, 4.0, 5.0]  # ticks 2 and 3 skipped after the slow scan
+    assert s.stop_reason == StopReason.COUNT
+
+
+def test_sampler_follows_the_master_and_stops_when_it_exits():
+    clock = Clock()
+    alive = [True, True, False]
+    asked = []
+
+    def find_tree(pid):
+        asked.append(pid)
+        return Tree(10, (11,))
+
+    s = Sampler(11, interval=1.0, find_tree=find_tree, scan=lambda t, p: PageReport.from_dict(report_dict()),
+                is_alive=lambda pid: alive.pop(0), clock=clock, wall_clock=clock, sleep=clock.sleep)
+    assert s.master == 10
+    assert len(list(s)) == 2
+    assert asked == [11, 10]  # the first tree from the constructor, then re-discovered by master
+    assert s.stop_reason == StopReason.TARGET_EXITED
+
+
+def test_sampler_duration_is_inclusive():
+    clock = Clock()
+    s = Sampler(10, interval=0.5, duration=2.0, find_tree=lambda pid: Tree(10, (11,)),
+                scan=lambda t, p: PageReport.from_dict(report_dict()), is_alive=lambda pid: True,
+                clock=clock, wall_clock=clock, sleep=clock.sleep)
+    assert [x.elapsed for x in s] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert s.stop_reason == StopReason.DURATION
+
+
+@pytest.mark.parametrize("max_cpu, gap", [(None, 1.0), (0.02, 2.5)])
+def test_sampler_cpu_cap_stretches_the_interval(max_cpu, gap):
+    """Each sample costs 50 ms of CPU: uncapped (the baseline) that is 1 Hz; capped at 2% of a
+    core, samples come every 2.5 s."""
+    clock = Clock()
+    cpu = [0.0]
+
+    def scan(tree, privileged):
+        cpu[0] += 0.05
+        return PageReport.from_dict(report_dict())
+
+    s = Sampler(10, interval=1.0, count=5, max_cpu=max_cpu, find_tree=lambda pid: Tree(10, (11,)),
+                scan=scan, is_alive=lambda pid: True, clock=clock, wall_clock=clock,
+                sleep=clock.sleep, cpu_clock=lambda: cpu[0])
+    times = [x.elapsed for x in s]
+    assert [round(b - a, 6) for a, b in zip(times, times[1:])] == [gap] * 4
+    # the CPU of all samples but the last, over the time up to the last one: at most the cap
+    assert (cpu[0] - 0.05) / times[-1] <= (max_cpu or 1.0) * 1.0001
+
+
+def test_sampler_error_when_master_dies_mid_scan_ends_cleanly():
+    clock = Clock()
+    alive = [True, False]
+
+    def scan(tree, privileged):
+        raise ProcessGone(10)
+
+    s = Sampler(10, find_tree=lambda pid: Tree(10, (11,)), scan=scan,
+                is_alive=lambda pid: alive.pop(0), clock=clock, wall_clock=clock, sleep=clock.sleep)
+    assert list(s) == [] and s.stop_reason == StopReason.TARGET_EXITED
+
+
+# --- run -------------------------------------------------------------------------------------
+
+def rewrite(args, tmp_path, environ=None, prepare=True):
+    return cli.gunicorn_command(args, cwd=str(tmp_path), environ=environ or {}, prepare=prepare)
+
+
+@pytest.mark.parametrize("args", [
+    ["gunicorn", "-c", "my.conf.py", "app:app"],
+    ["gunicorn", "-cmy.conf.py", "app:app"],
+    ["gunicorn", "--config", "my.conf.py", "app:app"],
+    ["gunicorn", "--config=my.conf.py", "app:app"],
+    ["gunicorn", "--conf=my.conf.py", "app:app"],
+    ["gunicorn", "-c", "first.py", "app:app", "--config", "my.conf.py"],  # last one wins
+])
+def test_run_rewrites_the_config(tmp_path, args):
+    cmd, env = rewrite(args, tmp_path)
+    assert cmd == ["gunicorn", "-c", "python:cowprof.gunicorn", "app:app"]
+    assert env == {"COWPROF_GUNICORN_CONFIG": str(tmp_path / "my.conf.py")}
+
+
+def test_run_keeps_other_args_and_python_configs(tmp_path):
+    cmd, env = rewrite(["/venv/bin/gunicorn", "-w", "4", "--preload", "-b", "127.0.0.1:0",
+                        "--config", "python:myconf", "app:app", "--", "-c", "x"], tmp_path)
+    assert cmd == ["/venv/bin/gunicorn", "-c", "python:cowprof.gunicorn", "-w", "4", "--preload",
+                   "-b", "127.0.0.1:0", "app:app", "--", "-c", "x"]
+    assert env == {"COWPROF_GUNICORN_CONFIG": "python:myconf"}
+
+
+def test_run_default_config_file_and_env_args(tmp_path):
+    cmd, env = rewrite(["gunicorn", "app:app"], tmp_path)
+    assert env == {} and cmd == ["gunicorn", "-c", "python:cowprof.gunicorn", "app:app"]
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 2\n")
+    cmd, env = rewrite(["gunicorn", "app:app"], tmp_path)
+    assert env == {"COWPROF_GUNICORN_CONFIG": str(tmp_path / "gunicorn.conf.py")}
+    cmd, env = rewrite(["gunicorn", "app:app"], tmp_path,
+                       environ={"GUNICORN_CMD_ARGS": "--workers 3 -c /etc/g.py"})
+    assert env == {"COWPROF_GUNICORN_CONFIG": "/etc/g.py"}
+
+
+def test_run_no_prepare_and_python_m(tmp_path):
+    cmd, env = rewrite([sys.executable, "-m", "gunicorn", "app:app"], tmp_path, prepare=False)
+    assert cmd == [sys.executable, "-m", "gunicorn", "-c", "python:cowprof.gunicorn", "app:app"]
+    assert env == {"COWPROF_PREPARE": "0"}
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "nothing to run"),
+    (["uwsgi", "--http", ":8000"], "wraps gunicorn"),
+    (["gunicorn", "app:app", "-c"], "needs a value"),
+])
+def test_run_bad_commands(tmp_path, args, needle):
+    with pytest.raises(BadInput, match=needle):
+        rewrite(args, tmp_path)
+
+
+@pytest.fixture
+def fake_gunicorn(tmp_path):
+    """An executable named gunicorn that reports its argv and env, then exits with $FAKE_RC."""
+    path = tmp_path / "bin" / "gunicorn"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, os, sys
+        print(json.dumps({{"argv": sys.argv[1:], "config": os.environ.get("COWPROF_GUNICORN_CONFIG"),
+                          "prepare": os.environ.get("COWPROF_PREPARE")}}), flush=True)
+        sys.exit(int(os.environ.get("FAKE_RC", "0")))
+        """))
+    path.chmod(0o755)
+    return path
+
+
+def test_run_execs_the_rewritten_command_and_returns_its_status(fake_gunicorn, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_RC", "3")
+    out = subprocess.run([sys.executable, "-m", "cowprof", "run", "--no-prepare", "--",
+                          str(fake_gunicorn), "-c", "g.conf.py", "-w", "2", "app:app"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["argv"] == ["-c", "python:cowprof.gunicorn", "-w", "2", "app:app"]
+    assert seen["config"] == str(tmp_path / "g.conf.py") and seen["prepare"] == "0"
+
+
+def test_run_missing_gunicorn(capsys, tmp_path):
+    code, out, err = run_main(capsys, "run", "--", str(tmp_path / "gunicorn"), "app:app")
+    assert_one_line_error(err, code, 2, "not an executable")
+
+
+def test_run_refuses_to_overwrite_record_before_starting(fake_gunicorn, tmp_path, capsys):
+    rec = tmp_path / "r.jsonl"
+    rec.write_text("keep\n")
+    code, out, err = run_main(capsys, "run", "--record", str(rec), "--", str(fake_gunicorn), "app:app")
+    assert_one_line_error(err, code, 2, "already exists")
+    assert out == ""  # the fake gunicorn never ran
+
+
+def test_exit_status_of_signalled_child():
+    assert cli._exit_status(-15) == 143 and cli._exit_status(4) == 4
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def test_export_calls_serve(monkeypatch):
+    import cowprof.exporter
+
+    seen = {}
+
+    def serve(pid, **kw):
+        seen.update(kw, pid=pid)
+        return 0
+
+    monkeypatch.setattr(cowprof.exporter, "serve", serve)
+    result = runner.invoke(cli.app, ["export", "123", "--port", "0", "--interval", "2",
+                                     "--bind", "127.0.0.1"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"pid": 123, "port": 0, "bind": "127.0.0.1", "interval": 2.0, "pidfile": None,
+                    "cmdline": None}
+
+
+def test_export_without_the_module(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cowprof.exporter", None)
+    code, out, err = run_main(capsys, "export", "123")
+    assert_one_line_error(err, code, 1, "cowprof.exporter")
+
+
+def test_python_m_cowprof():
+    out = subprocess.run([sys.executable, "-m", "cowprof", "--help"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "COLUMNS": "100"})
+    assert out.returncode == 0 and "Usage: cowprof" in out.stdout and "snapshot" in out.stdout

@@ -163,10 +163,12 @@ def _seconds(value: Any) -> float:
 
 
 class By(str, enum.Enum):
-    """``snapshot --by`` groupings (attribution will add ``type`` and ``cause``)."""
+    """``snapshot --by`` groupings."""
 
     worker = "worker"
     region = "region"
+    type = "type"
+    cause = "cause"
 
 
 PidArg = Annotated[int, typer.Argument(min=1, show_default=False,
@@ -229,21 +231,38 @@ def _record_loop(sampler: Sampler, writer: RecordWriter,
 
 @app.command(epilog="Examples: [bold]cowprof snapshot 1234[/bold]  ·  "
                     "[bold]cowprof snapshot 1234 --by region[/bold]  ·  "
+                    "[bold]cowprof snapshot 1234 --by type --top 20[/bold]  ·  "
+                    "[bold]cowprof snapshot 1234 --by cause[/bold]  ·  "
                     "[bold]cowprof snapshot 1234 --json > snap.json[/bold]")
 def snapshot(
     pid: PidArg,
     json_out: Annotated[bool, typer.Option("--json", help="Print the page-report JSON "
-                                           "(docs/cli.md) instead of a table.")] = False,
+                                           "(README.md) instead of a table.")] = False,
     by: Annotated[By, typer.Option("--by", case_sensitive=False,
-                                   help="Group the table by worker or by memory region.")] = By.worker,
+                                   help="Group by worker, memory region, Python type of the copied "
+                                        "bytes (needs the master's heap map from prepare_fork), or "
+                                        "cause of the copies (also needs to read process memory: root "
+                                        "or ptrace rights).")] = By.worker,
+    top_n: Annotated[int, typer.Option("--top", min=1, help="Rows per worker for --by type/cause.")] = 10,
 ) -> int:
     """One-shot report: per worker, how much memory is shared with the master, copied, or new.
 
-    Workers are sorted by copied bytes, with the master row and totals.
+    Workers are sorted by copied bytes, with the master row and totals. With --by type or --by
+    cause, each worker's copied bytes are attributed to Python types or to the kind of write.
     """
     from cowprof.pages import scan
     from cowprof.tree import find_tree
 
+    if by in (By.type, By.cause):
+        from cowprof import attribution
+        from cowprof.reporters import attribution as attr_rep
+
+        attr = attribution.snapshot(pid, causes=(by == By.cause))
+        if json_out:
+            attr_rep.render_json(attr, top=top_n, file=sys.stdout)
+        else:
+            attr_rep.render(attr, by=by.value, top=top_n, file=sys.stdout)
+        return 0
     report = scan(find_tree(pid))
     if json_out:
         from cowprof.reporters import jsonout

@@ -12,7 +12,7 @@ kernel copies the pages, in every worker. The hooks here fix that at the right m
 - ``post_fork(server, worker)`` — runs in each new worker: :func:`cowprof.after_fork`, then the
   user's own ``post_fork``.
 
-Two ways to use it (docs/gunicorn.md has the details):
+Two ways to use it (README.md has the details):
 
 1. As the config module: ``gunicorn -c python:cowprof.gunicorn app:app``. To keep your own config
    file, name it in ``COWPROF_GUNICORN_CONFIG`` (a path, or ``python:module``): it is executed the way

@@ -137,7 +137,7 @@ def render(attr: Attribution, *, by: str = "type", top: int = 10, file: IO[str] 
 
 def render_json(attr: Attribution, *, top: int | None = None, file: IO[str] | None = None,
                 indent: int | None = 2) -> None:
-    """Write ``attr.to_dict(top)`` (docs/attribution.md) as JSON followed by a newline."""
+    """Write ``attr.to_dict(top)`` (README.md) as JSON followed by a newline."""
     out = file if file is not None else sys.stdout
     out.write(json.dumps(attr.to_dict(top), indent=indent, allow_nan=False) + "\n")
     out.flush()

@@ -134,3 +134,39 @@ def test_heapmap_is_found_through_the_masters_environment(tmp_path, monkeypatch)
         assert hm.pid == app.master and len(hm) > 20_000
         with pytest.raises(attribution.NoHeapMap, match="prepare_fork"):
             attribution.find_heapmap(app.master, directory=str(tmp_path / "elsewhere"))
+
+
+@pytest.mark.slow
+def test_cli_snapshot_by_type_and_by_cause_on_a_live_tree():
+    """The CLI path end to end: `cowprof snapshot PID --by type|cause` in a real subprocess."""
+    import json
+    import subprocess
+    import sys
+
+    with App("floats", n=100_000) as app:
+        def run(*args):
+            return subprocess.run([sys.executable, "-m", "cowprof", "snapshot", str(app.master), *args],
+                                  capture_output=True, text=True, timeout=60)
+        by_type = run("--by", "type", "--json")
+        by_cause = run("--by", "cause", "--top", "3")
+    assert by_type.returncode == 0, by_type.stderr
+    data = json.loads(by_type.stdout)
+    assert "Traceback" not in by_type.stderr
+    assert "float" in by_type.stdout and str(app.workers[0]) in by_type.stdout
+    assert data
+    assert by_cause.returncode == 0, by_cause.stderr
+    assert "refcount" in by_cause.stdout.lower() or "identical" in by_cause.stdout.lower()
+
+
+def test_cli_snapshot_by_type_without_heap_map_is_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    from forktree import ForkTree
+
+    with ForkTree(workers=1, master_mb=4) as tree:
+        proc = subprocess.run([sys.executable, "-m", "cowprof", "snapshot", str(tree.master_pid), "--by", "type"],
+                              capture_output=True, text=True, timeout=60,
+                              env={**__import__("os").environ, "COWPROF_HEAPMAP_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("cowprof: ") and len(proc.stderr.strip().splitlines()) == 1

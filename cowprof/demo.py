@@ -114,9 +114,11 @@ def mode_specs() -> dict[str, ModeSpec]:
     """The demo modes by name, in table order."""
     conf = str(SAMPLE_DIR / "gunicorn.conf.py")
     return {
-        "baseline": ModeSpec("baseline", "preload_app only", conf),
+        # SAMPLE_APP_RECORD_HEAPMAP: a heap map without preparing anything, for the "top types" column
+        "baseline": ModeSpec("baseline", "preload_app only", conf, {"SAMPLE_APP_RECORD_HEAPMAP": "1"}),
         "gc-freeze": ModeSpec("gc-freeze", "gc docs recipe: disable early, freeze before fork, enable in child",
-                              str(SAMPLE_DIR / "gunicorn_gcfreeze.conf.py"), prepare_report=True),
+                              str(SAMPLE_DIR / "gunicorn_gcfreeze.conf.py"), {"SAMPLE_APP_RECORD_HEAPMAP": "1"},
+                              prepare_report=True),
         "cowprof": ModeSpec("cowprof", "cowprof.gunicorn hook: warm-up, then prepare_fork",
                             "python:cowprof.gunicorn",
                             {"COWPROF_GUNICORN_CONFIG": conf, "COWPROF_WARMUP": _warmup_paths()},
@@ -238,7 +240,32 @@ COLUMNS: list[Column] = [
     Column("server CPU\nms/req", lambda r: f"{r.cpu_ms_per_request:.2f}"),
     Column("prepare\ns", lambda r: _seconds(r.prepare_seconds)),
     Column("warm-up\ns", lambda r: _seconds(r.warmup_seconds)),
+    Column("top copied types\n(MiB, all workers)", lambda r: _top(r.extras.get("top_types")), "left"),
+    Column("top causes\n(MiB, all workers)", lambda r: _top(r.extras.get("top_causes")), "left"),
 ]
+
+
+def _top(items: Sequence[Sequence[Any]] | None) -> str:
+    if not items:
+        return "—"
+    return "\n".join(f"{name} {_mb(b)}" for name, b in items)
+
+
+def collect_attribution(result: ModeResult, tree: Tree) -> None:
+    """Top three copied types and causes of a mode (needs the scan's copied addresses and the
+    master's heap map; '—' in the table where either is missing)."""
+    from cowprof import attribution
+
+    try:
+        hm = attribution.find_heapmap(tree.master)
+        attr = attribution.attribute(result.pages, hm, causes=True)
+    except (CowprofError, OSError) as err:
+        result.extras["attribution_error"] = str(err)
+        return
+    result.extras["top_types"] = attribution.top_types(attr, n=3)
+    result.extras["top_causes"] = attribution.top_causes(attr, n=3)
+    if attr.causes_error:
+        result.extras["attribution_error"] = attr.causes_error
 
 
 def footer(results: Sequence[ModeResult], cfg: DemoConfig) -> str:
@@ -258,7 +285,10 @@ def footer(results: Sequence[ModeResult], cfg: DemoConfig) -> str:
         f"req/s = answered requests / wall time of the load (sensitive to anything else running on the "
         f"machine); server CPU = user+system CPU time of master and workers during the load per request.\n"
         f"prepare = time of gc.freeze() or cowprof.prepare_fork() in when_ready; warm-up = the in-process "
-        f"requests cowprof's hook made before it."
+        f"requests cowprof's hook made before it.\n"
+        f"top types/causes = copied bytes over all workers by Python type (heap map; 'no object' = allocator "
+        f"headers, free blocks, objects created after fork) and by kind of write (page diff against the "
+        f"still-shared original; 'identical' = written then restored, i.e. transient refcount changes)."
     )
 
 
@@ -581,7 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             def note(mode: str, phase: str, done: int, total: int) -> None:
                 bar.update(tasks[mode], description=f"{mode}: {phase}", completed=done, total=total)
 
-            results = run_modes(modes, cfg, paths, progress=note)
+            results = run_modes(modes, cfg, paths, progress=note, collect=collect_attribution,
+                                keep_addresses=True)
     except CowprofError as err:
         console.print(f"[red]demo: {err}[/red]", highlight=False)
         return err.exit_code

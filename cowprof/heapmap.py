@@ -218,3 +218,24 @@ def save_from_walk(walk: dict[str, Any], directory: str | None = None, merge: bo
         if old is not None:
             hm = merge_maps(old, hm)
     return save(hm, directory)
+
+
+def record(directory: str | None = None) -> str | None:
+    """Save a heap map of this process WITHOUT preparing it: no immortalization, no str hashing, no
+    type tags, no gc.collect/freeze — for measuring an unprepared master (e.g. a baseline) by type.
+
+    Slower than the walk of ``prepare_fork`` (a visited set instead of the refcount marks it).
+    Returns the path, or None where the walk is unavailable (CPython < 3.12).
+    """
+    try:
+        from cowprof import _native
+    except ImportError:
+        return None
+    if not hasattr(_native, "walk"):
+        return None
+    from cowprof.prepare import _preheader_sizes
+
+    gc_head, managed = _preheader_sizes()
+    walk = _native.walk(immortalize=False, heapmap=True, gc_head=gc_head, managed_preheader=managed,
+                        hash_strings=False, tag_types=False)
+    return save(from_walk(walk), directory)

@@ -153,6 +153,8 @@ typedef struct {
 typedef struct {
     int immortalize;
     int record;
+    int hash_strings;
+    int tag_types;
     Py_ssize_t gc_head;       /* sizeof(PyGC_Head), measured by the caller */
     Py_ssize_t managed_pre;   /* bytes of the managed dict/weakref pre-header */
     cp_stack stack;
@@ -246,7 +248,7 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
     } else {
         ti->mode = SZ_CALL;
     }
-    if (PyUnstable_Type_AssignVersionTag(tp)) w->types_tagged++;
+    if (w->tag_types && PyUnstable_Type_AssignVersionTag(tp)) w->types_tagged++;
     return ti;
 }
 
@@ -340,7 +342,7 @@ static int process(cp_walk *w, PyObject *op, int was_immortal) {
     w->objects++;
     w->bytes += (uint64_t)(size + ti->preheader);
     if (w->record && record(w, ti, op, size) < 0) return -1;
-    if (tp == &PyUnicode_Type && ((PyASCIIObject *)op)->hash == -1 &&
+    if (w->hash_strings && tp == &PyUnicode_Type && ((PyASCIIObject *)op)->hash == -1 &&
         PyUnicode_GET_LENGTH(op) <= CP_HASH_MAX_LEN) {
         if (PyObject_Hash(op) == -1) PyErr_Clear();
         else w->strings_hashed++;
@@ -464,7 +466,8 @@ static void walk_free(cp_walk *w) {
     } while (0)
 
 PyDoc_STRVAR(walk_doc,
-"walk(*, immortalize=True, heapmap=False, gc_head=16, managed_preheader=16) -> dict\n\n"
+"walk(*, immortalize=True, heapmap=False, gc_head=16, managed_preheader=16, hash_strings=True,\n"
+"     tag_types=True) -> dict\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
 "Returns counts (objects, immortalized, already_immortal, tracked, untracked, bytes,\n"
@@ -474,11 +477,12 @@ PyDoc_STRVAR(walk_doc,
 "before the object).");
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"immortalize", "heapmap", "gc_head", "managed_preheader", NULL};
-    int immortalize = 1, heapmap = 0;
+    static char *kwlist[] = {"immortalize", "heapmap", "gc_head", "managed_preheader", "hash_strings",
+                             "tag_types", NULL};
+    int immortalize = 1, heapmap = 0, hash_strings = 1, tag_types = 1;
     Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$ppnn:walk", kwlist, &immortalize, &heapmap,
-                                     &gc_head, &managed_pre))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$ppnnpp:walk", kwlist, &immortalize, &heapmap,
+                                     &gc_head, &managed_pre, &hash_strings, &tag_types))
         return NULL;
     if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
         PyErr_SetString(PyExc_ValueError, "implausible pre-header sizes");
@@ -488,6 +492,8 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     memset(&w, 0, sizeof(w));
     w.immortalize = immortalize;
     w.record = heapmap;
+    w.hash_strings = hash_strings;
+    w.tag_types = tag_types;
     w.gc_head = gc_head;
     w.managed_pre = managed_pre;
     PyObject *result = NULL;

@@ -21,3 +21,12 @@ accesslog = None
 # gunicorn >= 25.1 opens a control socket at one fixed per-user path; several sample servers at once
 # (demo modes, tests) would fight over it. Older gunicorn ignores this unknown name.
 control_socket_disable = True
+
+
+if os.environ.get("SAMPLE_APP_RECORD_HEAPMAP") == "1":
+    # Measurement only (the demo's baseline): save a heap map for `cowprof snapshot --by type` without
+    # preparing anything (no immortalization, hashing, tagging, collecting or freezing).
+    def when_ready(server):
+        from cowprof.heapmap import record
+
+        server.log.info("heap map (measurement only): %s", record())

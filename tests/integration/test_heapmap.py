@@ -123,3 +123,23 @@ def test_map_knows_each_types_preheader(hm_dir):
     """, env={heapmap.DIR_ENV: str(hm_dir)})
     g = out["gc_head"]
     assert out["pre"] == [2 * g, g, 0]  # GC header + managed dict/weakref slots; GC header; none
+
+
+@needs_312
+def test_record_maps_without_preparing(hm_dir):
+    out = run_json("""
+        import ctypes, gc, json, os, sys
+        from cowprof import heapmap, _native
+        words = ["".join(["w", str(i)]) for i in range(2000)]
+        gc.collect()
+        frozen_before = gc.get_freeze_count()
+        path = heapmap.record()
+        hm = heapmap.load(os.getpid())
+        i = int(hm.addr.searchsorted(id(words[7]), "right")) - 1
+        # exact str: the cached hash is the word after ob_refcnt, ob_type, length
+        cached = ctypes.c_ssize_t.from_address(id(words[7]) + 24).value
+        print(json.dumps({"found": str(hm.type_names[hm.type[i]]), "mortal": not _native.is_immortal(words[7]),
+                          "hash_cached": cached != -1, "frozen": gc.get_freeze_count() - frozen_before, "path": path}))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    assert out["found"] == "str"
+    assert out["mortal"] and not out["hash_cached"] and out["frozen"] == 0

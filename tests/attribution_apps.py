@@ -41,7 +41,8 @@ import subprocess
 import sys
 import time
 
-PR_SET_PDEATHSIG = 1
+from forktree_prog import die_with_parent, kill_children_and_exit
+
 SCENARIOS = ("floats", "gc", "strhash")
 STR_HASH_OFFSET = 24  # PyASCIIObject: ob_refcnt, ob_type, length, hash (checked at run time below)
 
@@ -106,17 +107,8 @@ def culprit(scenario: str, data: object) -> None:
             hash(w)
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(0)
-
-
 def _worker(master: int, scenario: str, data: object, done_w: int, active: bool) -> None:
-    _die_with_parent(master)
+    die_with_parent(master)
     if active:
         culprit(scenario, data)
     os.write(done_w, f"{os.getpid()}\n".encode())
@@ -141,17 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     children: set[int] = set()
 
     def shutdown(*_a: object) -> None:
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in list(children):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        os._exit(0)
+        kill_children_and_exit(children)
 
     signal.signal(signal.SIGTERM, shutdown)
     master = os.getpid()
@@ -208,15 +190,6 @@ def app_python() -> str | None:
     return None
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
-
-
 class App:
     """Runs one scenario as a subprocess master; ``master`` and ``workers`` (in fork order: the
     first ``active`` ones committed the culprit) once ready."""
@@ -270,36 +243,9 @@ class App:
 
     def stop(self) -> None:
         """Stop our master (it kills and reaps its workers); SIGKILL our own workers if left."""
-        proc = self.proc
-        if proc.poll() is None:
-            try:
-                if proc.stdin:
-                    proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            except ProcessLookupError:
-                pass
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                if f:
-                    f.close()
-            except OSError:
-                pass
-        deadline = time.monotonic() + 10
-        for pid in self.workers:
-            while not _gone(pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if not _gone(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        from forktree import stop_master
+
+        stop_master(self.proc, self.workers)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,41 @@ def _gone(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
+def stop_master(proc: subprocess.Popen, worker_pids: list[int] | tuple[int, ...]) -> None:
+    """Stop a master this test started (stdin closed, SIGTERM, SIGKILL after 10 s), close its pipes,
+    then make sure its workers are gone: they die with it (PDEATHSIG); SIGKILL only these PIDs."""
+    if proc.poll() is None:
+        try:
+            if proc.stdin:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            if f:
+                f.close()
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    for pid in worker_pids:
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not _gone(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 class ForkTree:
     """Context manager around a running master and its forked workers (see the module doc)."""
 
@@ -165,35 +200,4 @@ class ForkTree:
 
     def stop(self) -> None:
         """Stop the master and its workers (only those), and wait for them."""
-        proc = self.proc
-        if proc.poll() is None:
-            try:
-                if proc.stdin:
-                    proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                if f:
-                    f.close()
-            except OSError:
-                pass
-        # Workers die with the master (PDEATHSIG); make sure of it, only for our own PIDs.
-        deadline = time.monotonic() + 10
-        for pid in self.worker_pids:
-            while not _gone(pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if not _gone(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        stop_master(self.proc, self.worker_pids)

@@ -35,7 +35,7 @@ PAGE = mmap.PAGESIZE
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Ask the kernel to SIGKILL us when the master dies; exit now if it already did."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -44,6 +44,21 @@ def _die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:
         os._exit(0)
+
+
+def kill_children_and_exit(children: set[int]) -> None:
+    """The master's shutdown: SIGKILL its own workers, reap them, exit at once."""
+    for pid in list(children):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in list(children):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    os._exit(0)
 
 
 def _anon(size: int) -> mmap.mmap:
@@ -82,7 +97,7 @@ def _spread(npages: int, count: int, shift: int = 0) -> list[int]:
 
 def _worker(master: int, ready_w: int, buf: mmap.mmap, pages: list[int], new_pages: int,
             heap: list | None, touch_heap: bool) -> None:
-    _die_with_parent(master)
+    die_with_parent(master)
     for idx in pages:
         off = idx * PAGE
         buf[off] = (buf[off] ^ 0xFF) or 0x5A  # a real byte change
@@ -142,17 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             children.discard(pid)
 
     def shutdown(*_a: object) -> None:
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in list(children):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        os._exit(0)
+        kill_children_and_exit(children)
 
     signal.signal(signal.SIGTERM, shutdown)
     master = os.getpid()

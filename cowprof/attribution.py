@@ -529,12 +529,11 @@ def find_heapmap(master: int, *, procfs_root: str = "/proc", directory: str | No
         raise ProcessGone(master) from None
     dirs = [directory] if directory else _candidate_dirs(master, procfs_root)
     for d in dirs:
-        path = _heapmap.path_for(master, d)
+        paths = _heapmap.segment_paths(master, d)
         try:
-            owner = os.stat(path).st_uid
+            if not paths or any(os.stat(p).st_uid not in (os.getuid(), master_uid) for p in paths):
+                continue
         except OSError:
-            continue
-        if owner not in (os.getuid(), master_uid):
             continue
         hm = _heapmap.load(master, d, procfs_root)
         if hm is not None:

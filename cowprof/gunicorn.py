@@ -25,7 +25,7 @@ Two ways to use it (README.md has the details):
 Environment (read when the hook runs, and stronger than arguments and config names):
 ``COWPROF_PREPARE=0`` keeps the hooks but skips ``prepare_fork`` (a baseline);
 ``COWPROF_WARMUP="/a,/b?x=1"`` warm-up paths (empty disables); ``COWPROF_WARMUP_ROUNDS`` (default 2);
-``COWPROF_HEAPMAP=1`` (or a directory) records the heap map for attribution;
+``COWPROF_HEAPMAP=0`` skips the heap map (on by default), a directory saves it there;
 ``COWPROF_PREPARE_REPORT=path`` writes what the hook did as JSON. In a config file loaded through
 ``COWPROF_GUNICORN_CONFIG`` the names ``cowprof_prepare``, ``cowprof_warmup`` and
 ``cowprof_warmup_rounds`` set the same things.

@@ -2,19 +2,33 @@
 
 ``prepare_fork(heapmap=True)`` has the native walk record, for every object it visits, its address
 range (GC/managed pre-header included) and type, plus the separately allocated buffers of lists,
-sets and dicts. This module turns those records into numpy arrays sorted by address and saves them
-as ``.npz`` (no pickle) with mode 0600 in a private per-user directory, keyed by the master's PID
-and stamped with the master's start time and the boot id, so that a map whose PID was reused or
-whose master restarted is recognised as stale and ignored.
+sets and dicts. The records are saved in a private per-user directory, keyed by the master's PID and
+stamped with the master's start time and the boot id, so that a map whose PID was reused or whose
+master restarted is recognised as stale and ignored (and removed by the next save there).
 
-Layout per object: address (uint64), size (uint32), type index (uint32) — 16 bytes. The master
-saves the records as the walk produced them (no sort: it must get to fork quickly); ``read`` sorts.
+File format (version 2, little-endian, no pickle): a 32-byte header ``<8sIIQQ`` (magic
+``b"cowprfHM"``, format version, length of the metadata, number of records, offset of the
+records = 32), the records — address (uint64), size (uint32), type index (uint32), 16 bytes each,
+in the order the walk produced them (``read`` sorts) — then the metadata as UTF-8 JSON (pid,
+start_ticks, boot_id, created_at, seq, type_names, type_preheader). A file whose size is not
+exactly what its header says is truncated and rejected.
+
+Segments: ``prepare_fork`` writes ``heapmap-<pid>.<seq>.hmap``; a full walk writes segment 0 and
+removes the master's older segments, a repeat call (which walks only the objects created since)
+writes the next segment. ``load`` merges a master's segments (the newer record wins).
+
+The walk streams the records straight into ``<name>.writing`` (a writer thread in the native
+module writes them on another core while the walk goes on); the metadata and header follow and the
+file is renamed into place, so a reader sees a map complete or not at all.
 """
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
 import os
-import tempfile
+import re
+import struct
 import time
 from typing import Any
 
@@ -22,9 +36,15 @@ import numpy as np
 
 from cowprof.errors import BadInput
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MAGIC = b"cowprfHM"
+HEADER = struct.Struct("<8sIIQQ")  # magic, version, metadata length, records, records offset
 RECORD_DTYPE = np.dtype([("addr", "<u8"), ("size", "<u4"), ("type", "<u4")])
 DIR_ENV = "COWPROF_HEAPMAP_DIR"
+SUFFIX = ".hmap"
+WRITING = ".writing"  # appended to a segment's name until it is complete
+_NAME = re.compile(r"^heapmap-(\d+)\.(\d+)\.hmap$")
+_MAX_META = 64 << 20
 
 
 def default_directory() -> str:
@@ -47,8 +67,19 @@ def _private_dir(directory: str) -> str:
     return directory
 
 
-def path_for(pid: int, directory: str | None = None) -> str:
-    return os.path.join(directory or default_directory(), f"heapmap-{pid}.npz")
+def path_for(pid: int, directory: str | None = None, seq: int = 0) -> str:
+    """The file of segment ``seq`` of master ``pid``'s map."""
+    return os.path.join(directory or default_directory(), f"heapmap-{pid}.{seq}{SUFFIX}")
+
+
+def segment_paths(pid: int, directory: str | None = None) -> list[str]:
+    """Complete segment files of master ``pid`` in ``directory``, oldest (lowest seq) first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(directory or default_directory()), f"heapmap-{pid}.*{SUFFIX}")):
+        m = _NAME.match(os.path.basename(path))
+        if m and int(m.group(1)) == pid:
+            found.append((int(m.group(2)), path))
+    return [p for _, p in sorted(found)]
 
 
 def _boot_id(procfs_root: str = "/proc") -> str:
@@ -94,7 +125,6 @@ class HeapMap:
     type: np.ndarray  # uint32 index into type_names
     type_names: np.ndarray  # str
     type_preheader: np.ndarray | None = None  # uint8 per type: bytes before the object in a record
-    _records: np.ndarray | None = dataclasses.field(default=None, repr=False)  # raw, unsorted
 
     def __len__(self) -> int:
         return int(self.addr.size)
@@ -105,34 +135,22 @@ class HeapMap:
 
     def is_current(self, procfs_root: str = "/proc") -> bool:
         """True while the master that wrote it is still the process with that PID."""
-        return (process_start_ticks(self.pid, procfs_root) == self.start_ticks
-                and (not self.boot_id or _boot_id(procfs_root) == self.boot_id))
+        return _is_current(self.pid, self.start_ticks, self.boot_id, procfs_root)
 
 
-def from_walk(walk: dict[str, Any], pid: int | None = None) -> HeapMap:
-    """Wrap ``_native.walk(heapmap=True)``'s records without copying or sorting them: the master
-    must get to fork quickly; readers sort (see ``read``)."""
-    recs = np.frombuffer(walk["heapmap"], dtype=RECORD_DTYPE)
-    names = np.array([_type_name(t) for t in walk["heapmap_types"]] or [""], dtype=str)
-    pre = np.frombuffer(walk.get("heapmap_preheaders", b""), dtype=np.uint8).copy()
-    if pre.size < names.size:
-        pre = np.concatenate([pre, np.zeros(names.size - pre.size, dtype=np.uint8)])
-    pid = os.getpid() if pid is None else pid
-    return HeapMap(
-        pid=pid, start_ticks=process_start_ticks(pid) or 0, boot_id=_boot_id(), created_at=time.time(),
-        addr=recs["addr"], size=recs["size"], type=recs["type"], type_names=names, type_preheader=pre,
-        _records=recs,
-    )
+def _is_current(pid: int, start_ticks: int, boot_id: str, procfs_root: str = "/proc") -> bool:
+    return (process_start_ticks(pid, procfs_root) == start_ticks
+            and (not boot_id or _boot_id(procfs_root) == boot_id))
 
 
 def _sorted(hm: HeapMap) -> HeapMap:
     order = np.argsort(hm.addr, kind="stable")
-    return dataclasses.replace(hm, addr=hm.addr[order], size=hm.size[order], type=hm.type[order], _records=None)
+    return dataclasses.replace(hm, addr=hm.addr[order], size=hm.size[order], type=hm.type[order])
 
 
 def _preheaders(hm: HeapMap) -> np.ndarray:
     if hm.type_preheader is not None and hm.type_preheader.size == hm.type_names.size:
-        return hm.type_preheader
+        return np.asarray(hm.type_preheader, dtype=np.uint8)
     return np.zeros(hm.type_names.size, dtype=np.uint8)
 
 
@@ -148,76 +166,210 @@ def merge_maps(old: HeapMap, new: HeapMap) -> HeapMap:
     typ = np.concatenate([new_t, old_t]).astype(np.uint32)
     addr_u, first = np.unique(addr, return_index=True)  # first occurrence = the newer record
     return dataclasses.replace(new, addr=addr_u, size=size[first], type=typ[first], type_names=names,
-                               type_preheader=pre, _records=None)
+                               type_preheader=pre)
 
 
-def save(hm: HeapMap, directory: str | None = None) -> str:
-    """Write atomically as ``heapmap-<pid>.npz`` with mode 0600; returns the path."""
-    directory = _private_dir(directory or default_directory())
-    path = path_for(hm.pid, directory)
-    fd, tmp = tempfile.mkstemp(prefix=".heapmap-", suffix=".npz", dir=directory)
+# ----------------------------------------------------------------------------------- writing
+
+
+def _meta(pid: int, seq: int, type_names: list[str], type_preheader: list[int], start_ticks: int | None = None,
+          boot_id: str | None = None, created_at: float | None = None) -> bytes:
+    return json.dumps({
+        "pid": pid,
+        "start_ticks": (process_start_ticks(pid) or 0) if start_ticks is None else start_ticks,
+        "boot_id": _boot_id() if boot_id is None else boot_id,
+        "created_at": time.time() if created_at is None else created_at,
+        "seq": seq, "type_names": type_names, "type_preheader": type_preheader,
+        "record": "addr <u8, size <u4, type <u4",
+    }, separators=(",", ":")).encode()
+
+
+def _unlink(path: str) -> None:
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            records = hm._records
-            if records is None:
-                records = np.empty(hm.addr.size, dtype=RECORD_DTYPE)
-                records["addr"], records["size"], records["type"] = hm.addr, hm.size, hm.type
-            np.savez(
-                f, version=np.array(FORMAT_VERSION), pid=np.array(hm.pid), start_ticks=np.array(hm.start_ticks),
-                boot_id=np.array(hm.boot_id), created_at=np.array(hm.created_at), records=records,
-                type_names=hm.type_names, type_preheader=_preheaders(hm),
-            )
-        os.replace(tmp, path)
-    except BaseException:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write(fd: int, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        view = view[os.write(fd, view):]
+
+
+class Segment:
+    """A segment file being written: ``<path>.writing`` (mode 0600) until :meth:`finish` renames it.
+
+    Creating one removes the stale maps of dead masters in the directory and, for a full map
+    (seq 0), this master's older segments. The records go to :attr:`fd` from offset 32 on."""
+
+    def __init__(self, pid: int, directory: str | None = None, seq: int = 0):
+        self.pid, self.seq = pid, seq
+        directory = _private_dir(directory or default_directory())
+        if seq == 0:
+            for old in segment_paths(pid, directory):
+                _unlink(old)
+        remove_stale(directory)
+        self.path = path_for(pid, directory, seq)
+        self.tmp = self.path + WRITING
+        _unlink(self.tmp)
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        os.lseek(self.fd, HEADER.size, os.SEEK_SET)
+
+    def finish(self, n_records: int, meta: bytes) -> str:
+        """Append the metadata, write the header, rename into place; returns the final path."""
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+            _write(self.fd, meta)
+            os.pwrite(self.fd, HEADER.pack(MAGIC, FORMAT_VERSION, len(meta), n_records, HEADER.size), 0)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        _unlink(self.tmp)
+
+
+def save(hm: HeapMap, directory: str | None = None, seq: int = 0) -> str:
+    """Write ``hm`` as segment ``seq`` of its master's map (mode 0600); returns the path."""
+    records = np.empty(hm.addr.size, dtype=RECORD_DTYPE)
+    records["addr"], records["size"], records["type"] = hm.addr, hm.size, hm.type
+    seg = Segment(hm.pid, directory, seq)
+    try:
+        _write(seg.fd, records)
+    except BaseException:
+        seg.abort()
         raise
-    return path
+    return seg.finish(int(records.size), _meta(hm.pid, seq, [str(n) for n in hm.type_names],
+                                               [int(p) for p in _preheaders(hm)], hm.start_ticks, hm.boot_id,
+                                               hm.created_at))
+
+
+def walk_into(seg: Segment, walk_fn: Any, **walk_kwargs: Any) -> tuple[dict[str, Any], str | None]:
+    """Run ``walk_fn(heapmap_fd=seg.fd, **walk_kwargs)`` (``_native.walk``), which streams its records
+    into the segment, and finish the segment. Returns (the walk's result, the saved path or None
+    when writing failed: the walk itself still happened)."""
+    try:
+        walk = walk_fn(heapmap_fd=seg.fd, **walk_kwargs)
+    except BaseException:
+        seg.abort()
+        raise
+    if walk.get("heapmap_error") is not None:
+        seg.abort()
+        return walk, None
+    types = walk.get("heapmap_types", ())
+    pre = list(bytes(walk.get("heapmap_preheaders", b"")))
+    pre += [0] * (len(types) - len(pre))
+    try:
+        path = seg.finish(int(walk["heapmap_records"]), _meta(seg.pid, seq=seg.seq,
+                                                              type_names=[_type_name(t) for t in types],
+                                                              type_preheader=pre))
+    except OSError as exc:
+        walk["heapmap_error"] = exc
+        return walk, None
+    return walk, path
+
+
+def remove_stale(directory: str | None = None, procfs_root: str = "/proc") -> list[str]:
+    """Remove the maps of masters that are gone (or whose PID now names another process), and
+    writer leftovers older than an hour. Only files this user owns are touched. Returns what was removed."""
+    directory = directory or default_directory()
+    removed = []
+    now = time.time()
+    for path in glob.glob(os.path.join(glob.escape(directory), f"heapmap-*{SUFFIX}*")):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_uid != os.getuid():
+            continue
+        if path.endswith(WRITING):
+            stale = now - st.st_mtime > 3600
+        elif _NAME.match(os.path.basename(path)):
+            try:
+                meta = _read_meta(path)[0]
+                stale = not _is_current(int(meta["pid"]), int(meta["start_ticks"]), str(meta["boot_id"]),
+                                        procfs_root)
+            except BadInput:
+                stale = True
+        else:
+            continue
+        if stale:
+            _unlink(path)
+            removed.append(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def _read_meta(path: str) -> tuple[dict[str, Any], int, int]:
+    """(metadata, number of records, records offset) of a segment; BadInput if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER.size)
+            if len(raw) < HEADER.size or raw[:8] != MAGIC:
+                raise BadInput(f"{path}: not a cowprof heap map")
+            _, version, meta_len, n, offset = HEADER.unpack(raw)
+            if version != FORMAT_VERSION:
+                raise BadInput(f"{path}: heap map format {version} is not supported (this cowprof reads "
+                               f"{FORMAT_VERSION})")
+            size = os.fstat(f.fileno()).st_size
+            expected = offset + n * RECORD_DTYPE.itemsize + meta_len
+            if offset < HEADER.size or meta_len > _MAX_META or size != expected:
+                raise BadInput(f"{path}: heap map is truncated or corrupt ({size} bytes, its header says "
+                               f"{expected})")
+            f.seek(offset + n * RECORD_DTYPE.itemsize)
+            meta = json.loads(f.read(meta_len))
+    except BadInput:
+        raise
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path}: not a cowprof heap map ({exc.__class__.__name__})") from None
+    if not isinstance(meta, dict) or not {"pid", "start_ticks", "boot_id", "type_names"} <= meta.keys():
+        raise BadInput(f"{path}: heap map metadata is incomplete")
+    return meta, n, offset
+
+
+def _read_segment(path: str) -> HeapMap:
+    meta, n, offset = _read_meta(path)
+    try:
+        recs = np.fromfile(path, dtype=RECORD_DTYPE, count=n, offset=offset)
+        names = np.array(meta["type_names"] or [""], dtype=str)
+        pre = np.array(meta.get("type_preheader") or [], dtype=np.uint8)
+        hm = HeapMap(pid=int(meta["pid"]), start_ticks=int(meta["start_ticks"]), boot_id=str(meta["boot_id"]),
+                     created_at=float(meta.get("created_at", 0.0)), addr=recs["addr"], size=recs["size"],
+                     type=recs["type"], type_names=names, type_preheader=pre)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BadInput(f"{path}: unreadable heap map ({exc.__class__.__name__})") from None
+    if recs.size != n or (n and int(recs["type"].max()) >= names.size):
+        raise BadInput(f"{path}: corrupt heap map records")
+    return hm
 
 
 def read(path: str) -> HeapMap:
-    """Read a saved map; a file that is not one gives BadInput."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["version"]) != FORMAT_VERSION:
-                raise BadInput(f"{path}: heap map format {int(z['version'])} is not supported")
-            recs = z["records"]
-            if recs.dtype != RECORD_DTYPE:
-                raise BadInput(f"{path}: unexpected heap map record layout")
-            return _sorted(HeapMap(
-                pid=int(z["pid"]), start_ticks=int(z["start_ticks"]), boot_id=str(z["boot_id"]),
-                created_at=float(z["created_at"]), addr=recs["addr"], size=recs["size"], type=recs["type"],
-                type_names=z["type_names"], type_preheader=z["type_preheader"],
-            ))
-    except BadInput:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise BadInput(f"{path}: not a cowprof heap map ({exc.__class__.__name__})") from None
+    """Read one saved segment, sorted by address; a file that is not one gives BadInput."""
+    return _sorted(_read_segment(path))
 
 
 def load(pid: int, directory: str | None = None, procfs_root: str = "/proc") -> HeapMap | None:
-    """The current heap map of master ``pid``, or None if there is none or it is stale."""
-    path = path_for(pid, directory)
-    if not os.path.exists(path):
-        return None
-    try:
-        hm = read(path)
-    except BadInput:
-        return None
-    return hm if hm.pid == pid and hm.is_current(procfs_root) else None
-
-
-def save_from_walk(walk: dict[str, Any], directory: str | None = None, merge: bool = False) -> str:
-    """Called by prepare_fork: build, merge with this master's previous map on a repeat call, save."""
-    hm = from_walk(walk)
-    if merge:
-        old = load(hm.pid, directory)
-        if old is not None:
-            hm = merge_maps(old, hm)
-    return save(hm, directory)
+    """The current heap map of master ``pid`` (all its segments merged), or None if there is none
+    or it is stale."""
+    merged: HeapMap | None = None
+    for path in segment_paths(pid, directory):
+        try:
+            seg = _read_segment(path)
+        except BadInput:
+            continue
+        if seg.pid != pid or not seg.is_current(procfs_root):
+            continue
+        merged = _sorted(seg) if merged is None else merge_maps(merged, seg)
+    return merged
 
 
 def record(directory: str | None = None) -> str | None:
@@ -225,7 +377,7 @@ def record(directory: str | None = None) -> str | None:
     type tags, no gc.collect/freeze — for measuring an unprepared master (e.g. a baseline) by type.
 
     Slower than the walk of ``prepare_fork`` (a visited set instead of the refcount marks it).
-    Returns the path, or None where the walk is unavailable (CPython < 3.12).
+    Returns the path, or None where the walk is unavailable (CPython < 3.12) or writing failed.
     """
     try:
         from cowprof import _native
@@ -236,6 +388,6 @@ def record(directory: str | None = None) -> str | None:
     from cowprof.prepare import _preheader_sizes
 
     gc_head, managed = _preheader_sizes()
-    walk = _native.walk(immortalize=False, heapmap=True, gc_head=gc_head, managed_preheader=managed,
-                        hash_strings=False, tag_types=False)
-    return save(from_walk(walk), directory)
+    _, path = walk_into(Segment(os.getpid(), directory), _native.walk, immortalize=False, gc_head=gc_head,
+                        managed_preheader=managed, hash_strings=False, tag_types=False)
+    return path

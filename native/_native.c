@@ -7,10 +7,14 @@
  *              (PEP 683), so later Py_INCREF/Py_DECREF never write to its page;
  *            - caches the hash of exact str objects;
  *            - assigns the version tag of its type (PyUnstable_Type_AssignVersionTag);
- *            - optionally records (address, size, type) into a heap map buffer.
+ *            - optionally records (address, size, type) into a heap map, streamed to a file.
  *          It descends into containers the GC does not track (dicts and tuples of atomic values),
  *          into dict keys (dict_traverse skips str keys) and into code objects (not reachable by
  *          tp_traverse: consts, names, local names, file name, qualname, line/exception tables).
+ *          Heap map records go through a small ring of reused chunks to a writer thread that
+ *          write()s them to the file descriptor Python opened: the walk touches no fresh memory for
+ *          them, and the file is written on another core while the walk goes on. The thread runs no
+ *          Python code, blocks all signals, and is joined before walk() returns.
  * trim():  malloc_trim(0) where glibc has it.
  * info():  what this build can do, and why not.
  *
@@ -26,6 +30,10 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------------------------------ */
 /* What this build can do: decided only from the headers we compile against.                   */
@@ -132,6 +140,140 @@ static int ptrset_add(cp_ptrset *s, const void *ptr) {
     return 1;
 }
 
+/* ---- heap map sink: a ring of chunks drained by a writer thread ------------------------------ */
+typedef struct {
+    uint64_t addr;
+    uint32_t size;
+    uint32_t type;
+} cp_hmrec;
+
+#define CP_HM_CHUNKS 8
+#define CP_HM_CHUNK_BYTES ((size_t)1 << 18) /* 256 KiB: 16384 records; the ring stays in cache */
+
+typedef struct {
+    int fd;
+    char *ring;                    /* CP_HM_CHUNKS chunks, reused */
+    size_t lens[CP_HM_CHUNKS];     /* bytes handed over per chunk */
+    cp_hmrec *pos, *end;           /* the chunk being filled */
+    uint64_t ready;                /* chunks handed to the writer so far */
+    uint64_t written;              /* chunks the writer is done with */
+    uint64_t records;
+    int done;                      /* no more chunks will come */
+    int err;                       /* first write error (errno), then chunks are dropped */
+    int threaded;                  /* 0: the thread could not start, write in the walk */
+    double waited;                 /* seconds the walk waited for a free chunk */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} cp_sink;
+
+static int write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return errno ? errno : EIO;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static void *sink_thread(void *arg) {
+    cp_sink *k = (cp_sink *)arg;
+    pthread_mutex_lock(&k->mu);
+    for (;;) {
+        while (k->written == k->ready && !k->done) pthread_cond_wait(&k->cv, &k->mu);
+        if (k->written == k->ready) break; /* done and drained */
+        size_t i = (size_t)(k->written % CP_HM_CHUNKS);
+        size_t len = k->lens[i];
+        int skip = k->err != 0;
+        pthread_mutex_unlock(&k->mu);
+        int e = skip ? 0 : write_all(k->fd, k->ring + i * CP_HM_CHUNK_BYTES, len);
+        pthread_mutex_lock(&k->mu);
+        if (e && !k->err) k->err = e;
+        k->written++;
+        pthread_cond_broadcast(&k->cv);
+    }
+    pthread_mutex_unlock(&k->mu);
+    return NULL;
+}
+
+static void sink_point(cp_sink *k, uint64_t chunk) {
+    k->pos = (cp_hmrec *)(k->ring + (size_t)(chunk % CP_HM_CHUNKS) * CP_HM_CHUNK_BYTES);
+    k->end = (cp_hmrec *)((char *)k->pos + CP_HM_CHUNK_BYTES);
+}
+
+static int sink_open(cp_sink *k, int fd) {
+    memset(k, 0, sizeof(*k));
+    k->fd = fd;
+    k->ring = PyMem_RawMalloc(CP_HM_CHUNKS * CP_HM_CHUNK_BYTES);
+    if (k->ring == NULL) return -1;
+    pthread_mutex_init(&k->mu, NULL);
+    pthread_cond_init(&k->cv, NULL);
+    /* the thread takes no signal: Python's handlers must run in the main thread */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    k->threaded = pthread_create(&k->thread, NULL, sink_thread, k) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    sink_point(k, 0);
+    return 0;
+}
+
+/* Hand the chunk being filled to the writer and move to the next free one. */
+static void sink_flush(cp_sink *k) {
+    size_t i = (size_t)(k->ready % CP_HM_CHUNKS);
+    size_t len = (size_t)((char *)k->pos - (k->ring + i * CP_HM_CHUNK_BYTES));
+    if (!k->threaded) {
+        if (!k->err && len) k->err = write_all(k->fd, k->ring + i * CP_HM_CHUNK_BYTES, len);
+        sink_point(k, k->ready);
+        return;
+    }
+    pthread_mutex_lock(&k->mu);
+    k->lens[i] = len;
+    k->ready++;
+    pthread_cond_broadcast(&k->cv);
+    if (k->ready - k->written >= CP_HM_CHUNKS) {
+        double t = now_seconds();
+        while (k->ready - k->written >= CP_HM_CHUNKS) pthread_cond_wait(&k->cv, &k->mu);
+        k->waited += now_seconds() - t;
+    }
+    pthread_mutex_unlock(&k->mu);
+    sink_point(k, k->ready);
+}
+
+static inline void sink_add(cp_sink *k, const void *addr, Py_ssize_t size, uint32_t type) {
+    if (k->pos == k->end) sink_flush(k);
+    cp_hmrec *r = k->pos++;
+    r->addr = (uint64_t)(uintptr_t)addr;
+    r->size = size > (Py_ssize_t)UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+    r->type = type;
+    k->records++;
+}
+
+/* Flush the rest, stop and join the writer. Returns 0 or the first write error (errno). */
+static int sink_close(cp_sink *k) {
+    if (k->ring == NULL) return 0;
+    sink_flush(k);
+    if (k->threaded) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&k->mu);
+        k->done = 1;
+        pthread_cond_broadcast(&k->cv);
+        pthread_mutex_unlock(&k->mu);
+        pthread_join(k->thread, NULL);
+        Py_END_ALLOW_THREADS
+        k->threaded = 0;
+    }
+    pthread_mutex_destroy(&k->mu);
+    pthread_cond_destroy(&k->cv);
+    PyMem_RawFree(k->ring);
+    k->ring = NULL;
+    return k->err;
+}
+
 /* ---- per-type facts, computed once per type ----------------------------------------------- */
 enum { SZ_CONST, SZ_VAR, SZ_STR, SZ_CALL };
 
@@ -142,13 +284,10 @@ typedef struct {
     uint32_t id;          /* index in the heap map's type table */
     uint8_t mode;
     uint8_t preheader;    /* GC header + managed dict/weakref slots before the object */
+    uint8_t buffers;      /* BUF_*: which separately allocated buffer its instances own */
 } cp_typeinfo;
 
-typedef struct {
-    uint64_t addr;
-    uint32_t size;
-    uint32_t type;
-} cp_hmrec;
+enum { BUF_NONE, BUF_LIST, BUF_SET, BUF_DICT };
 
 typedef struct {
     int immortalize;
@@ -163,8 +302,7 @@ typedef struct {
     size_t types_cap, types_len;
     PyTypeObject **type_list; /* by id */
     size_t type_list_cap;
-    PyObject *hm;             /* bytearray of cp_hmrec, or NULL */
-    size_t hm_len;
+    cp_sink hm;               /* heap map records, when record is set */
     PyObject *object_sizeof;  /* object.__sizeof__ descriptor */
     PyObject *sizeof_name;
     int failed;
@@ -232,6 +370,11 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
     ti->preheader = (uint8_t)((PyType_IS_GC(tp) ? w->gc_head : 0) +
                               ((tp->tp_flags & Py_TPFLAGS_PREHEADER) ? w->managed_pre : 0));
     ti->sizeof_fn = first_c_sizeof(w, tp);
+    /* decided once per type: PyAnySet_Check on every object would walk the MRO twice */
+    if (PyType_IsSubtype(tp, &PyList_Type)) ti->buffers = BUF_LIST;
+    else if (PyType_IsSubtype(tp, &PySet_Type) || PyType_IsSubtype(tp, &PyFrozenSet_Type)) ti->buffers = BUF_SET;
+    else if (PyType_IsSubtype(tp, &PyDict_Type)) ti->buffers = BUF_DICT;
+    else ti->buffers = BUF_NONE;
     int inline_values = 0;
 #ifdef Py_TPFLAGS_INLINE_VALUES
     inline_values = (tp->tp_flags & Py_TPFLAGS_INLINE_VALUES) != 0;
@@ -290,17 +433,8 @@ static Py_ssize_t object_size(cp_typeinfo *ti, PyObject *op) {
     }
 }
 
-static int hm_add(cp_walk *w, const void *addr, Py_ssize_t size, uint32_t type) {
-    size_t need = (w->hm_len + 1) * sizeof(cp_hmrec);
-    if ((size_t)PyByteArray_GET_SIZE(w->hm) < need) {
-        size_t ncap = (size_t)PyByteArray_GET_SIZE(w->hm) * 2;
-        if (ncap < need) ncap = need + (1 << 20);
-        if (PyByteArray_Resize(w->hm, (Py_ssize_t)ncap) < 0) return -1;
-    }
-    cp_hmrec *r = (cp_hmrec *)PyByteArray_AS_STRING(w->hm) + w->hm_len++;
-    r->addr = (uint64_t)(uintptr_t)addr;
-    r->size = size > (Py_ssize_t)UINT32_MAX ? UINT32_MAX : (uint32_t)size;
-    r->type = type;
+static inline int hm_add(cp_walk *w, const void *addr, Py_ssize_t size, uint32_t type) {
+    sink_add(&w->hm, addr, size, type);
     return 0;
 }
 
@@ -313,17 +447,18 @@ static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
         block = tp->tp_itemsize ? var_size(tp, op) : tp->tp_basicsize;
     }
     if (hm_add(w, (char *)op - ti->preheader, block + ti->preheader, ti->id) < 0) return -1;
-    if (PyList_Check(op)) {
+    if (ti->buffers == BUF_NONE) return 0;
+    if (ti->buffers == BUF_LIST) {
         PyListObject *l = (PyListObject *)op;
         if (l->ob_item && l->allocated > 0 &&
             hm_add(w, l->ob_item, l->allocated * (Py_ssize_t)sizeof(PyObject *), ti->id) < 0)
             return -1;
-    } else if (PyAnySet_Check(op)) {
+    } else if (ti->buffers == BUF_SET) {
         PySetObject *s = (PySetObject *)op;
         if (s->table != s->smalltable &&
             hm_add(w, s->table, (s->mask + 1) * (Py_ssize_t)sizeof(setentry), ti->id) < 0)
             return -1;
-    } else if (PyDict_Check(op)) {
+    } else {
         PyDictObject *d = (PyDictObject *)op;
         /* combined table: __sizeof__ - basicsize is the keys object this dict owns */
         if (d->ma_values == NULL && size > tp->tp_basicsize && d->ma_keys != NULL &&
@@ -450,7 +585,7 @@ static void walk_free(cp_walk *w) {
     PyMem_RawFree(w->seen.slots);
     PyMem_RawFree(w->types);
     PyMem_RawFree(w->type_list);
-    Py_XDECREF(w->hm);
+    (void)sink_close(&w->hm);
     Py_XDECREF(w->object_sizeof);
     Py_XDECREF(w->sizeof_name);
 }
@@ -466,24 +601,27 @@ static void walk_free(cp_walk *w) {
     } while (0)
 
 PyDoc_STRVAR(walk_doc,
-"walk(*, immortalize=True, heapmap=False, gc_head=16, managed_preheader=16, hash_strings=True,\n"
+"walk(*, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16, hash_strings=True,\n"
 "     tag_types=True) -> dict\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
 "Returns counts (objects, immortalized, already_immortal, tracked, untracked, bytes,\n"
-"strings_hashed, types_tagged, seconds) and, with heapmap=True, 'heapmap' (a bytearray of\n"
-"records <u8 addr, <u4 size, <u4 type index>), 'heapmap_types' (tuple of types by index) and\n"
+"strings_hashed, types_tagged, seconds). With heapmap_fd (an open file, written from its current\n"
+"offset) the heap map records <u8 addr, <u4 size, <u4 type index> are written there, and the result\n"
+"has 'heapmap_records' (count), 'heapmap_error' (None or the OSError of a failed write),\n"
+"'heapmap_types' (tuple of types by index) and\n"
 "'heapmap_preheaders' (bytes: pre-header size per type index; a record starts that many bytes\n"
 "before the object).");
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"immortalize", "heapmap", "gc_head", "managed_preheader", "hash_strings",
+    static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
                              "tag_types", NULL};
-    int immortalize = 1, heapmap = 0, hash_strings = 1, tag_types = 1;
+    int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1;
     Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$ppnnpp:walk", kwlist, &immortalize, &heapmap,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpp:walk", kwlist, &immortalize, &heapmap_fd,
                                      &gc_head, &managed_pre, &hash_strings, &tag_types))
         return NULL;
+    int heapmap = heapmap_fd >= 0;
     if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
         PyErr_SetString(PyExc_ValueError, "implausible pre-header sizes");
         return NULL;
@@ -510,10 +648,14 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "object.__sizeof__ not found");
         goto error;
     }
-    if (heapmap && (w.hm = PyByteArray_FromStringAndSize(NULL, 0)) == NULL) goto error;
+    if (heapmap && sink_open(&w.hm, heapmap_fd) < 0) {
+        PyErr_NoMemory();
+        goto error;
+    }
 
     double t0 = now_seconds();
     PyUnstable_GC_VisitObjects(visit_root, &w);
+    int write_error = heapmap ? sink_close(&w.hm) : 0; /* the file is complete when the walk returns */
     double seconds = now_seconds() - t0;
     if (w.failed) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
@@ -539,8 +681,25 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(s);
     }
     if (heapmap) {
-        if (PyByteArray_Resize(w.hm, (Py_ssize_t)(w.hm_len * sizeof(cp_hmrec))) < 0) goto error;
-        if (PyDict_SetItemString(result, "heapmap", w.hm) < 0) goto error;
+        SET_U64(result, "heapmap_records", w.hm.records);
+        {
+            PyObject *s = PyFloat_FromDouble(w.hm.waited);
+            if (s == NULL || PyDict_SetItemString(result, "heapmap_wait_seconds", s) < 0) {
+                Py_XDECREF(s);
+                goto error;
+            }
+            Py_DECREF(s);
+        }
+        if (write_error) {
+            PyObject *e = PyObject_CallFunction(PyExc_OSError, "is", write_error, strerror(write_error));
+            if (e == NULL || PyDict_SetItemString(result, "heapmap_error", e) < 0) {
+                Py_XDECREF(e);
+                goto error;
+            }
+            Py_DECREF(e);
+        } else if (PyDict_SetItemString(result, "heapmap_error", Py_None) < 0) {
+            goto error;
+        }
         PyObject *types = PyTuple_New((Py_ssize_t)w.types_len);
         if (types == NULL) goto error;
         for (size_t i = 0; i < w.types_len; i++) {

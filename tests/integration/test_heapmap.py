@@ -1,6 +1,9 @@
 """Heap maps written by prepare_fork: found by PID, private, no pickle, stale ones ignored."""
+import dataclasses
+import json
 import os
 import stat
+import subprocess
 import sys
 
 import numpy as np
@@ -48,28 +51,52 @@ def test_prepare_fork_saves_a_map_that_locates_objects(hm_dir):
     # the writer has exited: its PID no longer names that process, so the map is stale
     pid = int(os.path.basename(out["path"]).split("-")[1].split(".")[0])
     assert heapmap.load(pid) is None
-    with np.load(out["path"], allow_pickle=False) as z:  # loads without pickle
-        assert z["records"].dtype.itemsize == 16
+    raw = open(out["path"], "rb").read()
+    magic, version, meta_len, n, offset = heapmap.HEADER.unpack(raw[:heapmap.HEADER.size])
+    assert (magic, version, offset) == (heapmap.MAGIC, 2, 32)
+    assert len(raw) == offset + 16 * n + meta_len and n == out["n"]
+    assert json.loads(raw[-meta_len:])["pid"] == pid  # metadata is plain JSON, no pickle
 
 
 @needs_312
-def test_repeat_prepare_merges_new_objects_into_the_map(hm_dir):
+def test_repeat_prepare_adds_a_segment_with_the_new_objects(hm_dir):
     out = run_json("""
         import json, os, cowprof
         from cowprof import heapmap
         first = [[i] for i in range(1000)]
-        cowprof.prepare_fork()
+        r1 = cowprof.prepare_fork()
         n1 = len(heapmap.load(os.getpid()))
         later = [[i, i] for i in range(1000)]
-        cowprof.prepare_fork()
+        r2 = cowprof.prepare_fork()
         hm = heapmap.load(os.getpid())
         def has(o):
             i = int(hm.addr.searchsorted(id(o), "right")) - 1
             return bool(hm.addr[i] <= id(o) < hm.addr[i] + hm.size[i])
-        print(json.dumps({"n1": n1, "n2": len(hm), "old": has(first[3]), "new": has(later[3])}))
+        print(json.dumps({"n1": n1, "n2": len(hm), "old": has(first[3]), "new": has(later[3]),
+                          "paths": [os.path.basename(r1.heapmap_path), os.path.basename(r2.heapmap_path)],
+                          "segments": len(heapmap.segment_paths(os.getpid())), "second_full": r2.full_walk}))
     """, env={heapmap.DIR_ENV: str(hm_dir)})
+    assert not out["second_full"]
+    assert out["paths"][0].endswith(".0.hmap") and out["paths"][1].endswith(".1.hmap")
+    assert out["segments"] == 2
     assert out["n2"] > out["n1"]
     assert out["old"] and out["new"]
+
+
+def test_a_full_map_replaces_the_masters_older_segments_and_dead_masters_maps(hm_dir):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = heapmap.save(dataclasses.replace(_one_record_map(os.getpid()), pid=dead.pid, start_ticks=5))
+    assert os.path.exists(stale)
+    me = _one_record_map(os.getpid())
+    heapmap.save(me, seq=1)
+    assert not os.path.exists(stale)  # every save removes the maps of masters that are gone
+    heapmap.save(me, seq=2)
+    assert [os.path.basename(p) for p in heapmap.segment_paths(os.getpid())] == [
+        f"heapmap-{os.getpid()}.1.hmap", f"heapmap-{os.getpid()}.2.hmap"]
+    heapmap.save(me)  # seq 0: a full map
+    assert [os.path.basename(p) for p in heapmap.segment_paths(os.getpid())] == [f"heapmap-{os.getpid()}.0.hmap"]
+    assert not list(hm_dir.glob("*.writing"))
 
 
 def test_stale_map_of_a_reused_pid_is_ignored(hm_dir):
@@ -84,14 +111,53 @@ def test_stale_map_of_a_reused_pid_is_ignored(hm_dir):
     assert loaded is not None and loaded.addr.tolist() == [4096]
 
 
-def test_garbage_file_is_a_clear_error(hm_dir, tmp_path):
-    bad = tmp_path / "bad.npz"
-    bad.write_bytes(b"not a zip")
+def _one_record_map(pid):
+    return heapmap.HeapMap(pid=pid, start_ticks=heapmap.process_start_ticks(pid), boot_id="", created_at=0.0,
+                           addr=np.array([4096, 8192], dtype=np.uint64), size=np.array([64, 32], dtype=np.uint32),
+                           type=np.array([0, 1], dtype=np.uint32), type_names=np.array(["float", "str"]))
+
+
+def test_garbage_truncated_and_future_files_are_clear_errors(hm_dir, tmp_path):
+    bad = tmp_path / "bad.hmap"
+    bad.write_bytes(b"not a heap map at all, just some bytes")
     with pytest.raises(BadInput, match="not a cowprof heap map"):
         heapmap.read(str(bad))
-    os.makedirs(hm_dir, exist_ok=True)
-    (hm_dir / f"heapmap-{os.getpid()}.npz").write_bytes(b"junk")
+    good = heapmap.save(_one_record_map(os.getpid()))
+    raw = open(good, "rb").read()
+    assert len(heapmap.read(good)) == 2
+    bad.write_bytes(raw[:-5])
+    with pytest.raises(BadInput, match="truncated"):
+        heapmap.read(str(bad))
+    bad.write_bytes(raw[:8] + (9).to_bytes(4, "little") + raw[12:])
+    with pytest.raises(BadInput, match="format 9 is not supported"):
+        heapmap.read(str(bad))
+    # a segment that does not parse is skipped by load, never raised
+    with open(good, "r+b") as f:
+        f.truncate(len(raw) - 1)
     assert heapmap.load(os.getpid()) is None
+
+
+@needs_312
+def test_walk_reports_a_failed_heap_map_write_and_still_prepares(hm_dir):
+    out = run_json("""
+        import json, os, warnings, cowprof
+        from cowprof import _native
+        keep = [{"k": i + 0.5} for i in range(20000)]
+        r, w = os.pipe()
+        os.close(r)                       # every write gets EPIPE
+        import signal; signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        res = _native.walk(heapmap_fd=w, immortalize=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            open(os.environ["COWPROF_HEAPMAP_DIR"], "w").close()   # a file, not a directory (even for root)
+            rep = cowprof.prepare_fork()
+        print(json.dumps({"error": repr(res["heapmap_error"]), "records": res["heapmap_records"],
+                          "immortal": _native.is_immortal(keep[5]), "path": rep.heapmap_path,
+                          "warned": [str(c.message) for c in caught]}))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    assert "Broken pipe" in out["error"] and out["records"] > 20000
+    assert out["immortal"] and out["path"] is None
+    assert any("heap map not saved" in m for m in out["warned"])
 
 
 def test_merge_prefers_newer_records():

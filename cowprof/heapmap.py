@@ -30,16 +30,21 @@ import os
 import re
 import struct
 import time
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from cowprof.errors import BadInput
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported only to read maps: saving one (what the master does) must not load numpy and
+# its BLAS threads into a server that does not use them.
 
 FORMAT_VERSION = 2
 MAGIC = b"cowprfHM"
 HEADER = struct.Struct("<8sIIQQ")  # magic, version, metadata length, records, records offset
-RECORD_DTYPE = np.dtype([("addr", "<u8"), ("size", "<u4"), ("type", "<u4")])
+RECORD_SIZE = 16  # <u8 address, <u4 size, <u4 type index
+_RECORD_FIELDS = [("addr", "<u8"), ("size", "<u4"), ("type", "<u4")]
 DIR_ENV = "COWPROF_HEAPMAP_DIR"
 SUFFIX = ".hmap"
 WRITING = ".writing"  # appended to a segment's name until it is complete
@@ -131,6 +136,8 @@ class HeapMap:
 
     @property
     def bytes(self) -> int:
+        import numpy as np
+
         return int(self.size.sum(dtype=np.uint64))
 
     def is_current(self, procfs_root: str = "/proc") -> bool:
@@ -144,11 +151,15 @@ def _is_current(pid: int, start_ticks: int, boot_id: str, procfs_root: str = "/p
 
 
 def _sorted(hm: HeapMap) -> HeapMap:
+    import numpy as np
+
     order = np.argsort(hm.addr, kind="stable")
     return dataclasses.replace(hm, addr=hm.addr[order], size=hm.size[order], type=hm.type[order])
 
 
 def _preheaders(hm: HeapMap) -> np.ndarray:
+    import numpy as np
+
     if hm.type_preheader is not None and hm.type_preheader.size == hm.type_names.size:
         return np.asarray(hm.type_preheader, dtype=np.uint8)
     return np.zeros(hm.type_names.size, dtype=np.uint8)
@@ -156,6 +167,8 @@ def _preheaders(hm: HeapMap) -> np.ndarray:
 
 def merge_maps(old: HeapMap, new: HeapMap) -> HeapMap:
     """Records of both, sorted; where both have the same address the newer record wins."""
+    import numpy as np
+
     names, first_of_name, inverse = np.unique(np.concatenate([old.type_names, new.type_names]),
                                               return_index=True, return_inverse=True)
     pre = np.concatenate([_preheaders(old), _preheaders(new)])[first_of_name]
@@ -238,7 +251,9 @@ class Segment:
 
 def save(hm: HeapMap, directory: str | None = None, seq: int = 0) -> str:
     """Write ``hm`` as segment ``seq`` of its master's map (mode 0600); returns the path."""
-    records = np.empty(hm.addr.size, dtype=RECORD_DTYPE)
+    import numpy as np
+
+    records = np.empty(hm.addr.size, dtype=_RECORD_FIELDS)
     records["addr"], records["size"], records["type"] = hm.addr, hm.size, hm.type
     seg = Segment(hm.pid, directory, seq)
     try:
@@ -321,11 +336,11 @@ def _read_meta(path: str) -> tuple[dict[str, Any], int, int]:
                 raise BadInput(f"{path}: heap map format {version} is not supported (this cowprof reads "
                                f"{FORMAT_VERSION})")
             size = os.fstat(f.fileno()).st_size
-            expected = offset + n * RECORD_DTYPE.itemsize + meta_len
+            expected = offset + n * RECORD_SIZE + meta_len
             if offset < HEADER.size or meta_len > _MAX_META or size != expected:
                 raise BadInput(f"{path}: heap map is truncated or corrupt ({size} bytes, its header says "
                                f"{expected})")
-            f.seek(offset + n * RECORD_DTYPE.itemsize)
+            f.seek(offset + n * RECORD_SIZE)
             meta = json.loads(f.read(meta_len))
     except BadInput:
         raise
@@ -337,9 +352,11 @@ def _read_meta(path: str) -> tuple[dict[str, Any], int, int]:
 
 
 def _read_segment(path: str) -> HeapMap:
+    import numpy as np
+
     meta, n, offset = _read_meta(path)
     try:
-        recs = np.fromfile(path, dtype=RECORD_DTYPE, count=n, offset=offset)
+        recs = np.fromfile(path, dtype=_RECORD_FIELDS, count=n, offset=offset)
         names = np.array(meta["type_names"] or [""], dtype=str)
         pre = np.array(meta.get("type_preheader") or [], dtype=np.uint8)
         hm = HeapMap(pid=int(meta["pid"]), start_ticks=int(meta["start_ticks"]), boot_id=str(meta["boot_id"]),

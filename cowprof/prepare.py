@@ -170,7 +170,7 @@ def prepare_fork(
     heapmap_path = None
     record = bool(heapmap) and _native is not None and hasattr(_native, "walk")
     if record:
-        try:  # imported before the walk, so numpy's own objects are prepared too
+        try:  # imported before the walk, so its own objects are prepared too (it does not load numpy)
             from cowprof import heapmap as _heapmap_module  # noqa: F401
         except ImportError:
             record = False

@@ -209,3 +209,23 @@ def test_record_maps_without_preparing(hm_dir):
     """, env={heapmap.DIR_ENV: str(hm_dir)})
     assert out["found"] == "str"
     assert out["mortal"] and not out["hash_cached"] and out["frozen"] == 0
+
+
+@needs_312
+def test_no_thread_is_left_behind_to_fork_with(hm_dir):
+    """The writer thread is joined inside the walk and saving a map does not load numpy (whose BLAS
+    starts threads): a master that was single-threaded forks single-threaded."""
+    out = run_json("""
+        import json, os, sys, warnings, cowprof
+        keep = [{"k": i + 0.5} for i in range(50000)]
+        r = cowprof.prepare_fork()
+        threads = [l for l in open("/proc/self/status") if l.startswith("Threads:")][0].split()[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        print(json.dumps({"threads": int(threads), "path": r.heapmap_path, "numpy": "numpy" in sys.modules}))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    assert out["threads"] == 1 and out["path"] and not out["numpy"]

@@ -495,8 +495,10 @@ def serve(pid: int | None, *, port: int = 9464, bind: str = "127.0.0.1", interva
         raise BadInput(f"--interval must be at least 0.1 seconds, not {interval}")
     if not bind:
         raise BadInput("--bind needs an address, e.g. 127.0.0.1")
-    from cowprof.pages import scan
+    from cowprof.pages import Scanner
     from cowprof.tree import find_tree
+
+    scan = Scanner().scan  # an unchanged tree (no fault, unmap or swap since) costs no page scan
 
     handler = _setup_logging()
     server: WSGIServer | None = None

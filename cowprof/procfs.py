@@ -243,6 +243,17 @@ class Stat:
     starttime_ticks: int
     start_stack: int  # 0 without ptrace read access
     start_brk: int  # 0 without ptrace read access
+    minflt: int = 0  # page faults served without I/O (copy-on-write copies among them)
+    majflt: int = 0  # page faults that needed I/O (swap-in, file reads)
+    vsize: int = 0  # bytes of address space
+    rss_pages: int = 0  # resident pages
+
+    @property
+    def memory_state(self) -> tuple[int, int, int, int, int]:
+        """What changes whenever the process's page tables change: start time (a reused PID), both
+        fault counters (every copy-on-write copy and every new page is a fault), address-space size
+        and resident pages (unmapping and swapping out are not faults)."""
+        return (self.starttime_ticks, self.minflt, self.majflt, self.vsize, self.rss_pages)
 
     @property
     def zombie(self) -> bool:
@@ -265,7 +276,7 @@ def parse_stat(pid: int, data: bytes) -> Stat:
             return 0
 
     return Stat(pid, data[lpar + 1 : rpar].decode(errors="replace"), rest[0].decode(errors="replace"),
-                f(4), f(22), f(28), f(47))
+                f(4), f(22), f(28), f(47), f(10), f(12), f(23), f(24))
 
 
 def read_stat(pid: int, procfs_root: str = "/proc") -> Stat:

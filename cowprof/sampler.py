@@ -22,7 +22,7 @@ import psutil
 from cowprof.errors import CowprofError
 
 if TYPE_CHECKING:
-    from cowprof.pages import PageReport
+    from cowprof.pages import PageReport, Scanner
     from cowprof.tree import Tree
 
 __all__ = ["Sample", "Sampler", "StopReason"]
@@ -58,18 +58,6 @@ class Sample:
         return self.report is not None
 
 
-def _default_find_tree(pid: int) -> Tree:
-    from cowprof.tree import find_tree
-
-    return find_tree(pid)
-
-
-def _default_scan(tree: Tree, privileged: bool | None) -> PageReport:
-    from cowprof.pages import scan
-
-    return scan(tree, privileged=privileged)
-
-
 def _process_identity(pid: int) -> float | None:
     """Start time of a live (non-zombie) process, or None when it is gone.
 
@@ -103,8 +91,11 @@ class Sampler:
     1 GiB tree costs ~50 ms of CPU: at 1 Hz that alone is 5% of a core.
 
     ``find_tree``, ``scan``, ``is_alive``, ``clock``, ``wall_clock``, ``sleep`` and ``cpu_clock`` are
-    injectable for tests; by default they are :func:`cowprof.tree.find_tree`,
-    :func:`cowprof.pages.scan`, a psutil liveness check of the master and the ``time`` module.
+    injectable for tests; by default they are a :class:`cowprof.tree.TreeWatcher` (``find_tree`` that
+    reuses its answer while the master's children stay the same), a :class:`cowprof.pages.Scanner`
+    (``scan`` that answers from the previous report when no process of the tree faulted, unmapped or
+    swapped since: ``self.scanner.unchanged`` counts those), a psutil liveness check of the master
+    and the ``time`` module.
     """
 
     def __init__(
@@ -135,8 +126,22 @@ class Sampler:
         self.duration = duration
         self.count = count
         self.privileged = privileged
-        self._find_tree = find_tree or _default_find_tree
-        self._scan = scan or _default_scan
+        if find_tree is None:
+            from cowprof.tree import TreeWatcher
+
+            find_tree = TreeWatcher().find
+        if scan is None:
+            from cowprof.pages import Scanner
+
+            scanner = Scanner(privileged=privileged)
+            self.scanner: Scanner | None = scanner
+
+            def scan(tree: Tree, _privileged: bool | None) -> PageReport:
+                return scanner.scan(tree)
+        else:
+            self.scanner = None
+        self._find_tree = find_tree
+        self._scan = scan
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep

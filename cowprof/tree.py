@@ -12,6 +12,7 @@ the parent is the master; otherwise it is not part of a pre-fork tree (:class:`N
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,3 +109,52 @@ def find_tree(pid: int, *, procfs_root: str = "/proc") -> Tree:
         f"process {pid} is not part of a pre-fork tree: it has no forked children and its parent "
         "did not fork it (give the PID of the server's master or of one of its workers)"
     )
+
+
+def _children_state(master: int, procfs_root: str) -> tuple[tuple[int, int, int, int], ...] | None:
+    """Every child of ``master`` with what decides whether it is a worker (start time, and the stack
+    and brk addresses an exec would change), from ``/proc/PID/task/TID/children``; None when the
+    kernel lacks that file (CONFIG_PROC_CHILDREN) or anything is unreadable."""
+    try:
+        tids = os.listdir(os.path.join(procfs_root, str(master), "task"))
+        children: set[int] = set()
+        for tid in tids:
+            with open(os.path.join(procfs_root, str(master), "task", tid, "children"), "rb") as f:
+                children.update(int(p) for p in f.read().split())
+    except (OSError, ValueError):
+        return None
+    out = []
+    for pid in sorted(children):
+        try:
+            st = procfs.read_stat(pid, procfs_root)
+        except CowprofError:
+            return None
+        out.append((pid, st.starttime_ticks, st.start_stack, st.start_brk))
+    return tuple(out)
+
+
+class TreeWatcher:
+    """``find_tree`` for a loop that looks at the same tree again and again (``top``, ``record``):
+    while the master's children are the same processes (PID, start time, stack and brk address),
+    the previous answer stands, for a few ``/proc`` reads instead of a walk of the process table."""
+
+    def __init__(self, procfs_root: str = "/proc") -> None:
+        self.procfs_root = procfs_root
+        self._last: Tree | None = None
+        self._state: tuple[tuple[int, int, int, int], ...] | None = None
+
+    def find(self, pid: int) -> Tree:
+        last = self._last
+        if last is not None and pid == last.master and self._state is not None:
+            if _children_state(pid, self.procfs_root) == self._state:
+                if not procfs.read_stat(pid, self.procfs_root).zombie:  # ProcessGone when it is gone
+                    return last
+        master = pid if last is not None and pid == last.master else find_tree(pid, procfs_root=self.procfs_root).master
+        # a child born between the two reads would be missed for good: keep the answer only when
+        # the children did not change while find_tree looked at them
+        before = _children_state(master, self.procfs_root)
+        tree = find_tree(master, procfs_root=self.procfs_root)
+        after = _children_state(master, self.procfs_root)
+        self._last = tree
+        self._state = after if before == after else None
+        return tree

@@ -9,8 +9,13 @@ place, as for a user) and reads the top process's CPU times (psutil, user + syst
 tree in this process to show where the CPU goes. Target: under 2% of one core at 1 Hz on the
 sample app. Every process it starts is stopped by PID at the end.
 
+``--load N`` (sample app only) also drives the app with N client threads from a separate process
+(the bundled load generator, loopback only, stopping by itself after the run), starting
+``--load-lead`` seconds before top so the first burst of copy-on-write faults is over: a busy server
+faults every second, so top really rescans instead of reusing an unchanged report.
+
     .venv/py3.12/bin/python scripts/bench_top.py [--tree sample|forktree] [--interval 1]
-        [--duration 30] [--warmup 5] [--top-args "--budget 0"]
+        [--duration 30] [--warmup 5] [--top-args "--max-cpu 0"] [--load 2]
 """
 from __future__ import annotations
 
@@ -40,10 +45,21 @@ from cowprof.pages import scan  # noqa: E402
 from cowprof.tree import find_tree  # noqa: E402
 
 
-def start_sample_app(workers: int, mb: float | None) -> tuple[subprocess.Popen, int]:
-    """gunicorn with sample_app/gunicorn.conf.py on 127.0.0.1:0; returns (process, master PID)."""
+LOAD = r"""
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/sample_app"]
+from traffic import request_paths
+from cowprof.loadgen import run_load
+r = run_load("127.0.0.1", int(sys.argv[2]), request_paths(2_000_000), concurrency=int(sys.argv[3]),
+             deadline=float(sys.argv[4]))
+print(f"load: {r.sent} requests, {r.rps:.0f} req/s, {r.errors} errors")
+"""
+
+
+def start_sample_app(workers: int, mb: float | None, port: int = 0) -> tuple[subprocess.Popen, int]:
+    """gunicorn with sample_app/gunicorn.conf.py on 127.0.0.1:port; returns (process, master PID)."""
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    env = {**os.environ, "SAMPLE_APP_BIND": "127.0.0.1:0", "SAMPLE_APP_WORKERS": str(workers),
+    env = {**os.environ, "SAMPLE_APP_BIND": f"127.0.0.1:{port}", "SAMPLE_APP_WORKERS": str(workers),
            "PYTHONPATH": ROOT}
     if mb is not None:
         env["SAMPLE_APP_MB"] = str(mb)
@@ -97,12 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--top-args", default="", help="extra arguments for cowprof top")
+    ap.add_argument("--load", type=int, default=0, metavar="THREADS",
+                    help="sample app: keep it busy with this many client threads (0: idle)")
+    ap.add_argument("--load-lead", type=float, default=20.0, help="seconds of load before top starts")
     args = ap.parse_args(argv)
 
     server = None
     forktree = None
+    load = None
     if args.tree == "sample":
-        server, master = start_sample_app(args.workers, args.sample_mb)
+        from cowprof.demo import free_port
+
+        port = free_port()
+        server, master = start_sample_app(args.workers, args.sample_mb, port)
+        if args.load:
+            seconds = args.load_lead + args.warmup + args.duration + 30
+            load = subprocess.Popen([sys.executable, "-c", LOAD, ROOT, str(port), str(args.load), str(seconds)],
+                                    stdout=subprocess.PIPE, text=True)
+            time.sleep(args.load_lead)
     else:
         from forktree import ForkTree
 
@@ -123,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 costs.append(time.process_time() - c0)
             scans[r.mode] = statistics.median(costs)
         print(f"python {platform.python_version()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}; "
-              f"tree: {args.tree}, master + {len(tree.workers)} workers, RSS {rss / 2**20:.0f} MiB")
+              f"tree: {args.tree}, master + {len(tree.workers)} workers, RSS {rss / 2**20:.0f} MiB; "
+              f"{f'busy ({args.load} client threads)' if load else 'idle'}")
         print("scan CPU (median of 5): " + ", ".join(f"{m} {s * 1000:.1f} ms" for m, s in scans.items()))
 
         main_fd, sub_fd = pty.openpty()
@@ -159,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         if top is not None and top.poll() is None:
             top.kill()
             top.wait()
+        if load is not None:
+            load.terminate()
+            out, _ = load.communicate(timeout=30)
+            if out.strip():
+                print(out.strip())
         if server is not None:
             server.terminate()
             try:

@@ -11,10 +11,8 @@ import datetime as _dt
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING
 
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from cowprof.reporters import MiB, fmt_size
@@ -100,36 +98,51 @@ class TopView:
         return text
 
     def renderable(self) -> RenderableType:
-        """Header plus the table of the last good report."""
+        """Header plus the table of the last good report.
+
+        The table is laid out here as fixed-width text rather than with a Rich ``Table``: it is
+        redrawn every refresh, and Rich's table layout costs ~10 ms a time, as much as a whole
+        refresh of an unchanged tree."""
         r = self.report
         if r is None:
             return self._header()
         workers = sorted(r.workers, key=lambda w: (-w.copied_bytes, w.pid))
-        t = Table(show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False)
         rates = [v for v in self.rates.values() if v is not None]
         total_rate = sum(rates) if rates else None
-        cols = [
-            ("PID", f"{len(workers)} workers"),
-            ("RSS", fmt_size(r.master.rss_bytes + sum(w.rss_bytes for w in workers))),
-            ("PSS", fmt_size(r.master.pss_bytes + sum(w.pss_bytes for w in workers))),
-            ("USS", fmt_size(r.master.uss_bytes + sum(w.uss_bytes for w in workers))),
-            ("Shared", fmt_size(sum(w.shared_bytes for w in workers))),
-            ("Copied", fmt_size(sum(w.copied_bytes for w in workers))),
-            ("New", fmt_size(sum(w.new_bytes for w in workers))),
-            ("Copy MiB/s", _rate(total_rate)),
-        ]
-        for name, footer in cols:
-            t.add_column(name, footer=footer, justify="left" if name == "PID" else "right",
-                         no_wrap=True, style="bold" if name == "Copy MiB/s" else None,
-                         min_width=len(footer) if name == "PID" else None)
+        head = ("PID", "RSS", "PSS", "USS", "Shared", "Copied", "New", "Copy MiB/s")
         m = r.master
-        t.add_row(Text(f"{m.pid} master", style="cyan"), fmt_size(m.rss_bytes),
-                  fmt_size(m.pss_bytes), fmt_size(m.uss_bytes), "", "", "", "", end_section=True)
-        for w in workers:
-            t.add_row(str(w.pid), fmt_size(w.rss_bytes), fmt_size(w.pss_bytes),
-                      fmt_size(w.uss_bytes), fmt_size(w.shared_bytes), fmt_size(w.copied_bytes),
-                      fmt_size(w.new_bytes), _rate(self.rates.get(w.pid)))
-        return Group(self._header(), t)
+        rows: list[tuple[str, ...]] = [(f"{m.pid} master", fmt_size(m.rss_bytes), fmt_size(m.pss_bytes),
+                                        fmt_size(m.uss_bytes), "", "", "", "")]
+        rows += [(str(w.pid), fmt_size(w.rss_bytes), fmt_size(w.pss_bytes), fmt_size(w.uss_bytes),
+                  fmt_size(w.shared_bytes), fmt_size(w.copied_bytes), fmt_size(w.new_bytes),
+                  _rate(self.rates.get(w.pid))) for w in workers]
+        foot = (f"{len(workers)} workers",
+                fmt_size(m.rss_bytes + sum(w.rss_bytes for w in workers)),
+                fmt_size(m.pss_bytes + sum(w.pss_bytes for w in workers)),
+                fmt_size(m.uss_bytes + sum(w.uss_bytes for w in workers)),
+                fmt_size(sum(w.shared_bytes for w in workers)),
+                fmt_size(sum(w.copied_bytes for w in workers)),
+                fmt_size(sum(w.new_bytes for w in workers)), _rate(total_rate))
+        widths = [max(len(row[i]) for row in (head, foot, *rows)) for i in range(len(head))]
+
+        def line(cells: tuple[str, ...], style: str | None = None, first: str | None = None) -> Text:
+            text = Text(style=style or "")
+            for i, (cell, w) in enumerate(zip(cells, widths)):
+                text.append("  " if i else "")
+                cell_text = cell.ljust(w) if i == 0 else cell.rjust(w)
+                if i == 0 and first:
+                    text.append(cell_text, style=first)
+                elif i == len(cells) - 1 and style is None:
+                    text.append(cell_text, style="bold")
+                else:
+                    text.append(cell_text)
+            return text
+
+        rule = Text("  ".join("─" * w for w in widths), style="dim")
+        lines = [line(head, "bold"), rule, line(rows[0], first="cyan"), rule]
+        lines += [line(row) for row in rows[1:]]
+        lines += [rule, line(foot, "bold")]
+        return Group(self._header(), Text(""), *lines)
 
 
 def _rate(bytes_per_s: float | None) -> str:

@@ -274,3 +274,80 @@ def test_truly_unprivileged_scan_of_own_users_tree():
             assert _in(np.array(addrs, dtype=np.uint64), t.buf_addr, t.buf_size) == sorted(t.written_addrs)
         assert _in(np.array(out["diverged"], dtype=np.uint64), t.buf_addr, t.buf_size) == sorted(
             t.master_written_addrs)
+
+
+# --- Scanner: repeated scans that reuse what cannot have changed -------------------------------
+
+_ON_DEMAND = r"""
+import ctypes, mmap, os, sys
+PAGE = mmap.PAGESIZE
+buf = mmap.mmap(-1, 256 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+view = ctypes.c_char.from_buffer(buf)
+addr = ctypes.addressof(view)
+del view
+if hasattr(mmap, "MADV_NOHUGEPAGE"):
+    buf.madvise(mmap.MADV_NOHUGEPAGE)
+for i in range(256):
+    buf[i * PAGE] = 1
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    done = 0
+    while True:
+        n = int(os.read(r, 16) or b"0")   # write n more pages of the inherited buffer
+        if not n:
+            os._exit(0)
+        for i in range(done, done + n):
+            buf[i * PAGE] = 2
+        done += n
+        print("WROTE", done, flush=True)
+os.close(r)
+print("READY", pid, addr, flush=True)
+for line in sys.stdin:                   # the test says how many pages the worker writes next
+    os.write(w, line.strip().encode())
+os.write(w, b"0")
+os.waitpid(pid, 0)
+"""
+
+
+def test_scanner_reuses_an_unchanged_tree_and_sees_every_change():
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _ON_DEMAND], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        ready = proc.stdout.readline().split()
+        assert ready[0] == "READY"
+        tree, buf = Tree(proc.pid, (int(ready[1]),)), int(ready[2])
+        sc = pages.Scanner(privileged=False)
+
+        def copied() -> int:  # the worker's copies of the master's buffer pages
+            return len(_in(sc.scan(tree, keep_addresses=True).workers[0].copied_addrs, buf, 256 * P))
+
+        assert copied() == 0
+        assert copied() == 0 and sc.unchanged == 1  # nothing happened: the previous report again
+        for n, total, unchanged in ((7, 7, 2), (30, 37, 3)):
+            proc.stdin.write(f"{n}\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().split() == ["WROTE", str(total)]
+            assert copied() == total  # the worker faulted: a real scan, not the previous report
+            assert copied() == total and sc.unchanged == unchanged
+        assert scan(tree, privileged=False).to_dict()["workers"] == sc.scan(tree).to_dict()["workers"]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_tree_watcher_follows_workers_that_exit():
+    from cowprof.tree import TreeWatcher, find_tree
+
+    with ForkTree(workers=3, master_mb=2) as t:
+        tw = TreeWatcher()
+        first = tw.find(t.worker_pids[0])  # any PID of the tree
+        assert first == find_tree(t.master_pid) and first.master == t.master_pid
+        assert tw.find(t.master_pid) is first  # same children: the same answer, no process-table walk
+        victim = sorted(t.worker_pids)[1]
+        t.kill_worker(victim)
+        after = tw.find(t.master_pid)
+        assert victim not in after.workers and len(after.workers) == 2

@@ -69,6 +69,8 @@ def fake(monkeypatch):
     f = FakeTree()
     monkeypatch.setattr(cowprof.tree, "find_tree", f.find_tree)
     monkeypatch.setattr(cowprof.pages, "scan", f.scan)
+    monkeypatch.setattr(cowprof.pages.Scanner, "scan", lambda self, target, **kw: f.scan(target, **kw))
+    monkeypatch.setattr(cowprof.tree.TreeWatcher, "find", lambda self, pid: f.find_tree(pid))
     monkeypatch.setattr(cowprof.sampler, "_process_identity", lambda pid: 1.0)
     return f
 

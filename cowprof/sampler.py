@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from cowprof.pages import PageReport, Scanner
     from cowprof.tree import Tree
 
-__all__ = ["Sample", "Sampler", "StopReason"]
+__all__ = ["Sample", "Sampler", "StopReason", "CPU_BURST_SECONDS"]
+
+#: depth of the CPU cap's token bucket, in seconds of credit at ``max_cpu``
+CPU_BURST_SECONDS = 10.0
 
 
 class StopReason:
@@ -84,11 +87,15 @@ class Sampler:
     taken immediately. Ticks are on a fixed grid (``start + k * interval``); ticks missed because a scan
     was slower than the interval are skipped, and the delay shows up as the next sample's ``lateness``.
 
-    ``max_cpu`` (a fraction of one core) caps this process's CPU use: after each sample the CPU time
-    it took (the scan, plus what the consumer did with the sample before asking for the next one,
-    smoothed) sets the earliest next tick, so the interval stretches on trees too big to scan every
-    ``interval`` within the cap (``effective_interval`` says by how much). A full page scan of a
-    1 GiB tree costs ~50 ms of CPU: at 1 Hz that alone is 5% of a core.
+    ``max_cpu`` (a fraction of one core) caps this process's CPU use with a token bucket: CPU credit
+    accrues at ``max_cpu`` per second of wall time, up to ``CPU_BURST_SECONDS`` worth, and each
+    sample spends what it cost (the scan, plus what the consumer did with the sample before asking
+    for the next one). When the credit runs out, the next tick waits until it is back to zero, so
+    the interval stretches on trees too busy to scan every ``interval`` within the cap
+    (``effective_interval`` says by how much), while an occasional full scan of a mostly unchanged
+    tree does not. Over any span of T seconds the sampler uses at most ``max_cpu * (T +
+    CPU_BURST_SECONDS)`` CPU seconds. A full page scan of a 1 GiB tree costs ~50 ms of CPU: at 1 Hz
+    that alone is 5% of a core.
 
     ``find_tree``, ``scan``, ``is_alive``, ``clock``, ``wall_clock``, ``sleep`` and ``cpu_clock`` are
     injectable for tests; by default they are a :class:`cowprof.tree.TreeWatcher` (``find_tree`` that
@@ -189,7 +196,8 @@ class Sampler:
         tick = 0  # index on the grid start + k * interval
         scheduled = start
         index = 0
-        cost: float | None = None  # smoothed CPU seconds per cycle (scan + the consumer's work)
+        depth = (self.max_cpu or 0.0) * CPU_BURST_SECONDS
+        credit, credit_at = depth, start  # CPU seconds we may still spend, and when it was counted
         cpu_mark = self._cpu_clock()
         while True:
             if self._stopped:
@@ -226,13 +234,14 @@ class Sampler:
             scheduled = start + tick * self.interval
             if self.max_cpu is not None:
                 # CPU cap: this cycle cost `spent` CPU seconds of the whole process (liveness check,
-                # scan, whatever the consumer did with the sample); wait long enough that cycles
-                # average at most max_cpu of one core
+                # scan, whatever the consumer did with the sample); once the credit is used up,
+                # wait until it has grown back to zero
                 cpu_now = self._cpu_clock()
                 spent = max(0.0, cpu_now - cpu_mark)
                 cpu_mark = cpu_now
-                cost = spent if cost is None else 0.5 * cost + 0.5 * spent
-                earliest = began + cost / self.max_cpu
+                credit = min(depth, credit + (now - credit_at) * self.max_cpu) - spent
+                credit_at = now
+                earliest = now - credit / self.max_cpu if credit < 0 else now
                 if earliest > scheduled:
                     scheduled = earliest
                     tick = max(tick, math.ceil((earliest - start) / self.interval - 1e-9))

@@ -10,6 +10,7 @@ import copy
 import os
 import socket
 import subprocess
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -338,6 +339,9 @@ def test_master_exit_then_reattach_by_command_line(procs):
     assert exp.master is None
     exp.step()
     assert exp.master is None  # nothing matches yet
+    # the finder only takes processes started after the old master (by psutil's create_time,
+    # which has clock-tick resolution): a restart takes longer than a tick, this test may not
+    time.sleep(3 / os.sysconf("SC_CLK_TCK"))
     new = procs(*argv)
     exp.step()
     assert exp.master is None  # a match without workers is not a master

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,22 +220,104 @@ def region_of(m: procfs.Mapping, prev: procfs.Mapping | None = None) -> int:
     return _R_OTHER
 
 
-@dataclass
-class _Pages:
-    """The pagemap of one process's writable private mappings, concatenated."""
+# The top byte of a pagemap entry (entry >> 56) holds every flag the classification needs: the
+# classification works on that byte (8x less memory traffic than the entries), adding per-page
+# facts in bits the mask leaves free, and tests each class with one mask-and-compare.
+_T_EXCL = 0x01  # bit 56: exclusively mapped (mapcount 1)
+_T_FILE = 0x20  # bit 61: file page or shared anonymous
+_T_PRESENT = 0x80  # bit 63
+_T_USED = _T_PRESENT | _T_FILE | _T_EXCL
+_K_MASTER = 0x02  # worker page: the master has a present page at its address
+#                   master page: some worker still shares the page at its address
+_K_SAME = 0x04  # worker page (pfn mode): it is the master's very page (same PFN)
+#                 master page: some worker has a present page at its address
+# (mask, value): the page is in the class when key & mask == value. A worker page is shared when
+# present and not (exclusive and not the master's very page), new when present and neither.
+_W_COPIED = (_T_USED | _K_MASTER | _K_SAME, _T_PRESENT | _T_EXCL | _K_MASTER)  # anon, exclusive, master has one
+_W_NOT_SHARED = (_T_EXCL | _K_SAME, _T_EXCL)
+_M_SHARED = (_T_PRESENT | _T_EXCL, _T_PRESENT)
+_M_DIVERGED = (_T_USED | _K_MASTER, _T_PRESENT | _T_EXCL | _K_MASTER)  # anon, exclusive, a worker shares
+_M_AMBIGUOUS = (_T_USED | _K_MASTER | _K_SAME, _T_PRESENT | _T_EXCL | _K_SAME)  # ... workers there, none shares
+_TOP_BYTE = 7 if sys.byteorder == "little" else 0
+#: read across gaps of at most this many pages between two mappings (into a scratch buffer): one
+#: read syscall instead of two, for a few cheap page-table entries
+_GAP_PAGES = 64
+_IOV_MAX = 1024
 
-    pid: int
-    starts: np.ndarray  # int64 first virtual page number of each mapping
-    offsets: np.ndarray  # int64, len(mappings) + 1: index of each mapping's first page
-    region: np.ndarray  # int8 region code per mapping
-    entries: np.ndarray  # uint64 pagemap entry per page
-    maps_raw: bytes = b""  # the /proc/PID/maps content the ranges came from (a cache key)
-    _page_region: np.ndarray | None = None
 
-    def page_region(self) -> np.ndarray:
-        if self._page_region is None:
-            self._page_region = np.repeat(self.region, np.diff(self.offsets))
-        return self._page_region
+def _is(key: np.ndarray, test: tuple[int, int]) -> np.ndarray:
+    return key & test[0] == test[1]
+
+
+class _Layout:
+    """The writable private mappings of one ``/proc/PID/maps`` content: where their pages go in the
+    concatenated pagemap array (grouped by region, so a region is one slice), and a read plan that
+    reads them in few syscalls.
+
+    Kept (by :class:`Scanner`) while ``maps`` reads the same, together with the array the entries
+    are read into, so a repeated scan allocates nothing for them."""
+
+    def __init__(self, raw: bytes, maps: list[procfs.Mapping]) -> None:
+        self.raw = raw
+        ranges, regions = _writable_private(maps)
+        order = sorted(range(len(ranges)), key=lambda i: (regions[i], ranges[i][0]))
+        self.ranges = [ranges[i] for i in order]
+        self.starts = np.array([s >> procfs.PAGE_SHIFT for s, _e in self.ranges], dtype=np.int64)
+        counts = np.array([(e - s) >> procfs.PAGE_SHIFT for s, e in self.ranges], dtype=np.int64)
+        self.offsets = np.zeros(len(self.ranges) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.offsets[1:])
+        self.size = int(self.offsets[-1])
+        sorted_regions = [regions[i] for i in order]
+        offs = self.offsets.tolist()
+        #: per region code, the [start, end) slice of its pages
+        self.spans = [(offs[bisect_left(sorted_regions, r)], offs[bisect_right(sorted_regions, r)])
+                      for r in range(_NR)]
+        self.entries = np.empty(self.size, dtype=np.uint64)
+        self._plan: list[tuple[int, list[memoryview], int]] | None = None
+
+    def count(self, mask: np.ndarray) -> list[int]:
+        """Pages of each region where ``mask`` holds."""
+        return [int(np.count_nonzero(mask[a:b])) if b > a else 0 for a, b in self.spans]
+
+    def by_address(self) -> list[tuple[int, int, int]]:
+        """(first page number, pages, offset in the concatenation) of each range, in address order."""
+        return sorted(zip((s >> procfs.PAGE_SHIFT for s, _e in self.ranges),
+                          np.diff(self.offsets).tolist(), self.offsets[:-1].tolist()))
+
+    def plan(self) -> list[tuple[int, list[memoryview], int]]:
+        """(file offset, buffers, bytes) per read: ranges separated by at most _GAP_PAGES pages are
+        read in one preadv, the gap's entries going to a scratch buffer."""
+        if self._plan is None:
+            out = memoryview(self.entries).cast("B")
+            scratch = memoryview(bytearray(_GAP_PAGES * 8))
+            plan: list[tuple[int, list[memoryview], int]] = []
+            end = -1  # first page number after the current read
+            for first, n, o in self.by_address():
+                if not n:
+                    continue
+                gap = first - end
+                if plan and 0 <= gap <= _GAP_PAGES and len(plan[-1][1]) + 2 <= _IOV_MAX:
+                    offset, buffers, nbytes = plan[-1]
+                    if gap:
+                        buffers.append(scratch[: gap * 8])
+                    buffers.append(out[o * 8 : (o + n) * 8])
+                    plan[-1] = (offset, buffers, nbytes + (gap + n) * 8)
+                else:
+                    plan.append((first * 8, [out[o * 8 : (o + n) * 8]], n * 8))
+                end = first + n
+            self._plan = plan
+        return self._plan
+
+    def read(self, pm: procfs.Pagemap) -> np.ndarray:
+        """The pagemap entries of every page of the ranges, concatenated (into ``self.entries``)."""
+        for offset, buffers, nbytes in self.plan():
+            if pm.readv(buffers, offset) != nbytes:
+                # short read (not seen in practice): the careful per-range path
+                for (s, _e), o, o2 in zip(self.ranges, self.offsets[:-1].tolist(), self.offsets[1:].tolist()):
+                    if o2 > o:
+                        pm.read_into(self.entries[o:o2], s)
+                break
+        return self.entries
 
     def vpns(self, idx: np.ndarray) -> np.ndarray:
         """Virtual page numbers of the pages at concatenated indexes ``idx``."""
@@ -257,61 +340,66 @@ def _writable_private(maps: list[procfs.Mapping]) -> tuple[list[tuple[int, int]]
 class _Cache:
     """What repeated scans of one tree reuse while the inputs are byte-for-byte the same."""
 
-    # pid -> (maps content, writable private ranges, their first page numbers, region codes,
-    #         per-page region codes or None until computed)
-    maps: dict[int, tuple[bytes, list[tuple[int, int]], np.ndarray, np.ndarray, list[np.ndarray]]] = \
-        field(default_factory=dict)
-    # worker pid -> (worker maps, master maps, index of the master's page per worker page)
-    index: dict[int, tuple[bytes, bytes, np.ndarray]] = field(default_factory=dict)
+    layouts: dict[int, _Layout] = field(default_factory=dict)  # pid -> layout of its current maps
+    # worker pid -> (worker layout, master layout, index of the master's page per worker page)
+    index: dict[int, tuple[_Layout, _Layout, np.ndarray | None]] = field(default_factory=dict)
 
     def keep(self, pids: set[int]) -> None:
-        for d in (self.maps, self.index):
+        for d in (self.layouts, self.index):
             for pid in [p for p in d if p not in pids]:
                 del d[pid]
 
 
-def _read_pages(pid: int, procfs_root: str, cache: _Cache | None = None) -> _Pages:
+@dataclass
+class _Proc:
+    """One process's pages in one scan."""
+
+    pid: int
+    layout: _Layout
+    entries: np.ndarray  # uint64 pagemap entry per page (the layout's buffer when cached)
+    top: np.ndarray  # uint8 per page: the entry's top byte & _T_USED
+
+    def pfns(self) -> np.ndarray:
+        """PFN per page, 0 where not present (or not visible)."""
+        return np.where(self.top >= _T_PRESENT, self.entries & procfs.PM_PFN_MASK, np.uint64(0))
+
+
+def _read_pages(pid: int, procfs_root: str, cache: _Cache | None = None) -> _Proc:
     raw = procfs.read_bytes(pid, "maps", procfs_root)
-    hit = cache.maps.get(pid) if cache is not None else None
-    if hit is not None and hit[0] == raw:
-        _raw, ranges, starts, regions, page_region = hit
-    else:
+    layout = cache.layouts.get(pid) if cache is not None else None
+    if layout is None or layout.raw != raw:
         maps = procfs.parse_maps(raw)
         if not maps:
             raise procfs._no_memory(pid)
-        ranges, region_list = _writable_private(maps)
-        starts = np.array([s >> procfs.PAGE_SHIFT for s, _e in ranges], dtype=np.int64)
-        regions = np.array(region_list, dtype=np.int8)
-        page_region = []
+        layout = _Layout(raw, maps)
         if cache is not None:
-            cache.maps[pid] = (raw, ranges, starts, regions, page_region)
+            cache.layouts[pid] = layout
     with procfs.Pagemap(pid, procfs_root) as pm:
-        entries, offsets = pm.read_ranges(ranges)
-    pages = _Pages(pid, starts, offsets, regions, entries, raw)
-    if page_region:
-        pages._page_region = page_region[0]
-    else:
-        page_region.append(pages.page_region())  # computed once per maps content
-    return pages
+        entries = layout.read(pm)
+    top = entries.view(np.uint8)[_TOP_BYTE::8] & np.uint8(_T_USED)
+    return _Proc(pid, layout, entries, top)
 
 
-def _master_index(w: _Pages, m: _Pages, cache: _Cache | None = None) -> np.ndarray:
-    """For each page of ``w``, the index of the master's page at the same address, or -1."""
-    hit = cache.index.get(w.pid) if cache is not None else None
-    if hit is not None and hit[0] == w.maps_raw and hit[1] == m.maps_raw:
+def _master_index(w: _Layout, m: _Layout, cache: _Cache | None = None, pid: int = 0) -> np.ndarray | None:
+    """For each page of ``w``, the index of the master's page at the same address, or ``m.size``
+    (one past the master's pages: index arrays with one extra slot take it) where the master has no
+    mapping. None when both have the very same ranges (the index is the identity)."""
+    hit = cache.index.get(pid) if cache is not None else None
+    if hit is not None and hit[0] is w and hit[1] is m:
         return hit[2]
-    idx = _compute_master_index(w, m)
+    idx = None if w.ranges == m.ranges else _compute_master_index(w, m)
     if cache is not None:
-        cache.index[w.pid] = (w.maps_raw, m.maps_raw, idx)
+        cache.index[pid] = (w, m, idx)
     return idx
 
 
-def _compute_master_index(w: _Pages, m: _Pages) -> np.ndarray:
-    idx = np.full(w.entries.size, -1, dtype=np.int64)
-    m_starts = m.starts.tolist()
-    m_ends = (m.starts + np.diff(m.offsets)).tolist()
-    m_offs = m.offsets.tolist()
-    for ws, wo, wn in zip(w.starts.tolist(), w.offsets[:-1].tolist(), np.diff(w.offsets).tolist()):
+def _compute_master_index(w: _Layout, m: _Layout) -> np.ndarray:
+    idx = np.full(w.size, m.size, dtype=np.intp)
+    by_address = m.by_address()
+    m_starts = [r[0] for r in by_address]
+    m_ends = [r[0] + r[1] for r in by_address]
+    m_offs = [r[2] for r in by_address]
+    for ws, wn, wo in w.by_address():
         we = ws + wn
         j = max(bisect_right(m_starts, ws) - 1, 0)
         while j < len(m_starts) and m_starts[j] < we:
@@ -322,9 +410,13 @@ def _compute_master_index(w: _Pages, m: _Pages) -> np.ndarray:
     return idx
 
 
-def _regions(region: np.ndarray, cls: np.ndarray, mask: np.ndarray, page: int) -> dict[str, RegionPages]:
-    counts = np.bincount(region[mask].astype(np.int64) * 3 + cls[mask], minlength=_NR * 3).reshape(_NR, 3)
-    return {name: RegionPages(*(int(c) * page for c in counts[r])) for r, name in enumerate(REGIONS)}
+def _at(idx: np.ndarray | None, ext: np.ndarray) -> np.ndarray:
+    """Per worker page, the value of a master-indexed array with one extra slot (see _master_index)."""
+    return ext[:-1] if idx is None else ext[idx]
+
+
+def _regions(shared: list[int], copied: list[int], new: list[int], page: int) -> dict[str, RegionPages]:
+    return {name: RegionPages(shared[r] * page, copied[r] * page, new[r] * page) for r, name in enumerate(REGIONS)}
 
 
 def _pfn_mode(privileged: bool | None, procfs_root: str) -> bool:
@@ -342,30 +434,35 @@ class _Worker:
     pid: int
     started_at: float
     counters: procfs.MemCounters
-    pages: _Pages
-    bits: procfs.PageBits
-    m_idx: np.ndarray  # per page: index of the master's page at the same address, or -1
-    counts: np.ndarray | None = None  # pfn mode: kpagecount of each present page
-    same: np.ndarray | None = None  # pfn mode: per page, it is the master's page (same PFN)
+    pages: _Proc
+    m_idx: np.ndarray | None  # see _master_index
+    key: np.ndarray | None = None  # uint8 per page: top byte | _K_MASTER | _K_SAME
+    present: np.ndarray | None = None  # bool per page
+    shared: np.ndarray | None = None  # bool per page: present and shared
+    same: np.ndarray | None = None  # pfn mode: bool per page, it is the master's very page
+    own_need: np.ndarray | None = None  # pfn mode: bool per page, shared but not the master's page
+    own_counts: np.ndarray | None = None  # pfn mode: kpagecount of the own_need pages
 
 
 def _started(st: procfs.Stat, btime: float) -> float:
     return btime + st.starttime_ticks / _CLK_TCK
 
 
-def _read_worker(pid: int, master: _Pages, btime: float, procfs_root: str, cache: _Cache | None = None) -> _Worker:
+def _read_worker(pid: int, master: _Proc, btime: float, procfs_root: str, cache: _Cache | None = None) -> _Worker:
     """Read one worker; ProcessGone when it exited or its PID now belongs to someone else."""
     st = procfs.read_stat(pid, procfs_root)
     if st.zombie or st.ppid != master.pid:
         raise ProcessGone(pid)
     counters = procfs.read_smaps_rollup(pid, procfs_root)
     wp = _read_pages(pid, procfs_root, cache)
-    return _Worker(pid, _started(st, btime), counters, wp, procfs.decode(wp.entries),
-                   _master_index(wp, master, cache))
+    return _Worker(pid, _started(st, btime), counters, wp, _master_index(wp.layout, master.layout, cache, pid))
 
 
-def _addrs(pages: _Pages, mask: np.ndarray) -> np.ndarray:
-    return pages.vpns(np.flatnonzero(mask)).astype(np.uint64) << np.uint64(procfs.PAGE_SHIFT)
+def _addrs(pages: _Proc, mask: np.ndarray) -> np.ndarray:
+    """Virtual addresses of the pages where ``mask`` holds, in address order."""
+    vpns = pages.layout.vpns(np.flatnonzero(mask))
+    vpns.sort()
+    return vpns.astype(np.uint64) << np.uint64(procfs.PAGE_SHIFT)
 
 
 def scan(target: int | Tree, *, privileged: bool | None = None, procfs_root: str = "/proc",
@@ -401,22 +498,46 @@ class Scanner:
       space size and resident pages (unmapping and swap-out are not faults), all from
       ``/proc/PID/stat`` (~20 µs per process). Not seen: pages another process outside the tree
       shares with it (a worker's own short-lived fork children), KSM merging pages.
-    * Otherwise it scans, reusing the parsed mappings of a process while ``/proc/PID/maps`` reads
-      the same, and the worker-to-master page index while both maps are unchanged.
+    * With ``tolerance`` > 0 (a live view), the previous report also stands while few pages can
+      have changed since its page tables were read: the same processes, no address space shrunk,
+      and at most ``tolerance`` x the tree's resident pages (at least ``MIN_TOLERANCE_PAGES``)
+      page faults summed over the tree, for at most ``max_age`` seconds. A page changes class
+      (shared, copied, new) through a fault of the process that maps it, or of the master (its
+      post-fork copies), or by being unmapped; so every page count of such a report is off by at
+      most that many pages, and each PSS by at most that many pages' worth. Not seen, besides what
+      the exact check does not see: pages dropped without unmapping them (``madvise`` DONTNEED or
+      FREE, swap-out), which ``max_age`` bounds in time. The report keeps its ``taken_at`` (when its
+      pages were read) and ``drift_pages`` says the bound.
+    * Otherwise it scans, reusing the parsed mappings and the pagemap buffer of a process while
+      ``/proc/PID/maps`` reads the same, and the worker-to-master page index while both maps are
+      unchanged.
 
-    ``unchanged`` counts the scans answered from the previous report.
+    ``unchanged`` counts the scans answered from the previous report (either way).
     """
 
-    def __init__(self, *, privileged: bool | None = None, procfs_root: str = "/proc") -> None:
+    #: the smallest tolerance, in pages, when ``tolerance`` > 0
+    MIN_TOLERANCE_PAGES = 64
+
+    def __init__(self, *, privileged: bool | None = None, procfs_root: str = "/proc", tolerance: float = 0.0,
+                 max_age: float | None = None) -> None:
+        if not 0 <= tolerance < 1:
+            raise ValueError("tolerance must be in [0, 1)")
         self.privileged = privileged
         self.procfs_root = procfs_root
+        self.tolerance = tolerance
+        self.max_age = max_age
         self.unchanged = 0
         self.scans = 0
+        self.drift_pages = 0
+        """For the report the last ``scan()`` returned: how many pages can have changed since its page
+        tables were read (0: it is exact now)."""
         self._cache = _Cache()
-        self._last: tuple[tuple[Any, ...], bool, PageReport] | None = None
+        # (tree, keep_addresses, per-process state when the report was read, report, monotonic time)
+        self._last: tuple[Tree, bool, dict[int, tuple[int, ...]], PageReport, float] | None = None
 
-    def _state(self, tree: Tree) -> tuple[Any, ...] | None:
-        out: list[Any] = [tree.master]
+    def _state(self, tree: Tree) -> dict[int, tuple[int, ...]] | None:
+        """pid -> (ppid, start time, minor faults, major faults, address space, resident pages)."""
+        out: dict[int, tuple[int, ...]] = {}
         for pid in (tree.master, *tree.workers):
             try:
                 st = procfs.read_stat(pid, self.procfs_root)
@@ -424,8 +545,22 @@ class Scanner:
                 return None
             if st.zombie:
                 return None
-            out.append((pid, st.ppid, st.memory_state))
-        return tuple(out)
+            out[pid] = (st.ppid, *st.memory_state)
+        return out
+
+    @staticmethod
+    def _drift(then: dict[int, tuple[int, ...]], now: dict[int, tuple[int, ...]]) -> int | None:
+        """Pages that can have changed between two states of the same processes: their page faults
+        (every copy, every newly touched page); None when a process shrank its address space (it
+        unmapped pages). The resident counts are no help here: the kernel batches them per CPU,
+        so they lag by up to 64 pages per CPU either way."""
+        drift = 0
+        for pid, (_ppid, _start, minflt, majflt, vsize, _rss) in now.items():
+            _p_ppid, _p_start, p_minflt, p_majflt, p_vsize, _p_rss = then[pid]
+            if vsize < p_vsize:
+                return None
+            drift += (minflt - p_minflt) + (majflt - p_majflt)
+        return drift
 
     def scan(self, target: int | Tree, *, keep_addresses: bool = False) -> PageReport:
         t0 = time.perf_counter()
@@ -433,13 +568,25 @@ class Scanner:
         self.scans += 1
         state = self._state(tree)
         last = self._last
-        if state is not None and last is not None and last[0] == state and last[1] == keep_addresses:
-            self.unchanged += 1
-            return dataclasses.replace(last[2], taken_at=time.time(), scan_seconds=time.perf_counter() - t0)
+        if state is not None and last is not None and last[0] == tree and last[1] == keep_addresses:
+            then, report = last[2], last[3]
+            same_processes = all(state[p][:2] == then[p][:2] for p in state)
+            if same_processes and state == then:
+                self.unchanged += 1
+                self.drift_pages = 0
+                return dataclasses.replace(report, taken_at=time.time(), scan_seconds=time.perf_counter() - t0)
+            if same_processes and self.tolerance > 0 and (self.max_age is None or t0 - last[4] <= self.max_age):
+                drift = self._drift(then, state)
+                rss_pages = (report.master.rss_bytes + sum(w.rss_bytes for w in report.workers)) // report.page_size
+                if drift is not None and drift <= max(self.MIN_TOLERANCE_PAGES, int(self.tolerance * rss_pages)):
+                    self.unchanged += 1
+                    self.drift_pages = drift
+                    return dataclasses.replace(report, scan_seconds=time.perf_counter() - t0)
         report = _scan(tree, privileged=self.privileged, procfs_root=self.procfs_root,
                        keep_addresses=keep_addresses, cache=self._cache, t0=t0)
         self._cache.keep({tree.master, *tree.workers})
-        self._last = (state, keep_addresses, report) if state is not None else None
+        self.drift_pages = 0
+        self._last = (tree, keep_addresses, state, report, t0) if state is not None else None
         return report
 
 
@@ -457,8 +604,6 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
     m_started = _started(m_stat, btime)
     m_counters = procfs.read_smaps_rollup(tree.master, procfs_root)
     master = _read_pages(tree.master, procfs_root, cache)
-    m_bits = procfs.decode(master.entries)
-    m_present = m_bits.present
     workers: list[_Worker] = []
     gone: list[int] = []
     for pid in tree.workers:
@@ -467,86 +612,109 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
         except ProcessGone:
             gone.append(pid)
 
+    # Master-indexed arrays have one extra slot, where worker pages without a master mapping land.
+    m_top = master.top
+    m_size = m_top.size
+    m_present = m_top >= _T_PRESENT
+    m_at_flag = np.zeros(m_size + 1, dtype=np.uint8)  # _K_MASTER where the master has a present page
+    m_at_flag[:-1] = m_present.view(np.uint8) * np.uint8(_K_MASTER)
+
     # 2. sharing is the exclusive bit (mapcount == 1). With root, also: is it the master's very
     #    page (same PFN), and kpagecount of the shared pages, read once per PFN (a worker page
     #    that is the master's page has the master's count), for the ``sharers`` histogram.
-    m_shared = ~m_bits.exclusive
+    m_counts_ext = None
     if pfn_mode:
-        m_need = m_present & m_shared
-        need = [m_bits.pfn[m_need]]
+        m_pfn_ext = np.zeros(m_size + 1, dtype=np.uint64)
+        m_pfn_ext[:-1] = master.pfns()
+        m_need = m_present & (m_top & _T_EXCL == 0)
+        need = [m_pfn_ext[:-1][m_need]]
         for w in workers:
-            has_m = w.m_idx >= 0
-            mi = w.m_idx[has_m]
-            w.same = np.zeros(w.bits.present.size, dtype=bool)
-            w.same[has_m] = m_present[mi] & (m_bits.pfn[mi] == w.bits.pfn[has_m])
-            w.same &= w.bits.present
-            need.append(w.bits.pfn[w.bits.present & ~w.bits.exclusive & ~w.same])
+            w_pfn = w.pages.pfns()  # 0 where not present, and the master's is 0 where it has no page
+            w.same = (_at(w.m_idx, m_pfn_ext) == w_pfn) & (w_pfn != 0)
+            w.own_need = (w.pages.top & (_T_PRESENT | _T_EXCL) == _T_PRESENT) & ~w.same
+            need.append(w_pfn[w.own_need])
         parts = np.split(procfs.read_kpagecount(np.concatenate(need), procfs_root),
                          np.cumsum([a.size for a in need])[:-1])
-        m_counts = np.zeros(master.entries.size, dtype=np.int64)
-        m_counts[m_need] = parts[0]
+        m_counts_ext = np.zeros(m_size + 1, dtype=np.int64)
+        m_counts_ext[:-1][m_need] = parts[0]
         for w, c in zip(workers, parts[1:]):
-            full = np.ones(w.bits.present.size, dtype=np.int64)  # exclusive: mapped once
-            full[w.same] = m_counts[w.m_idx[w.same]]
-            full[w.bits.present & ~w.bits.exclusive & ~w.same] = c
-            w.counts = full[w.bits.present]
+            w.own_counts = c
 
-    # 3. workers: shared / copied / new; per master address, how many workers have a page there
-    #    and whether one of them still shares it
-    n_present = np.zeros(master.entries.size, dtype=np.int32)
-    any_shared = np.zeros(master.entries.size, dtype=bool)
-    classes: list[np.ndarray] = []
+    # 3. workers: each page's key byte (flags of its entry, whether the master has a page there, in
+    #    pfn mode whether it is the master's very page) decides its class. Per master page: whether
+    #    some worker has a present page at its address (``seen_any``), still shares it
+    #    (``seen_shared``), and whether more than one worker has one (``several``).
+    seen_any = np.zeros(m_size, dtype=np.uint8)
+    seen_shared = np.zeros(m_size, dtype=np.uint8)
+    several = np.zeros(m_size, dtype=np.uint8)
+    scratch = np.zeros(m_size + 1, dtype=np.uint8)
     for w in workers:
-        b = w.bits
-        has_m = w.m_idx >= 0
-        m_at_present = np.zeros(b.present.size, dtype=bool)  # the master has a page at the address
-        m_at_present[has_m] = m_present[w.m_idx[has_m]]
-        shared = ~b.exclusive
+        key = w.pages.top | _at(w.m_idx, m_at_flag)
         if w.same is not None:
-            shared |= w.same
-        cls = np.where(shared, _SHARED, np.where(m_at_present & ~b.file, _COPIED, _NEW)).astype(np.int8)
-        classes.append(cls)
-        sel = b.present & has_m
-        n_present[w.m_idx[sel]] += 1  # indices are unique within one worker
-        any_shared[w.m_idx[sel & shared]] = True
+            key |= w.same.view(np.uint8) * np.uint8(_K_SAME)
+        w.key = key
+        w.present = key >= _T_PRESENT
+        w.shared = w.present & ~_is(key, _W_NOT_SHARED)
+
+        def at_master(a: np.ndarray) -> np.ndarray:
+            if w.m_idx is None:
+                return a
+            scratch[:] = 0
+            scratch[w.m_idx] = a  # indexes are unique within one worker (the extra slot aside)
+            return scratch[:-1]
+
+        p = at_master(w.present.view(np.uint8))
+        several |= seen_any & p
+        seen_any |= p
+        seen_shared |= at_master(w.shared.view(np.uint8))
 
     # 4. the master: its exclusive anonymous pages at addresses workers still have are its own
     #    post-fork copies when a worker still shares the original ("diverged"); when every worker
     #    there is exclusive too, who wrote first is unknowable ("ambiguous")
-    m_anon_excl = m_present & ~m_shared & ~m_bits.file
-    diverged = m_anon_excl & any_shared
-    ambiguous = m_anon_excl & (n_present > 0) & ~any_shared
-    m_cls = np.where(m_shared, _SHARED, np.where(diverged, _COPIED, _NEW)).astype(np.int8)
+    m_key = m_top | (seen_shared * np.uint8(_K_MASTER)) | (seen_any * np.uint8(_K_SAME))
+    m_layout = master.layout
+    diverged = _is(m_key, _M_DIVERGED)
+    m_all = m_layout.count(m_present)
+    m_shared = m_layout.count(_is(m_key, _M_SHARED))
+    m_div = m_layout.count(diverged)
+    m_amb = m_layout.count(_is(m_key, _M_AMBIGUOUS))
+    m_new = [a - s - d - x for a, s, d, x in zip(m_all, m_shared, m_div, m_amb)]
     master_pages = MasterPages(
         pid=tree.master, started_at=m_started, rss_bytes=m_counters.rss, pss_bytes=m_counters.pss,
         uss_bytes=m_counters.uss, swap_bytes=m_counters.swap,
-        diverged_bytes=int(np.count_nonzero(diverged)) * page,
-        regions=_regions(master.page_region(), m_cls, m_present & ~ambiguous, page),
-        ambiguous_bytes=int(np.count_nonzero(ambiguous)) * page,
-        shared_bytes=int(np.count_nonzero(m_present & m_shared)) * page,
-        new_bytes=int(np.count_nonzero(m_present & ~m_shared & ~diverged & ~ambiguous)) * page,
+        diverged_bytes=sum(m_div) * page,
+        regions=_regions(m_shared, m_div, m_new, page),
+        ambiguous_bytes=sum(m_amb) * page,
+        shared_bytes=sum(m_shared) * page,
+        new_bytes=sum(m_new) * page,
         diverged_addrs=_addrs(master, diverged) if keep_addresses else None,
     )
 
     # 5. per worker totals, regions, ambiguity, pfn-mode extras
     out: list[WorkerPages] = []
-    m_own = m_present & ~m_shared
-    for w, cls in zip(workers, classes):
-        present = w.bits.present
-        tally = np.bincount(cls[present], minlength=3)
-        copied = present & (cls == _COPIED)
-        cm = w.m_idx[copied]  # >= 0: copied pages have a master page
-        amb = int(np.count_nonzero(m_own[cm] & (n_present[cm] == 1)))
+    # the master's own (exclusive) pages where exactly one worker has a page: a copy there is
+    # that worker's alone, and nobody can tell whether the master or the worker wrote first
+    solo_own = np.zeros(m_size + 1, dtype=bool)
+    solo_own[:-1] = (m_top & (_T_PRESENT | _T_EXCL) == (_T_PRESENT | _T_EXCL)) & (seen_any & ~several == 1)
+    for w in workers:
+        layout = w.pages.layout
+        copied = _is(w.key, _W_COPIED)
+        n_all, n_shared, n_copied = layout.count(w.present), layout.count(w.shared), layout.count(copied)
+        n_new = [a - s - c for a, s, c in zip(n_all, n_shared, n_copied)]
+        amb = int(np.count_nonzero(copied & _at(w.m_idx, solo_own))) if sum(n_copied) else 0
         swm = sharers = None
-        if w.counts is not None and w.same is not None:
+        if w.same is not None and w.own_need is not None and m_counts_ext is not None:
             swm = int(np.count_nonzero(w.same)) * page
-            hist = np.bincount(np.clip(w.counts[cls[present] == _SHARED], 0, SHARERS_MAX), minlength=1)
+            full = np.ones(w.key.size, dtype=np.int64)  # exclusive: mapped once
+            full[w.same] = _at(w.m_idx, m_counts_ext)[w.same]
+            full[w.own_need] = w.own_counts
+            hist = np.bincount(np.clip(full[w.shared], 0, SHARERS_MAX), minlength=1)
             sharers = {int(k): int(v) * page for k, v in enumerate(hist) if v}
         out.append(WorkerPages(
             pid=w.pid, started_at=w.started_at, rss_bytes=w.counters.rss, pss_bytes=w.counters.pss,
             uss_bytes=w.counters.uss, swap_bytes=w.counters.swap,
-            shared_bytes=int(tally[_SHARED]) * page, copied_bytes=int(tally[_COPIED]) * page,
-            new_bytes=int(tally[_NEW]) * page, regions=_regions(w.pages.page_region(), cls, present, page),
+            shared_bytes=sum(n_shared) * page, copied_bytes=sum(n_copied) * page,
+            new_bytes=sum(n_new) * page, regions=_regions(n_shared, n_copied, n_new, page),
             ambiguous_bytes=amb * page, shared_with_master_bytes=swm, sharers=sharers,
             copied_addrs=_addrs(w.pages, copied) if keep_addresses else None,
         ))

@@ -340,6 +340,14 @@ class Pagemap:
                 raise ProcessGone(self.pid)
             done += got  # a multiple of 8: the kernel rejects unaligned pagemap reads
 
+    def readv(self, buffers: list[memoryview], offset: int) -> int:
+        """One ``preadv`` of the entries from byte ``offset`` of the file into ``buffers``; returns
+        the bytes read (0 once the process's memory is gone)."""
+        try:
+            return os.preadv(self.fd, buffers, offset)
+        except OSError as err:
+            raise _oserror(err, self.pid, self.path) from None
+
     def read(self, start: int, end: int) -> np.ndarray:
         """Entries (uint64) of the pages covering ``[start, end)``."""
         n = (end - start + PAGE_SIZE - 1) >> PAGE_SHIFT

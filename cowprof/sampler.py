@@ -54,6 +54,9 @@ class Sample:
     """Seconds the sample started after its scheduled tick (scheduling jitter, slow previous scans)."""
     report: PageReport | None
     error: CowprofError | None
+    drift_pages: int = 0
+    """Pages that can have changed since ``report``'s page tables were read (its ``taken_at``): 0 when
+    it is exact as of this sample (see ``Scanner``'s ``tolerance``)."""
 
     @property
     def ok(self) -> bool:
@@ -94,8 +97,13 @@ class Sampler:
     the interval stretches on trees too busy to scan every ``interval`` within the cap
     (``effective_interval`` says by how much), while an occasional full scan of a mostly unchanged
     tree does not. Over any span of T seconds the sampler uses at most ``max_cpu * (T +
-    CPU_BURST_SECONDS)`` CPU seconds. A full page scan of a 1 GiB tree costs ~50 ms of CPU: at 1 Hz
-    that alone is 5% of a core.
+    CPU_BURST_SECONDS)`` CPU seconds. A full page scan of a 1 GiB tree costs ~13-20 ms of CPU: at
+    1 Hz that alone is 1.3-2% of a core.
+
+    ``tolerance`` and ``max_age`` go to the :class:`cowprof.pages.Scanner`: with ``tolerance`` > 0 a
+    sample may hold the previous report while few pages can have changed since (``drift_pages``
+    bounds how many); 0 (the default, for ``record`` and ``export``) re-reads the page tables
+    whenever anything changed.
 
     ``find_tree``, ``scan``, ``is_alive``, ``clock``, ``wall_clock``, ``sleep`` and ``cpu_clock`` are
     injectable for tests; by default they are a :class:`cowprof.tree.TreeWatcher` (``find_tree`` that
@@ -114,6 +122,8 @@ class Sampler:
         count: int | None = None,
         privileged: bool | None = None,
         max_cpu: float | None = None,
+        tolerance: float = 0.0,
+        max_age: float | None = None,
         find_tree: Callable[[int], Tree] | None = None,
         scan: Callable[[Tree, bool | None], PageReport] | None = None,
         is_alive: Callable[[int], bool] | None = None,
@@ -140,7 +150,7 @@ class Sampler:
         if scan is None:
             from cowprof.pages import Scanner
 
-            scanner = Scanner(privileged=privileged)
+            scanner = Scanner(privileged=privileged, tolerance=tolerance, max_age=max_age)
             self.scanner: Scanner | None = scanner
 
             def scan(tree: Tree, _privileged: bool | None) -> PageReport:
@@ -182,14 +192,16 @@ class Sampler:
         lateness = max(0.0, began - scheduled)
         report = None
         error: CowprofError | None = None
+        drift = 0
         try:
             tree = self._first_tree if self._first_tree is not None else self._find_tree(self.master)
             self._first_tree = None
             report = self._scan(tree, self.privileged)
+            drift = self.scanner.drift_pages if self.scanner is not None else 0
         except CowprofError as exc:  # ProcessGone, AccessDenied, NotAPreforkTree...: per sample
             error = exc
         return Sample(index=index, time=wall, elapsed=began - start, lateness=lateness, report=report,
-                      error=error)
+                      error=error, drift_pages=drift)
 
     def __iter__(self) -> Iterator[Sample]:
         start = self._clock()

@@ -60,11 +60,15 @@ class TopView:
         for w in report.workers:
             prev = self._prev.get(w.pid)
             rate = None
-            # same PID and start time: the same worker (a reused PID is a new worker)
-            if prev is not None and prev[0] == w.started_at and report.taken_at > prev[1]:
-                rate = (w.copied_bytes - prev[2]) / (report.taken_at - prev[1])
-            rates[w.pid] = rate
             now[w.pid] = (w.started_at, report.taken_at, w.copied_bytes)
+            # same PID and start time: the same worker (a reused PID is a new worker)
+            if prev is not None and prev[0] == w.started_at:
+                if report.taken_at > prev[1]:
+                    rate = (w.copied_bytes - prev[2]) / (report.taken_at - prev[1])
+                else:  # the same page data again (top's scanner reused it): the same rate
+                    rate = self.rates.get(w.pid)
+                    now[w.pid] = prev
+            rates[w.pid] = rate
         if self.report is not None:
             self.appeared = sorted(p for p, v in now.items()
                                    if p not in self._prev or self._prev[p][0] != v[0])
@@ -88,6 +92,10 @@ class TopView:
                 text.append(f"\nrefreshing every {self.gap:.1f}s{why}", style="yellow")
             if self.sample is not None and self.sample.lateness > 0.05:
                 text.append(f"  late {self.sample.lateness:.2f}s", style="yellow")
+            if self.sample is not None and self.sample.drift_pages:
+                age = max(0.0, self.sample.time - r.taken_at)
+                text.append(f"\npages read {age:.0f}s ago; at most {fmt_size(self.sample.drift_pages * r.page_size)}"
+                            " can have changed since", style="dim")
         if self.appeared:
             text.append("\nnew workers: " + " ".join(map(str, self.appeared)), style="green")
         if self.disappeared:

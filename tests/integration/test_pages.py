@@ -192,14 +192,14 @@ def test_worker_exiting_mid_scan_is_gone_not_an_exception(monkeypatch, stage):
 
             monkeypatch.setattr(procfs.Pagemap, "__init__", init)
         else:
-            real_ranges = procfs.Pagemap.read_ranges
+            real_readv = procfs.Pagemap.readv
 
-            def read_ranges(self, ranges):
+            def readv(self, buffers, offset):
                 if self.pid == victim and victim in t.worker_pids:
                     t.kill_worker(self.pid)  # the fd is open, the mm goes away
-                return real_ranges(self, ranges)
+                return real_readv(self, buffers, offset)
 
-            monkeypatch.setattr(procfs.Pagemap, "read_ranges", read_ranges)
+            monkeypatch.setattr(procfs.Pagemap, "readv", readv)
         rep = scan(t.master_pid)
         assert rep.gone == [victim]
         assert [w.pid for w in rep.workers] == t.worker_pids
@@ -350,6 +350,57 @@ def test_scanner_reuses_an_unchanged_tree_and_sees_every_change():
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+def test_scanner_tolerance_reuses_a_report_within_its_bound():
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _ON_DEMAND], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        ready = proc.stdout.readline().split()
+        tree, buf = Tree(proc.pid, (int(ready[1]),)), int(ready[2])
+        # 0.1% of this small tree is less than the floor: up to 64 pages of change are tolerated
+        sc = pages.Scanner(privileged=False, tolerance=0.001)
+        exact = pages.Scanner(privileged=False)
+
+        def write(n: int, total: int) -> None:
+            proc.stdin.write(f"{n}\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().split() == ["WROTE", str(total)]
+
+        def copied(report) -> int:
+            return len(_in(report.workers[0].copied_addrs, buf, 256 * P))
+
+        write(1, 1)  # the worker's first run after fork copies pages of the interpreter too
+        first = sc.scan(tree, keep_addresses=True)
+        assert copied(first) == 1 and sc.drift_pages == 0
+        write(7, 8)
+        reused = sc.scan(tree, keep_addresses=True)
+        assert reused.taken_at == first.taken_at and copied(reused) == 1  # the old page data...
+        assert 7 <= sc.drift_pages <= sc.MIN_TOLERANCE_PAGES  # ...with a bound that covers the change
+        assert copied(exact.scan(tree, keep_addresses=True)) == 8 and exact.drift_pages == 0
+        write(100, 108)  # more than the tolerance: a real scan
+        fresh = sc.scan(tree, keep_addresses=True)
+        assert copied(fresh) == 108 and sc.drift_pages == 0 and fresh.taken_at > first.taken_at
+        # max_age: a report older than that is not reused, however small the change
+        young = pages.Scanner(privileged=False, tolerance=0.001, max_age=0.0)
+        young.scan(tree, keep_addresses=True)
+        write(3, 111)
+        assert copied(young.scan(tree, keep_addresses=True)) == 111 and young.drift_pages == 0
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_scanner_drift_counts_faults_and_refuses_shrinking():
+    sc = pages.Scanner(tolerance=0.01)
+    then = {1: (0, 5, 100, 0, 1000, 50), 2: (1, 6, 10, 0, 1000, 40)}
+    # faults count; a grown address space (nothing touched yet) and resident counts do not
+    assert sc._drift(then, {1: (0, 5, 103, 1, 1000, 52), 2: (1, 6, 10, 0, 2000, 30)}) == 3 + 1
+    assert sc._drift(then, {1: (0, 5, 100, 0, 999, 50), 2: then[2]}) is None  # unmapped: rescan
+    with pytest.raises(ValueError):
+        pages.Scanner(tolerance=1.5)
 
 
 def test_tree_watcher_follows_workers_that_exit():

@@ -142,6 +142,32 @@ def test_top_says_when_the_cpu_cap_stretches_refreshes():
         assert stretched == (i == 2)
 
 
+def test_top_shows_the_age_and_bound_of_reused_page_data():
+    from rich.console import Console
+
+    view = live.TopView(interval=1.0)
+    first = report(1000.0, {11: MiB})
+    view.update(sample(0, first))
+    # one second later a real scan: 11 copied 1 MiB more
+    view.update(sample(1, report(1001.0, {11: 2 * MiB})))
+    assert view.rates[11] == pytest.approx(MiB)
+    # then top's scanner answers twice from that report (same taken_at), with a drift bound
+    reused = report(1001.0, {11: 2 * MiB})
+    for i, t in ((2, 1002.0), (3, 1003.0)):
+        view.update(Sample(index=i, time=t, elapsed=float(i), lateness=0.0, report=reused, error=None,
+                           drift_pages=40))
+        assert view.rates[11] == pytest.approx(MiB)  # the rate of the last real change, not 0
+        buf = io.StringIO()
+        Console(file=buf, width=120).print(view.renderable())
+        assert f"pages read {int(t - 1001)}s ago; at most 160K can have changed since" in buf.getvalue()
+    # an exact sample again: no such line
+    view.update(sample(4, report(1004.0, {11: 5 * MiB})))
+    assert view.rates[11] == pytest.approx(MiB)  # 3 MiB over the 3 s since the data was read
+    buf = io.StringIO()
+    Console(file=buf, width=120).print(view.renderable())
+    assert "can have changed" not in buf.getvalue()
+
+
 def test_top_keeps_last_report_on_error():
     view = live.TopView(interval=1.0)
     view.update(sample(0, report(1000.0)))

@@ -212,6 +212,23 @@ def test_top_without_terminal_prints_each_refresh(fake):
     assert "1.00" in result.stdout  # worker 11 copies 1 MiB per (fake) second
 
 
+@pytest.mark.parametrize("extra, tolerance, max_age", [([], cli.TOP_TOLERANCE, 5 * 0.5), (["--exact"], 0.0, None)])
+def test_top_tolerance_unless_exact(fake, monkeypatch, extra, tolerance, max_age):
+    import cowprof.sampler
+
+    seen = {}
+    real = cowprof.sampler.Sampler.__init__
+
+    def init(self, pid, **kw):
+        seen.update(kw)
+        real(self, pid, **kw)
+
+    monkeypatch.setattr(cowprof.sampler.Sampler, "__init__", init)
+    result = runner.invoke(cli.app, ["top", "10", "--interval", "0.5", "--iterations", "1", *extra])
+    assert result.exit_code == 0, result.output
+    assert seen["tolerance"] == tolerance and seen["max_age"] == max_age and seen["privileged"] is False
+
+
 def test_top_ctrl_c_exits_zero(fake, monkeypatch):
     from cowprof.reporters import live
 

@@ -205,6 +205,15 @@ class Model:
                                                  diverged=sorted(diverged)))
 
 
+def _model(tmp_path, monkeypatch, seed: int, workers: int, pfn_mode: bool = False) -> tuple[Model, str]:
+    """A model tree written under ``tmp_path``, and scans told which mode they are in."""
+    model = Model(seed, workers=workers)
+    root = str(tmp_path / "proc")
+    model.write(root)
+    monkeypatch.setattr(pages, "_pfn_mode", lambda privileged, procfs_root: pfn_mode)
+    return model, root
+
+
 def _check(report: pages.PageReport, ref: dict, pfn_mode: bool) -> None:
     mr = ref["master"]
     assert report.master.shared_bytes == mr["tally"][0] * P
@@ -234,10 +243,7 @@ def _check(report: pages.PageReport, ref: dict, pfn_mode: bool) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("pfn_mode", [False, True])
 def test_scan_matches_the_page_by_page_reference(tmp_path, monkeypatch, seed, pfn_mode):
-    model = Model(seed, workers=4)
-    root = str(tmp_path / "proc")
-    model.write(root)
-    monkeypatch.setattr(pages, "_pfn_mode", lambda privileged, procfs_root: pfn_mode)
+    model, root = _model(tmp_path, monkeypatch, seed, 4, pfn_mode)
     ref = model.reference(pfn_mode)
     assert ref["master"]["tally"][1] and ref["master"]["ambiguous"]  # the model exercises both
     assert any(w["tally"][1] for w in ref["workers"].values())
@@ -252,10 +258,7 @@ def test_scan_matches_the_page_by_page_reference(tmp_path, monkeypatch, seed, pf
 
 def test_workers_with_the_masters_ranges_and_without(tmp_path, monkeypatch):
     """Even workers have the master's very ranges (identity index), odd ones do not."""
-    model = Model(7, workers=2)
-    root = str(tmp_path / "proc")
-    model.write(root)
-    monkeypatch.setattr(pages, "_pfn_mode", lambda privileged, procfs_root: False)
+    model, root = _model(tmp_path, monkeypatch, 7, 2)
     cache = pages._Cache()
     m = pages._read_pages(MASTER, root, cache)
     same = pages._read_pages(model.workers[0], root, cache)
@@ -266,10 +269,7 @@ def test_workers_with_the_masters_ranges_and_without(tmp_path, monkeypatch):
 
 
 def test_gap_merged_reads_and_the_short_read_fallback(tmp_path, monkeypatch):
-    model = Model(5, workers=2)
-    root = str(tmp_path / "proc")
-    model.write(root)
-    monkeypatch.setattr(pages, "_pfn_mode", lambda privileged, procfs_root: False)
+    model, root = _model(tmp_path, monkeypatch, 5, 2)
     cache = pages._Cache()
     proc = pages._read_pages(MASTER, root, cache)
     layout = proc.layout

@@ -238,6 +238,7 @@ _W_NOT_SHARED = (_T_EXCL | _K_SAME, _T_EXCL)
 _M_SHARED = (_T_PRESENT | _T_EXCL, _T_PRESENT)
 _M_DIVERGED = (_T_USED | _K_MASTER, _T_PRESENT | _T_EXCL | _K_MASTER)  # anon, exclusive, a worker shares
 _M_AMBIGUOUS = (_T_USED | _K_MASTER | _K_SAME, _T_PRESENT | _T_EXCL | _K_SAME)  # ... workers there, none shares
+assert (_K_MASTER, _K_SAME) == (1 << 1, 1 << 2)  # the scan sets them with shifts
 _TOP_BYTE = 7 if sys.byteorder == "little" else 0
 #: read across gaps of at most this many pages between two mappings (into a scratch buffer): one
 #: read syscall instead of two, for a few cheap page-table entries
@@ -245,8 +246,34 @@ _GAP_PAGES = 64
 _IOV_MAX = 1024
 
 
-def _is(key: np.ndarray, test: tuple[int, int]) -> np.ndarray:
-    return key & test[0] == test[1]
+def _is(key: np.ndarray, test: tuple[int, int], tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``key & mask == value`` into ``out`` (bool), with ``tmp`` (uint8) as scratch."""
+    np.bitwise_and(key, np.uint8(test[0]), out=tmp)
+    return np.equal(tmp, np.uint8(test[1]), out=out)
+
+
+class _Buffers:
+    """Work arrays of one layout, reused by every scan of a :class:`Scanner` while the layout
+    stands: a scan allocates (and the kernel zero-fills) next to nothing."""
+
+    def __init__(self, n: int) -> None:
+        self.top = np.empty(n, dtype=np.uint8)
+        self.key = np.empty(n, dtype=np.uint8)
+        self.tmp = np.empty(n, dtype=np.uint8)
+        self.present = np.empty(n, dtype=bool)
+        self.shared = np.empty(n, dtype=bool)
+        self.copied = np.empty(n, dtype=bool)
+        self.mask = np.empty(n, dtype=bool)
+        self._ext: dict[str, np.ndarray] = {}
+
+    def ext(self, name: str, dtype: Any = np.uint8) -> np.ndarray:
+        """A master-side array with one extra slot (see _master_index), zeroed."""
+        a = self._ext.get(name)
+        if a is None:
+            a = self._ext[name] = np.zeros(self.top.size + 1, dtype=dtype)
+        else:
+            a.fill(0)
+        return a
 
 
 class _Layout:
@@ -274,6 +301,12 @@ class _Layout:
                       for r in range(_NR)]
         self.entries = np.empty(self.size, dtype=np.uint64)
         self._plan: list[tuple[int, list[memoryview], int]] | None = None
+        self._buffers: _Buffers | None = None
+
+    def buffers(self) -> _Buffers:
+        if self._buffers is None:
+            self._buffers = _Buffers(self.size)
+        return self._buffers
 
     def count(self, mask: np.ndarray) -> list[int]:
         """Pages of each region where ``mask`` holds."""
@@ -376,7 +409,7 @@ def _read_pages(pid: int, procfs_root: str, cache: _Cache | None = None) -> _Pro
             cache.layouts[pid] = layout
     with procfs.Pagemap(pid, procfs_root) as pm:
         entries = layout.read(pm)
-    top = entries.view(np.uint8)[_TOP_BYTE::8] & np.uint8(_T_USED)
+    top = np.bitwise_and(entries.view(np.uint8)[_TOP_BYTE::8], np.uint8(_T_USED), out=layout.buffers().top)
     return _Proc(pid, layout, entries, top)
 
 
@@ -615,9 +648,10 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
     # Master-indexed arrays have one extra slot, where worker pages without a master mapping land.
     m_top = master.top
     m_size = m_top.size
-    m_present = m_top >= _T_PRESENT
-    m_at_flag = np.zeros(m_size + 1, dtype=np.uint8)  # _K_MASTER where the master has a present page
-    m_at_flag[:-1] = m_present.view(np.uint8) * np.uint8(_K_MASTER)
+    mb = master.layout.buffers()
+    m_present = np.greater_equal(m_top, np.uint8(_T_PRESENT), out=mb.present)
+    m_at_flag = mb.ext("at_flag")  # _K_MASTER where the master has a present page
+    np.left_shift(m_present.view(np.uint8), 1, out=m_at_flag[:-1])  # _K_MASTER is bit 1
 
     # 2. sharing is the exclusive bit (mapcount == 1). With root, also: is it the master's very
     #    page (same PFN), and kpagecount of the shared pages, read once per PFN (a worker page
@@ -644,40 +678,54 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
     #    pfn mode whether it is the master's very page) decides its class. Per master page: whether
     #    some worker has a present page at its address (``seen_any``), still shares it
     #    (``seen_shared``), and whether more than one worker has one (``several``).
-    seen_any = np.zeros(m_size, dtype=np.uint8)
-    seen_shared = np.zeros(m_size, dtype=np.uint8)
-    several = np.zeros(m_size, dtype=np.uint8)
-    scratch = np.zeros(m_size + 1, dtype=np.uint8)
+    seen_any = mb.ext("seen_any")[:-1]
+    seen_shared = mb.ext("seen_shared")[:-1]
+    several = mb.ext("several")[:-1]
+    m_tmp = mb.tmp
+    scratch = mb.ext("scratch")
     for w in workers:
-        key = w.pages.top | _at(w.m_idx, m_at_flag)
+        wb = w.pages.layout.buffers()
+        key = wb.key
+        if w.m_idx is None:
+            np.bitwise_or(w.pages.top, m_at_flag[:-1], out=key)
+        else:
+            np.take(m_at_flag, w.m_idx, out=key)
+            key |= w.pages.top
         if w.same is not None:
-            key |= w.same.view(np.uint8) * np.uint8(_K_SAME)
+            key |= w.same.view(np.uint8) << np.uint8(2)  # _K_SAME is bit 2
         w.key = key
-        w.present = key >= _T_PRESENT
-        w.shared = w.present & ~_is(key, _W_NOT_SHARED)
+        w.present = np.greater_equal(key, np.uint8(_T_PRESENT), out=wb.present)
+        w.shared = _is(key, _W_NOT_SHARED, wb.tmp, wb.shared)
+        np.logical_not(w.shared, out=w.shared)
+        w.shared &= w.present
 
         def at_master(a: np.ndarray) -> np.ndarray:
             if w.m_idx is None:
                 return a
-            scratch[:] = 0
+            scratch.fill(0)
             scratch[w.m_idx] = a  # indexes are unique within one worker (the extra slot aside)
             return scratch[:-1]
 
         p = at_master(w.present.view(np.uint8))
-        several |= seen_any & p
+        np.bitwise_and(seen_any, p, out=m_tmp)
+        several |= m_tmp
         seen_any |= p
         seen_shared |= at_master(w.shared.view(np.uint8))
 
     # 4. the master: its exclusive anonymous pages at addresses workers still have are its own
     #    post-fork copies when a worker still shares the original ("diverged"); when every worker
     #    there is exclusive too, who wrote first is unknowable ("ambiguous")
-    m_key = m_top | (seen_shared * np.uint8(_K_MASTER)) | (seen_any * np.uint8(_K_SAME))
+    m_key = mb.key
+    np.left_shift(seen_shared, 1, out=m_key)  # _K_MASTER
+    np.left_shift(seen_any, 2, out=m_tmp)  # _K_SAME
+    m_key |= m_tmp
+    m_key |= m_top
     m_layout = master.layout
-    diverged = _is(m_key, _M_DIVERGED)
     m_all = m_layout.count(m_present)
-    m_shared = m_layout.count(_is(m_key, _M_SHARED))
+    m_shared = m_layout.count(_is(m_key, _M_SHARED, m_tmp, mb.mask))
+    m_amb = m_layout.count(_is(m_key, _M_AMBIGUOUS, m_tmp, mb.mask))
+    diverged = _is(m_key, _M_DIVERGED, m_tmp, mb.mask)
     m_div = m_layout.count(diverged)
-    m_amb = m_layout.count(_is(m_key, _M_AMBIGUOUS))
     m_new = [a - s - d - x for a, s, d, x in zip(m_all, m_shared, m_div, m_amb)]
     master_pages = MasterPages(
         pid=tree.master, started_at=m_started, rss_bytes=m_counters.rss, pss_bytes=m_counters.pss,
@@ -694,14 +742,25 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
     out: list[WorkerPages] = []
     # the master's own (exclusive) pages where exactly one worker has a page: a copy there is
     # that worker's alone, and nobody can tell whether the master or the worker wrote first
-    solo_own = np.zeros(m_size + 1, dtype=bool)
-    solo_own[:-1] = (m_top & (_T_PRESENT | _T_EXCL) == (_T_PRESENT | _T_EXCL)) & (seen_any & ~several == 1)
+    solo_own = mb.ext("solo_own", bool)
+    _is(m_top, (_T_PRESENT | _T_EXCL, _T_PRESENT | _T_EXCL), m_tmp, solo_own[:-1])
+    np.bitwise_xor(several, np.uint8(1), out=m_tmp)
+    m_tmp &= seen_any
+    solo_own[:-1] &= m_tmp.view(bool)
     for w in workers:
         layout = w.pages.layout
-        copied = _is(w.key, _W_COPIED)
+        wb = layout.buffers()
+        copied = _is(w.key, _W_COPIED, wb.tmp, wb.copied)
         n_all, n_shared, n_copied = layout.count(w.present), layout.count(w.shared), layout.count(copied)
         n_new = [a - s - c for a, s, c in zip(n_all, n_shared, n_copied)]
-        amb = int(np.count_nonzero(copied & _at(w.m_idx, solo_own))) if sum(n_copied) else 0
+        amb = 0
+        if sum(n_copied):
+            if w.m_idx is None:
+                np.logical_and(copied, solo_own[:-1], out=wb.mask)
+            else:
+                np.take(solo_own, w.m_idx, out=wb.mask)
+                wb.mask &= copied
+            amb = int(np.count_nonzero(wb.mask))
         swm = sharers = None
         if w.same is not None and w.own_need is not None and m_counts_ext is not None:
             swm = int(np.count_nonzero(w.same)) * page

@@ -297,15 +297,17 @@ def top(
 ) -> int:
     """Live view of the tree, refreshed in place.
 
-    Per worker: RSS, PSS, USS, shared, copied, new, and copied MiB/s since the previous refresh.
-    Workers that appear or disappear (max_requests recycling, HUP reload) just show up or drop out.
-    A full page scan of a 1 GiB tree costs 13-20 ms of CPU. top checks every refresh whether the
-    tree can have changed (page faults, from /proc/PID/stat) and re-reads the page tables once more
-    than 0.1% of its memory can have (or every 5 refreshes): the header then says how old the page
-    figures are and by how much they can be off. --exact re-reads on every change. On trees too busy
-    for that, top refreshes less often than --interval to stay under --max-cpu (the header says so).
-    top classifies pages with the exclusive bit even as root: the same columns for less CPU than the
-    PFN mode. Without a terminal (a pipe, a log), each refresh prints a new table.
+    Per worker: RSS, PSS, USS, shared, copied, new, and copied MiB/s. Workers that appear or
+    disappear (max_requests recycling, HUP reload) just show up or drop out. Without a terminal
+    (a pipe, a log), each refresh prints a new table.
+
+    Each refresh checks in /proc/PID/stat whether the tree can have changed (page faults) and
+    re-reads the page tables (12-20 ms of CPU for a 1 GiB tree) once more than 0.1% of its memory
+    can have changed, or every 5 refreshes; meanwhile the header says how old the page figures are
+    and by how much they can be off. --exact re-reads on every change. On trees too busy for that,
+    top refreshes less often than --interval to stay under --max-cpu (the header says so). top
+    classifies pages with the exclusive bit even as root: the same columns for less CPU than the
+    PFN mode.
     """
     from cowprof.reporters import live
     from cowprof.sampler import Sampler, StopReason

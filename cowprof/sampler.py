@@ -97,7 +97,7 @@ class Sampler:
     the interval stretches on trees too busy to scan every ``interval`` within the cap
     (``effective_interval`` says by how much), while an occasional full scan of a mostly unchanged
     tree does not. Over any span of T seconds the sampler uses at most ``max_cpu * (T +
-    CPU_BURST_SECONDS)`` CPU seconds. A full page scan of a 1 GiB tree costs ~13-20 ms of CPU: at
+    CPU_BURST_SECONDS)`` CPU seconds. A full page scan of a 1 GiB tree costs ~12-20 ms of CPU: at
     1 Hz that alone is 1.3-2% of a core.
 
     ``tolerance`` and ``max_age`` go to the :class:`cowprof.pages.Scanner`: with ``tolerance`` > 0 a

@@ -46,7 +46,7 @@ DEFAULT_TOP_MAX_CPU = 1.5
 what the cap cannot see (interpreter start, terminal output)."""
 TOP_TOLERANCE = 0.001
 """``top`` re-reads page tables once this fraction of the tree's resident pages (at least 64 pages)
-can have changed since the last read (page faults plus resident-page changes), or after
+can have changed since the last read (counted in page faults of the tree), or after
 ``TOP_MAX_AGE_INTERVALS`` refreshes; ``--exact`` re-reads them whenever anything changed."""
 TOP_MAX_AGE_INTERVALS = 5
 HOOK_MODULE = "cowprof.gunicorn"

@@ -43,7 +43,6 @@ VERSION = 1
 REGIONS: tuple[str, ...] = ("python", "heap", "stack", "file", "other")
 _R_PYTHON, _R_HEAP, _R_STACK, _R_FILE, _R_OTHER = range(5)
 _NR = len(REGIONS)
-_SHARED, _COPIED, _NEW = range(3)
 #: mapcounts above this are folded into the last bucket of ``sharers``
 SHARERS_MAX = 64
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -5,10 +5,12 @@ copy-on-write, until reference counting, the cyclic GC and lazy caches write to 
 kernel copies the pages, in every worker. The hooks here fix that at the right moments:
 
 - ``when_ready(server)`` — runs in the master after the app is loaded and before any worker is
-  forked: the user's own ``when_ready`` first, then the optional warm-up (the WSGI app is called
-  in-process for a few paths, so lazy imports, caches and bytecode specialization happen once, in
-  the master), then :func:`cowprof.prepare_fork`. The :class:`~cowprof.PrepareReport` is logged
-  through gunicorn's logger. With ``preload_app`` off it warns instead: nothing would be shared.
+  forked: the user's own ``when_ready`` first, then the warm-up (:func:`cowprof.warmup.warm_up_app`:
+  the detected framework's lazy structures are built, its own safe endpoints and the configured
+  paths are called in-process, the code they keep writing is relocated, so that lazy imports,
+  caches and bytecode specialization happen once, in the master), then
+  :func:`cowprof.prepare_fork`. The :class:`~cowprof.PrepareReport` is logged through gunicorn's
+  logger. With ``preload_app`` off it warns instead: nothing would be shared.
 - ``post_fork(server, worker)`` — runs in each new worker: :func:`cowprof.after_fork`, then the
   user's own ``post_fork``.
 
@@ -24,7 +26,10 @@ Two ways to use it (README.md has the details):
 
 Environment (read when the hook runs, and stronger than arguments and config names):
 ``COWPROF_PREPARE=0`` keeps the hooks but skips ``prepare_fork`` (a baseline);
-``COWPROF_WARMUP="/a,/b?x=1"`` warm-up paths (empty disables); ``COWPROF_WARMUP_ROUNDS`` (default 2);
+``COWPROF_WARMUP="/a,/b?x=1"`` warm-up paths on top of the framework's (unset or ``auto``: the
+framework's only; empty or ``0``: no warm-up at all); ``COWPROF_WARMUP_ROUNDS`` (default 2);
+``COWPROF_WARMUP_FRAMEWORK=0`` only the configured paths; ``COWPROF_RELOCATE_CODE=0`` keeps the code
+objects where they are;
 ``COWPROF_HEAPMAP=0`` skips the heap map (on by default), a directory saves it there;
 ``COWPROF_PREPARE_REPORT=path`` writes what the hook did as JSON. In a config file loaded through
 ``COWPROF_GUNICORN_CONFIG`` the names ``cowprof_prepare``, ``cowprof_warmup`` and
@@ -49,6 +54,8 @@ from typing import Any
 from cowprof.errors import BadInput
 from cowprof.prepare import PrepareReport, after_fork, prepare_fork
 from cowprof.recipes import WarmupResult, warm_up
+from cowprof.gunicorn_requests import worker_transport
+from cowprof.warmup import WarmupOptions, warm_up_app
 
 __all__ = [
     "ENV_CONFIG", "HookOptions", "WarmupResult", "apply_user_config", "install", "load_user_config",
@@ -60,6 +67,8 @@ ENV_CONFIG = "COWPROF_GUNICORN_CONFIG"
 ENV_PREPARE = "COWPROF_PREPARE"
 ENV_WARMUP = "COWPROF_WARMUP"
 ENV_WARMUP_ROUNDS = "COWPROF_WARMUP_ROUNDS"
+ENV_WARMUP_FRAMEWORK = "COWPROF_WARMUP_FRAMEWORK"
+ENV_RELOCATE_CODE = "COWPROF_RELOCATE_CODE"
 ENV_HEAPMAP = "COWPROF_HEAPMAP"
 ENV_REPORT = "COWPROF_PREPARE_REPORT"
 _HOOK_MARK = "_cowprof_hook"
@@ -78,7 +87,11 @@ class HookOptions:
 
     prepare: bool = True
     warmup: tuple[str, ...] = ()
+    """The user's warm-up paths, requested on top of the framework's own."""
+    warmup_enabled: bool = True
+    warmup_framework: bool = True
     warmup_rounds: int = 2
+    relocate_code: bool = True
     report_path: str | None = None
     prepare_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -92,15 +105,30 @@ def _parse_bool(name: str, raw: str) -> bool:
     raise BadInput(f"{name} must be 0 or 1, got {raw!r}")
 
 
+_OFF = ("0", "off", "false", "no", "none")
+
+
 def _parse_paths(raw: str | Iterable[str] | None) -> tuple[str, ...]:
     if raw is None:
         return ()
     items = raw.split(",") if isinstance(raw, str) else list(raw)
-    paths = tuple(p.strip() for p in items if p and p.strip())
+    paths = tuple(p.strip() for p in items if p and p.strip() and p.strip().lower() != "auto")
     for p in paths:
         if not (p.startswith("/") or "://" in p):
             raise BadInput(f"warm-up paths must start with '/' (or be http:// URLs), got {p!r}")
     return paths
+
+
+def _parse_warmup(raw: str | Iterable[str] | bool | None) -> tuple[bool, tuple[str, ...]]:
+    """(warm-up on, user paths) of a COWPROF_WARMUP value or ``cowprof_warmup`` setting: None and
+    ``auto`` are the framework's warm-up only; empty, ``0``, ``off`` and False turn it off."""
+    if raw is None or raw is True:
+        return True, ()
+    if raw is False:
+        return False, ()
+    if isinstance(raw, str) and raw.strip().lower() in _OFF + ("",):
+        return False, ()
+    return True, _parse_paths(raw)
 
 
 def options_from_env(base: HookOptions = HookOptions(), environ: Mapping[str, str] | None = None) -> HookOptions:
@@ -110,7 +138,12 @@ def options_from_env(base: HookOptions = HookOptions(), environ: Mapping[str, st
     if ENV_PREPARE in env:
         opts = replace(opts, prepare=_parse_bool(ENV_PREPARE, env[ENV_PREPARE]))
     if ENV_WARMUP in env:
-        opts = replace(opts, warmup=_parse_paths(env[ENV_WARMUP]))
+        enabled, paths = _parse_warmup(env[ENV_WARMUP])
+        opts = replace(opts, warmup_enabled=enabled, warmup=paths)
+    if env.get(ENV_WARMUP_FRAMEWORK, "").strip():
+        opts = replace(opts, warmup_framework=_parse_bool(ENV_WARMUP_FRAMEWORK, env[ENV_WARMUP_FRAMEWORK]))
+    if env.get(ENV_RELOCATE_CODE, "").strip():
+        opts = replace(opts, relocate_code=_parse_bool(ENV_RELOCATE_CODE, env[ENV_RELOCATE_CODE]))
     if env.get(ENV_WARMUP_ROUNDS, "").strip():
         raw = env[ENV_WARMUP_ROUNDS]
         try:
@@ -157,13 +190,16 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
         payload["skipped"] = "preload_app is off"
         _write_report(opts.report_path, payload, log)
         return None
-    if opts.warmup and opts.warmup_rounds > 0:
+    if opts.warmup_enabled and (opts.warmup_framework or (opts.warmup and opts.warmup_rounds > 0)):
         try:
             app = server.app.wsgi()
         except Exception as exc:  # noqa: BLE001
-            log.warning("cowprof: warm-up skipped, cannot get the WSGI app: %s", exc)
+            log.warning("cowprof: warm-up skipped, cannot get the app: %s", exc)
         else:
-            result = warm_up(app, opts.warmup, rounds=opts.warmup_rounds, log=log)
+            wopts = WarmupOptions(paths=opts.warmup, framework=opts.warmup_framework, rounds=opts.warmup_rounds,
+                                  relocate_code=opts.relocate_code)
+            with worker_transport(server) as transport:
+                result = warm_up_app(app, wopts, log=log, transport=transport)
             log.info("cowprof: %s", result.summary())
             payload["warmup"] = result.to_dict()
     report = None
@@ -230,7 +266,7 @@ def make_post_fork(user_hook: Callable | None = None) -> Callable:
     return _mark(post_fork, user_hook)
 
 
-def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str | None = None,
+def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str | bool | None = None,
             warmup_rounds: int | None = None, prepare: bool | None = None,
             **prepare_kwargs: Any) -> None:
     """Installs cowprof's hooks into a gunicorn config namespace (call with ``globals()``).
@@ -238,7 +274,9 @@ def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str 
     Wraps the ``when_ready`` and ``post_fork`` already in ``namespace`` (so call it at the end of
     the config file); other hooks are left alone. Arguments left ``None`` fall back to the names
     ``cowprof_warmup``, ``cowprof_warmup_rounds``, ``cowprof_prepare`` in the namespace;
-    ``prepare_kwargs`` go to :func:`cowprof.prepare_fork`. Installing twice keeps the first hooks.
+    ``warmup`` lists paths requested on top of the framework's warm-up (``False`` or ``""``: no
+    warm-up at all); ``prepare_kwargs`` go to :func:`cowprof.prepare_fork`. Installing twice keeps
+    the first hooks.
     """
     if warmup is None:
         warmup = namespace.get("cowprof_warmup")
@@ -246,7 +284,8 @@ def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str 
         warmup_rounds = namespace.get("cowprof_warmup_rounds", HookOptions.warmup_rounds)
     if prepare is None:
         prepare = bool(namespace.get("cowprof_prepare", True))
-    options = HookOptions(prepare=prepare, warmup=_parse_paths(warmup), warmup_rounds=int(warmup_rounds),
+    enabled, paths = _parse_warmup(warmup)
+    options = HookOptions(prepare=prepare, warmup=paths, warmup_enabled=enabled, warmup_rounds=int(warmup_rounds),
                           prepare_kwargs=dict(prepare_kwargs))
     namespace["when_ready"] = make_when_ready(_resolve_hook(namespace.get("when_ready")), options)
     namespace["post_fork"] = make_post_fork(_resolve_hook(namespace.get("post_fork")))

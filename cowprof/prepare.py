@@ -9,7 +9,9 @@
    objects get their hash cached and types get their version tag (both otherwise written lazily);
 3. ``gc.freeze()`` — moves everything tracked to the permanent generation, so the workers'
    collections never write GC headers of the master's objects;
-4. ``malloc_trim(0)`` — hands free malloc memory back to the OS instead of to the first worker
+4. filling the free blocks of partly used pymalloc pools (:mod:`cowprof.allocator`), so that the
+   workers' first allocations go to fresh pools instead of writing pages they share;
+5. ``malloc_trim(0)`` — hands free malloc memory back to the OS instead of to the first worker
    that touches it.
 
 Policy lives here; the native module only walks. See README "Heap preparation" for trade-offs
@@ -71,6 +73,10 @@ class PrepareReport:
     """False when only objects created since the previous call were walked (the cheap repeat)."""
     heapmap_path: str | None = None
     """Where the heap map was saved (see cowprof.heapmap), when it was."""
+    filler_bytes: int = 0
+    """Bytes allocated (for good) to fill partly used pymalloc pools (see cowprof.allocator)."""
+    fill_skipped: str | None = None
+    """Why the pools were not (all) filled, or None."""
 
     @property
     def immortalize_ran(self) -> bool:
@@ -91,6 +97,8 @@ class PrepareReport:
                 f"{self.types_tagged:,} type tags"
             )
         parts.append(f"{self.frozen:,} objects frozen")
+        if self.filler_bytes:
+            parts.append(f"{self.filler_bytes / 1e6:,.2f} MB of free pool blocks filled")
         if self.trimmed:
             parts.append("malloc_trim released memory")
         if not self.full_walk:
@@ -149,7 +157,8 @@ def _warn_once(message: str) -> None:
 
 
 def prepare_fork(
-    *, immortalize: bool = True, freeze: bool = True, trim: bool = True, heapmap: bool | str = True
+    *, immortalize: bool = True, freeze: bool = True, trim: bool = True, heapmap: bool | str = True,
+    fill_free_blocks: bool | int = True,
 ) -> PrepareReport:
     """Prepare the current (master) process's heap to be shared with workers forked after it.
 
@@ -161,6 +170,11 @@ def prepare_fork(
     to cowprof's per-user directory keyed by this PID, see ``cowprof.heapmap``; a string is a
     directory to save into; ``False`` skips it: a 16-byte record per object, written by a native
     thread while the walk runs, ~3 ns of walk time per object).
+
+    ``fill_free_blocks``: fill the free blocks of partly used pymalloc pools after the walk
+    (``True``: up to ``cowprof.allocator.DEFAULT_MAX_BYTES``, a number: up to that many bytes,
+    ``False``: not at all); ``COWPROF_FILL_FREE_BLOCKS`` (``0``, ``1`` or a size such as ``8M``)
+    overrides it.
     """
     t0 = time.perf_counter()
     collected = gc.collect()
@@ -201,6 +215,7 @@ def prepare_fork(
         gc.freeze()
         if immortalize and not skipped:
             _state["walked_and_frozen"] = True
+    fill = _fill(fill_free_blocks)
     trimmed = bool(_native.trim()) if (trim and _native is not None) else False
     return PrepareReport(
         objects=int(walk.get("objects", 0)),
@@ -218,7 +233,22 @@ def prepare_fork(
         types_tagged=int(walk.get("types_tagged", 0)),
         full_walk=full_walk,
         heapmap_path=heapmap_path,
+        filler_bytes=fill.filler_bytes,
+        fill_skipped=fill.skipped,
     )
+
+
+def _fill(request: bool | int) -> Any:
+    """Runs cowprof.allocator.fill_free_blocks as requested (the environment wins)."""
+    from cowprof import allocator
+
+    cap = allocator.DEFAULT_MAX_BYTES if request is True else int(request)
+    if os.environ.get(allocator.ENV_FILL, "").strip():
+        try:
+            cap = allocator.max_bytes_from_env()
+        except ValueError as err:
+            warnings.warn(f"cowprof: {err}; using the default", RuntimeWarning, stacklevel=3)
+    return allocator.fill_free_blocks(max_bytes=cap)
 
 
 def _heapmap_segment(heapmap: bool | str, full_walk: bool) -> Any:

@@ -1,0 +1,300 @@
+/*
+ * cowprof._alloc — leave no partly used pymalloc pool for a forked worker to allocate into.
+ *
+ * A worker's first allocations of each size class go to the pools the master left partly used (and,
+ * once those are full, to the empty pools of its arenas): every such allocation writes a page the
+ * worker shares with the master, so the kernel copies it. fill_pools() runs in the master right
+ * before fork and allocates (and leaks) exactly the free blocks of every partly used pool, and
+ * optionally blocks in the arenas' empty pools, so that a worker's allocations start in fresh pools
+ * of fresh arenas (pages that are new, not copied, and packed densely).
+ *
+ * What to fill is read from the interpreter itself: _PyObject_DebugMallocStats() (what
+ * sys._debugmallocstats() prints) gives, per size class, the block size, the pools in use, the
+ * blocks in use and the free ("avail") blocks, plus the number of empty pools and the pool size.
+ * No allocator structure is read; when the text does not parse, nothing is filled and the reason
+ * is returned. The filler blocks come from PyObject_Malloc(size of the class), in one C loop with no
+ * Python code in between, so nothing else allocates while a class is being filled.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Exported by libpython since 3.3 (declared in an internal header): prints pymalloc statistics. */
+PyAPI_FUNC(int) _PyObject_DebugMallocStats(FILE *out);
+
+#define MAX_CLASSES 128
+
+typedef struct {
+    size_t size, pools, in_use, avail;
+} size_class;
+
+typedef struct {
+    size_class cls[MAX_CLASSES];
+    int nclasses;
+    size_t unused_pools;
+    size_t pool_size;
+    size_t arenas;
+    const char *error; /* why the statistics could not be read */
+} malloc_stats;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Parses the text of _PyObject_DebugMallocStats. Returns 0, or -1 with st->error set. */
+static int parse_stats(const char *text, malloc_stats *st) {
+    memset(st, 0, sizeof(*st));
+    const char *p = strstr(text, "avail blocks");
+    if (p == NULL) {
+        st->error = "pymalloc statistics have no size class table";
+        return -1;
+    }
+    p = strchr(p, '\n');
+    if (p == NULL || strncmp(p + 1, "-----", 5) != 0) {
+        st->error = "pymalloc statistics: unexpected table header";
+        return -1;
+    }
+    p = strchr(p + 1, '\n');
+    while (p != NULL && st->nclasses < MAX_CLASSES) {
+        unsigned int idx;
+        size_t size, pools, in_use, avail;
+        int used = 0;
+        if (sscanf(p + 1, " %u %zu %zu %zu %zu%n", &idx, &size, &pools, &in_use, &avail, &used) != 5) break;
+        if (size == 0 || size > 4096 || idx >= MAX_CLASSES) {
+            st->error = "pymalloc statistics: implausible size class";
+            return -1;
+        }
+        size_class *c = &st->cls[st->nclasses++];
+        c->size = size;
+        c->pools = pools;
+        c->in_use = in_use;
+        c->avail = avail;
+        p = strchr(p + 1, '\n');
+    }
+    if (st->nclasses == 0) {
+        st->error = "pymalloc statistics: empty size class table";
+        return -1;
+    }
+    const char *u = strstr(text, " unused pools * ");
+    if (u != NULL) {
+        const char *line = u;
+        while (line > text && line[-1] != '\n') line--;
+        if (sscanf(line, "%zu unused pools * %zu bytes", &st->unused_pools, &st->pool_size) != 2) {
+            st->error = "pymalloc statistics: unreadable unused pools line";
+            return -1;
+        }
+    }
+    const char *a = strstr(text, " arenas * ");
+    if (a != NULL) {
+        const char *line = a;
+        while (line > text && line[-1] != '\n') line--;
+        if (sscanf(line, "%zu arenas", &st->arenas) != 1) st->arenas = 0;
+    }
+    return 0;
+}
+
+/* Reads the current statistics. Returns 1 if read, 0 when pymalloc is not in use, -1 on error. */
+static int read_stats(malloc_stats *st) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (f == NULL) {
+        memset(st, 0, sizeof(*st));
+        st->error = "open_memstream failed";
+        return -1;
+    }
+    int printed = _PyObject_DebugMallocStats(f);
+    fclose(f);
+    int rc;
+    if (!printed) {
+        memset(st, 0, sizeof(*st));
+        st->error = "pymalloc is not in use (PYTHONMALLOC or a debug build)";
+        rc = 0;
+    } else {
+        rc = parse_stats(buf, st) == 0 ? 1 : -1;
+    }
+    free(buf);
+    return rc;
+}
+
+static size_t avail_blocks(const malloc_stats *st) {
+    size_t n = 0;
+    for (int i = 0; i < st->nclasses; i++) n += st->cls[i].avail;
+    return n;
+}
+
+/* Allocates and leaks n blocks of size bytes; returns how many were allocated. */
+static size_t leak_blocks(size_t size, size_t n) {
+    size_t done = 0;
+    for (; done < n; done++) {
+        if (PyObject_Malloc(size) == NULL) break;
+    }
+    return done;
+}
+
+#define SET_SIZE(d, key, val)                                                   \
+    do {                                                                         \
+        PyObject *_v = PyLong_FromSize_t((size_t)(val));                          \
+        if (_v == NULL || PyDict_SetItemString(d, key, _v) < 0) {               \
+            Py_XDECREF(_v);                                                      \
+            Py_DECREF(d);                                                        \
+            return NULL;                                                         \
+        }                                                                        \
+        Py_DECREF(_v);                                                           \
+    } while (0)
+
+PyDoc_STRVAR(fill_pools_doc,
+"fill_pools(*, max_bytes, empty_pools=True) -> dict\n\n"
+"Allocate (and never free) the free blocks of every partly used pymalloc pool and, with\n"
+"empty_pools, blocks of the largest size class in the arenas' empty pools, so that allocations\n"
+"made after this call (in a forked child) start in fresh pools. Spends at most max_bytes.\n"
+"Returns: filled (bool), reason (None or why nothing was filled), filler_bytes, blocks,\n"
+"avail_before, avail_after (free blocks in used pools), empty_pools_before, empty_pools_after,\n"
+"pool_size, seconds.");
+
+static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"max_bytes", "empty_pools", NULL};
+    Py_ssize_t max_bytes = -1;
+    int empty_pools = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$np:fill_pools", kwlist, &max_bytes, &empty_pools))
+        return NULL;
+    if (max_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_bytes (>= 0) is required");
+        return NULL;
+    }
+    double t0 = now_seconds();
+    malloc_stats before, st, after;
+    size_t spent = 0, blocks = 0;
+    const char *reason = NULL;
+    int rc = read_stats(&before);
+    if (rc <= 0) {
+        reason = before.error;
+    } else {
+        /* 1. the free blocks of partly used pools, class by class, cheapest class first is not
+         *    needed: the cost of a class is its free bytes, all of which a worker would write into */
+        for (int i = 0; i < before.nclasses; i++) {
+            const size_class *c = &before.cls[i];
+            if (c->avail == 0) continue;
+            size_t cost = c->avail * c->size;
+            if (spent + cost > (size_t)max_bytes) {
+                reason = "max_bytes reached";
+                continue;
+            }
+            size_t n = leak_blocks(c->size, c->avail);
+            blocks += n;
+            spent += n * c->size;
+        }
+        /* 2. empty pools: blocks of the largest class, a pool's worth (as the table says) each */
+        if (empty_pools && before.unused_pools > 0 && reason == NULL) {
+            /* the largest class that has pools, so the table says how many blocks a pool holds */
+            const size_class *big = NULL;
+            size_t per_pool = 0;
+            for (int i = before.nclasses - 1; i >= 0 && big == NULL; i--) {
+                const size_class *c = &before.cls[i];
+                if (c->pools > 0 && (c->in_use + c->avail) % c->pools == 0) {
+                    big = c;
+                    per_pool = (c->in_use + c->avail) / c->pools;
+                }
+            }
+            if (per_pool == 0 || before.pool_size == 0) {
+                reason = "pymalloc statistics: cannot tell blocks per pool";
+            } else if (spent + before.unused_pools * before.pool_size > (size_t)max_bytes) {
+                reason = "max_bytes reached";
+            } else {
+                size_t n = leak_blocks(big->size, before.unused_pools * per_pool);
+                blocks += n;
+                spent += n * big->size;
+            }
+        }
+        /* 3. what step 2 left partly used (the last pool of the largest class) */
+        if (read_stats(&st) > 0) {
+            for (int i = 0; i < st.nclasses; i++) {
+                const size_class *c = &st.cls[i];
+                if (c->avail == 0 || spent + c->avail * c->size > (size_t)max_bytes) continue;
+                size_t n = leak_blocks(c->size, c->avail);
+                blocks += n;
+                spent += n * c->size;
+            }
+        }
+    }
+    int have_after = rc > 0 && read_stats(&after) > 0;
+    double seconds = now_seconds() - t0;
+
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    if (PyDict_SetItemString(d, "filled", (rc > 0 && blocks > 0) ? Py_True : Py_False) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    PyObject *why = reason ? PyUnicode_FromString(reason) : Py_NewRef(Py_None);
+    if (why == NULL || PyDict_SetItemString(d, "reason", why) < 0) {
+        Py_XDECREF(why);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(why);
+    SET_SIZE(d, "filler_bytes", spent);
+    SET_SIZE(d, "blocks", blocks);
+    SET_SIZE(d, "avail_before", rc > 0 ? avail_blocks(&before) : 0);
+    SET_SIZE(d, "avail_after", have_after ? avail_blocks(&after) : 0);
+    SET_SIZE(d, "empty_pools_before", rc > 0 ? before.unused_pools : 0);
+    SET_SIZE(d, "empty_pools_after", have_after ? after.unused_pools : 0);
+    SET_SIZE(d, "pool_size", rc > 0 ? before.pool_size : 0);
+    PyObject *s = PyFloat_FromDouble(seconds);
+    if (s == NULL || PyDict_SetItemString(d, "seconds", s) < 0) {
+        Py_XDECREF(s);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(s);
+    return d;
+}
+
+PyDoc_STRVAR(stats_doc,
+"stats() -> dict | None\n\n"
+"The pymalloc statistics fill_pools() works from: size_classes (list of (block size, pools in use,\n"
+"blocks in use, free blocks)), empty_pools, pool_size, arenas; None when pymalloc is not in use.\n"
+"Raises RuntimeError when they cannot be parsed.");
+
+static PyObject *stats(PyObject *self, PyObject *unused) {
+    malloc_stats st;
+    int rc = read_stats(&st);
+    if (rc == 0) Py_RETURN_NONE;
+    if (rc < 0) {
+        PyErr_SetString(PyExc_RuntimeError, st.error);
+        return NULL;
+    }
+    PyObject *classes = PyList_New(st.nclasses);
+    if (classes == NULL) return NULL;
+    for (int i = 0; i < st.nclasses; i++) {
+        PyObject *t = Py_BuildValue("(nnnn)", (Py_ssize_t)st.cls[i].size, (Py_ssize_t)st.cls[i].pools,
+                                    (Py_ssize_t)st.cls[i].in_use, (Py_ssize_t)st.cls[i].avail);
+        if (t == NULL) {
+            Py_DECREF(classes);
+            return NULL;
+        }
+        PyList_SET_ITEM(classes, i, t);
+    }
+    return Py_BuildValue("{s:N,s:n,s:n,s:n}", "size_classes", classes, "empty_pools", (Py_ssize_t)st.unused_pools,
+                         "pool_size", (Py_ssize_t)st.pool_size, "arenas", (Py_ssize_t)st.arenas);
+}
+
+static PyMethodDef alloc_methods[] = {
+    {"fill_pools", (PyCFunction)(void (*)(void))fill_pools, METH_VARARGS | METH_KEYWORDS, fill_pools_doc},
+    {"stats", stats, METH_NOARGS, stats_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef alloc_module = {
+    PyModuleDef_HEAD_INIT, "cowprof._alloc",
+    "Fills partly used pymalloc pools before fork (see native/_alloc.c).", -1, alloc_methods,
+};
+
+PyMODINIT_FUNC PyInit__alloc(void) {
+    return PyModule_Create(&alloc_module);
+}

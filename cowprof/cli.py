@@ -268,16 +268,30 @@ def snapshot(
         else:
             attr_rep.render(attr, by=by.value, top=top_n, file=sys.stdout)
         return 0
+    from cowprof.preload import late_imports
+
     report = scan(find_tree(pid))
+    late = late_imports(report.master.pid, [w.pid for w in report.workers])
     if json_out:
         from cowprof.reporters import jsonout
 
-        jsonout.render(report, file=sys.stdout)
+        jsonout.render(report, file=sys.stdout, extra={"late_imports": late.to_dict()} if late.workers else None)
     else:
         from cowprof.reporters import table
 
         table.render(report, file=sys.stdout, by=by.value)
+        if late.workers:
+            print(_late_imports_line(late, len(report.workers)))
     return 0
+
+
+def _late_imports_line(late: Any, workers: int, shown: int = 6) -> str:
+    """The note under the snapshot table about modules the workers imported after the fork."""
+    mods = late.modules
+    names = ", ".join(mods[:shown]) + (f" (+{len(mods) - shown} more)" if len(mods) > shown else "")
+    return (f"late imports: {len(late.workers)} of {workers} workers imported {len(mods)} modules after the fork "
+            f"(each loaded once per worker, not shared): {names}. COWPROF_PRELOAD=learned imports them in the "
+            "master at its next start; --json lists them all.")
 
 
 @app.command(epilog="Example: [bold]cowprof top 1234 --interval 2[/bold]  (Ctrl-C to quit)")

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cowprof import preload
 from cowprof.errors import BadInput
 from cowprof.prepare import PrepareReport, after_fork, prepare_fork
 from cowprof.recipes import WarmupResult, warm_up
@@ -190,6 +191,7 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
         payload["skipped"] = "preload_app is off"
         _write_report(opts.report_path, payload, log)
         return None
+    _preload_learned(server, log, payload)
     if opts.warmup_enabled and (opts.warmup_framework or (opts.warmup and opts.warmup_rounds > 0)):
         try:
             app = server.app.wsgi()
@@ -198,10 +200,14 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
         else:
             wopts = WarmupOptions(paths=opts.warmup, framework=opts.warmup_framework, rounds=opts.warmup_rounds,
                                   relocate_code=opts.relocate_code)
-            with worker_transport(server) as transport:
-                result = warm_up_app(app, wopts, log=log, transport=transport)
-            log.info("cowprof: %s", result.summary())
-            payload["warmup"] = result.to_dict()
+            try:
+                with worker_transport(server) as transport:
+                    result = warm_up_app(app, wopts, log=log, transport=transport)
+            except Exception:  # noqa: BLE001 - a warm-up must never keep the server from starting
+                log.exception("cowprof: warm-up failed; preparing without it")
+            else:
+                log.info("cowprof: %s", result.summary())
+                payload["warmup"] = result.to_dict()
     report = None
     if not opts.prepare:
         log.info("cowprof: prepare_fork skipped (%s=0 or cowprof_prepare = False): workers fork from the "
@@ -218,6 +224,22 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
             payload["prepare"] = report.to_dict()
     _write_report(opts.report_path, payload, log)
     return report
+
+
+def _preload_learned(server: Any, log: Any, payload: dict[str, Any]) -> None:
+    """Names the app for cowprof.preload and, with COWPROF_PRELOAD=learned, imports the modules
+    earlier workers of this app imported after the fork."""
+    try:
+        preload.set_app_identity(getattr(server.app, "app_uri", None) or getattr(server.cfg, "wsgi_app", None))
+        if not preload.preload_requested():
+            return
+        imported, failed = preload.import_learned(log=log)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cowprof: learned preload failed: %s: %s", type(exc).__name__, exc)
+        return
+    log.info("cowprof: learned preload: %d modules imported%s", len(imported),
+             f", {len(failed)} failed" if failed else "")
+    payload["preload"] = {"imported": list(imported), "failed": list(failed)}
 
 
 def _mark(fn: Callable, user_hook: Callable | None) -> Callable:

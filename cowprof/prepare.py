@@ -77,6 +77,13 @@ class PrepareReport:
     """Bytes allocated (for good) to fill partly used pymalloc pools (see cowprof.allocator)."""
     fill_skipped: str | None = None
     """Why the pools were not (all) filled, or None."""
+    late_imports: tuple[str, ...] = ()
+    """Modules the workers of this app's earlier masters imported after the fork (each then
+    loaded once per worker): cowprof.preload's learned list."""
+    preloaded: tuple[str, ...] = ()
+    """Learned modules imported in this master before preparing (``COWPROF_PRELOAD=learned``)."""
+    imports_error: str | None = None
+    """Why late imports are not recorded or learned (e.g. an unusable directory), or None."""
 
     @property
     def immortalize_ran(self) -> bool:
@@ -158,7 +165,7 @@ def _warn_once(message: str) -> None:
 
 def prepare_fork(
     *, immortalize: bool = True, freeze: bool = True, trim: bool = True, heapmap: bool | str = True,
-    fill_free_blocks: bool | int = True,
+    fill_free_blocks: bool | int = True, record_imports: bool = True,
 ) -> PrepareReport:
     """Prepare the current (master) process's heap to be shared with workers forked after it.
 
@@ -175,8 +182,13 @@ def prepare_fork(
     (``True``: up to ``cowprof.allocator.DEFAULT_MAX_BYTES``, a number: up to that many bytes,
     ``False``: not at all); ``COWPROF_FILL_FREE_BLOCKS`` (``0``, ``1`` or a size such as ``8M``)
     overrides it.
+
+    ``record_imports``: learn which modules earlier workers of this app imported after the fork
+    and have the children forked from now on record theirs (``cowprof.preload``; small files in
+    cowprof's private preload directory).
     """
     t0 = time.perf_counter()
+    learned, imports_error = _imports(record_imports)  # first: what it creates is prepared too
     collected = gc.collect()
     skipped = immortalize_unavailable() if immortalize else None
     walk: dict[str, Any] = {}
@@ -235,7 +247,26 @@ def prepare_fork(
         heapmap_path=heapmap_path,
         filler_bytes=fill.filler_bytes,
         fill_skipped=fill.skipped,
+        late_imports=learned,
+        preloaded=_preloaded(),
+        imports_error=imports_error,
     )
+
+
+def _imports(record: bool) -> tuple[tuple[str, ...], str | None]:
+    """Learned late imports of this app, and arming the record of the next children's (cowprof.preload)."""
+    if not record:
+        return (), "not requested"
+    from cowprof import preload
+
+    learned = preload.learn()
+    error = preload.record_master(learned.key) or learned.error
+    return learned.modules, error
+
+
+def _preloaded() -> tuple[str, ...]:
+    mod = sys.modules.get("cowprof.preload")
+    return tuple(mod.preloaded()) if mod is not None else ()
 
 
 def _fill(request: bool | int) -> Any:
@@ -274,7 +305,14 @@ def disable_gc_until_fork() -> None:
 
 def after_fork() -> None:
     """Call in each child right after fork. Re-enables the GC if ``disable_gc_until_fork``
-    disabled it, and nothing else that would write to the shared heap."""
+    disabled it, and starts recording the modules this child imports (``cowprof.preload``);
+    nothing else that would write to the shared heap."""
     if _state["gc_disabled_by_us"]:
         gc.enable()
         _state["gc_disabled_by_us"] = False
+    preload = sys.modules.get("cowprof.preload")
+    if preload is not None:
+        try:
+            preload.watch_imports()
+        except Exception:  # noqa: BLE001 - recording is diagnostics; the child must run anyway
+            pass

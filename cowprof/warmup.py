@@ -117,8 +117,8 @@ def _environ_for(target: str) -> dict[str, Any]:
     }
 
 
-def _call_wsgi(app: Callable[..., Iterable[bytes]], target: str) -> int:
-    """Status code of one GET of ``target`` through the WSGI ``app`` (body read and closed)."""
+def _call_wsgi(app: Callable[..., Iterable[bytes]], target: str) -> str:
+    """Status line of one GET of ``target`` through the WSGI ``app`` (body read and closed)."""
     status: list[str] = []
 
     def start_response(st: str, headers: list, exc_info: Any = None) -> Callable:
@@ -133,7 +133,7 @@ def _call_wsgi(app: Callable[..., Iterable[bytes]], target: str) -> int:
         close = getattr(body, "close", None)
         if close is not None:
             close()
-    return int(status[0].split(None, 1)[0]) if status else 0
+    return status[0] if status else ""
 
 
 def _asgi_scope(target: str) -> dict[str, Any]:
@@ -183,15 +183,18 @@ class _Tally:
         self.failures: list[str] = []
         self.log = log
 
-    def add(self, target: str, status: int | None, error: BaseException | None) -> None:
+    def add(self, target: str, status: int | str | None, error: BaseException | None) -> None:
+        """``status``: the code, or the WSGI status line."""
         problem = None
+        text = str(status or "").strip()
+        code = int(text.split(None, 1)[0]) if text[:3].isdigit() else 0
         if error is not None:
             problem = f"{type(error).__name__}: {error}"
             if self.log is not None:
                 self.log.debug("cowprof: warm-up of %s failed:\n%s", target,
                                "".join(traceback.format_exception(error)))
-        elif not (status and 0 < status < 500):
-            problem = f"status {status or 'missing'}"
+        elif not 0 < code < 500:
+            problem = f"status {text or 'missing'}"
         if problem is None:
             self.ok += 1
             return
@@ -237,7 +240,11 @@ def _request_rounds(app: Any, paths: Sequence[str], rounds: int, tally: _Tally,
                 except Exception as exc:  # noqa: BLE001
                     tally.add(path, None, exc)
 
-    asyncio.run(all_rounds())
+    try:
+        asyncio.run(all_rounds())
+    except RuntimeError as exc:  # called from a running event loop
+        for path in paths:
+            tally.add(path, None, exc)
 
 
 def warm_up(app: Callable[..., Iterable[bytes]], paths: Sequence[str], *, rounds: int = 2,

@@ -11,3 +11,9 @@ if "COWPROF_HEAPMAP_DIR" not in os.environ:
     import tempfile
 
     os.environ["COWPROF_HEAPMAP_DIR"] = tempfile.mkdtemp(prefix="cowprof-test-heapmaps-")
+
+# the workers' late-import records (cowprof.preload) likewise
+if "COWPROF_PRELOAD_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["COWPROF_PRELOAD_DIR"] = tempfile.mkdtemp(prefix="cowprof-test-preload-")

@@ -169,6 +169,7 @@ def test_env_prepare_zero_skips_prepare_but_keeps_warmup(calls, monkeypatch, tmp
     monkeypatch.setenv("COWPROF_PREPARE", "0")
     monkeypatch.setenv("COWPROF_WARMUP", "/a?x=1, /b")
     monkeypatch.setenv("COWPROF_WARMUP_ROUNDS", "3")
+    monkeypatch.setenv("COWPROF_RELOCATE_CODE", "0")  # relocation adds rounds: test_warmup_rounds_with_relocation
     monkeypatch.setenv("COWPROF_PREPARE_REPORT", str(report))
     server = make_server()
     cg.when_ready(server)
@@ -263,7 +264,38 @@ def test_apply_user_config_takes_settings_and_composes(calls, tmp_path):
     events = sys.modules["__config__"].EVENTS
     assert events == ["user_ready", "user_post_fork"]
     assert calls == ["prepare", "after_fork"]
-    assert tiny_app.seen == ["/warm", "/warm"]
+    assert set(tiny_app.seen) == {"/warm"} and len(tiny_app.seen) >= 2
+
+
+def test_warmup_rounds_with_relocation(calls, monkeypatch, tmp_path):
+    """Relocation adds a probe round, then the rounds again for the copies."""
+    report = tmp_path / "r.json"
+    monkeypatch.setenv("COWPROF_WARMUP", "/w")
+    monkeypatch.setenv("COWPROF_WARMUP_ROUNDS", "2")
+    monkeypatch.setenv("COWPROF_PREPARE_REPORT", str(report))
+    server = make_server()
+    cg.when_ready(server)
+    warm = json.loads(report.read_text())["warmup"]
+    assert warm["relocation"]["skipped"] is None, warm["relocation"]
+    assert warm["relocation"]["hot"] >= 1 and warm["relocation"]["functions"] >= 1
+    assert tiny_app.seen == ["/w"] * 5
+    assert "cowprof: hot code:" in server.log.text("info")
+
+
+@pytest.mark.parametrize("value, enabled, paths", [
+    (None, True, ()), ("auto", True, ()), ("", False, ()), ("0", False, ()), ("off", False, ()),
+    ("/a, auto,/b", True, ("/a", "/b")), (False, False, ()), (["/x"], True, ("/x",)),
+])
+def test_warmup_setting_values(value, enabled, paths):
+    assert cg._parse_warmup(value) == (enabled, paths)
+
+
+def test_warmup_off_runs_nothing(calls, monkeypatch, tmp_path):
+    report = tmp_path / "r.json"
+    monkeypatch.setenv("COWPROF_WARMUP", "")
+    monkeypatch.setenv("COWPROF_PREPARE_REPORT", str(report))
+    cg.when_ready(make_server())
+    assert tiny_app.seen == [] and json.loads(report.read_text())["warmup"] is None
 
 
 def test_load_user_config_errors():

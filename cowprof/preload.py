@@ -1,0 +1,377 @@
+"""Learned preload: which modules the workers import after the fork, and importing them earlier.
+
+A module first imported by a worker is loaded once per worker instead of once per host: its code,
+its classes and everything its import builds are private to that worker. cowprof learns which
+modules that happens to:
+
+- in the master, :func:`record_master` (called by :func:`cowprof.prepare_fork`) writes
+  ``master-<pid>.json`` (this app's key, the master's start time) into cowprof's private preload
+  directory;
+- in each worker, :func:`watch_imports` (called by :func:`cowprof.after_fork`) puts a finder first
+  on ``sys.meta_path``. It is asked only about modules not yet in ``sys.modules`` and never finds
+  anything itself; it appends the names that did get imported to
+  ``imports-<master pid>-<worker pid>.txt`` (a name is written at the worker's next import or at
+  its exit, once it is in ``sys.modules``; failed imports are never written);
+- the profiler reads those files (:func:`late_imports`; ``cowprof snapshot`` lists them), read-only;
+- the next master of the same app (:func:`learn`, also called by ``prepare_fork``) merges the files
+  of masters that are gone into ``learned-<key>.json`` and removes them. With ``COWPROF_PRELOAD=learned``
+  (opt-in: importing a module can have side effects) :func:`import_learned` imports the learned
+  modules in the master before the warm-up, so the workers share them.
+
+The app key is ``COWPROF_APP_KEY`` if set, else a hash of the working directory and the app's
+identity (gunicorn: the app URI, e.g. ``mysite.wsgi:application``; elsewhere the command line).
+The directory is ``COWPROF_PRELOAD_DIR``, else ``~/.cache/cowprof/preload``: created 0700, and not
+used (with a warning) when it belongs to another user or others may write to it. Files are created
+0600 and never followed through symlinks.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import importlib
+import json
+import os
+import re
+import stat
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cowprof.errors import CowprofError
+
+__all__ = ["ENV_DIR", "ENV_KEY", "ENV_PRELOAD", "LateImports", "app_key", "directory", "import_learned",
+           "late_imports", "learn", "preload_requested", "record_master", "set_app_identity", "watch_imports"]
+
+ENV_DIR = "COWPROF_PRELOAD_DIR"
+ENV_KEY = "COWPROF_APP_KEY"
+ENV_PRELOAD = "COWPROF_PRELOAD"
+VERSION = 1
+_IMPORTS = re.compile(r"^imports-(\d+)-(\d+)\.txt$")
+_MASTER = re.compile(r"^master-(\d+)\.json$")
+_MAX_FILE = 4 << 20
+#: import records of gone masters of other apps are removed after this many seconds
+_STALE_SECONDS = 30 * 86400
+
+_state: dict[str, Any] = {
+    "identity": None,  # set by the server hook: the app URI
+    "recorded": None,  # (directory, master pid, key) once record_master ran in this process
+    "imported": (),  # modules import_learned imported in this process
+    "failed": (),
+}
+
+
+def set_app_identity(identity: str | None) -> None:
+    """What identifies the app for :func:`app_key` (gunicorn's hook sets the app URI)."""
+    _state["identity"] = identity
+
+
+def app_key() -> str:
+    """This app's key: ``COWPROF_APP_KEY``, else a hash of the working directory and the identity."""
+    if os.environ.get(ENV_KEY, "").strip():
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", os.environ[ENV_KEY].strip())[:64]
+    identity = _state["identity"] or "\0".join(sys.argv)
+    return hashlib.sha256(f"{os.getcwd()}\0{identity}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def directory() -> str:
+    """``COWPROF_PRELOAD_DIR``, else ``~/.cache/cowprof/preload``."""
+    return os.environ.get(ENV_DIR) or os.path.join(os.path.expanduser("~"), ".cache", "cowprof", "preload")
+
+
+def _usable_dir(path: str) -> str:
+    """``path``, created 0700 if missing. Raises OSError when it is not a private directory of ours."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise OSError(f"{path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise OSError(f"{path} belongs to another user")
+    if st.st_mode & 0o022:
+        raise OSError(f"{path} is writable by others")
+    return path
+
+
+def _read_text(path: str) -> str | None:
+    """A regular file's text, never through a symlink; None when missing or unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, _MAX_FILE).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+def _write_private(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` (0600) through a temporary file renamed into place."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _master_alive(meta: dict[str, Any], procfs_root: str = "/proc") -> bool:
+    from cowprof.heapmap import _is_current
+
+    try:
+        return _is_current(int(meta["pid"]), int(meta["start_ticks"]), str(meta.get("boot_id", "")), procfs_root)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _module_names(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        name = line.strip()
+        if name and not name.startswith("#") and re.fullmatch(r"[A-Za-z_][\w.]*", name):
+            out.append(name)
+    return out
+
+
+# ---------------------------------------------------------------------------------- master side
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What :func:`learn` found for this app."""
+
+    key: str
+    modules: tuple[str, ...] = ()
+    """Modules that workers of earlier masters of this app imported after the fork."""
+    error: str | None = None
+
+
+def learn(key: str | None = None) -> Learned:
+    """Merges the import records of this app's earlier masters (gone now) into its learned list and
+    removes their files; returns the learned list. Never raises: a problem is in ``error``."""
+    key = key or app_key()
+    try:
+        d = _usable_dir(directory())
+        learned_path = os.path.join(d, f"learned-{key}.json")
+        known = json.loads(_read_text(learned_path) or "{}").get("modules", [])
+        modules = dict.fromkeys(str(m) for m in known)
+        masters = {}
+        for name in os.listdir(d):
+            m = _MASTER.match(name)
+            if m:
+                try:
+                    masters[int(m.group(1))] = json.loads(_read_text(os.path.join(d, name)) or "{}")
+                except ValueError:
+                    masters[int(m.group(1))] = {}
+        gone = {pid for pid, meta in masters.items() if pid != os.getpid() and not _master_alive(meta)}
+        ours = {pid for pid in gone if masters[pid].get("key") == key}
+        stale = {pid for pid in gone - ours
+                 if time.time() - float(masters[pid].get("created_at", 0) or 0) > _STALE_SECONDS}
+        changed = False
+        for name in sorted(os.listdir(d)):
+            m = _IMPORTS.match(name)
+            if not m or int(m.group(1)) not in ours | stale:
+                continue
+            if int(m.group(1)) in ours:
+                for mod in _module_names(_read_text(os.path.join(d, name)) or ""):
+                    changed |= mod not in modules
+                    modules.setdefault(mod)
+            _unlink(os.path.join(d, name))
+        for pid in ours | stale:
+            _unlink(os.path.join(d, f"master-{pid}.json"))
+        if changed:
+            _write_private(learned_path, json.dumps({"version": VERSION, "key": key, "updated_at": time.time(),
+                                                     "modules": sorted(modules)}, indent=1))
+        return Learned(key, tuple(sorted(modules)))
+    except (OSError, ValueError) as err:
+        return Learned(key, error=f"{type(err).__name__}: {err}")
+
+
+def record_master(key: str | None = None) -> str | None:
+    """Writes this master's record (so its workers' import files can be attributed to this app) and
+    arms :func:`watch_imports` for the children forked after it. Returns an error, or None."""
+    key = key or app_key()
+    from cowprof.heapmap import _boot_id, process_start_ticks
+
+    try:
+        d = _usable_dir(directory())
+        pid = os.getpid()
+        _write_private(os.path.join(d, f"master-{pid}.json"), json.dumps({
+            "version": VERSION, "pid": pid, "start_ticks": process_start_ticks(pid) or 0, "boot_id": _boot_id(),
+            "key": key, "created_at": time.time()}))
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    _state["recorded"] = (d, pid, key)
+    return None
+
+
+def preload_requested(environ: dict[str, str] | None = None) -> bool:
+    """Whether ``COWPROF_PRELOAD`` asks to import the learned modules (``learned`` or ``1``)."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PRELOAD, "").strip().lower() in ("learned", "1", "on", "yes", "true")
+
+
+def import_learned(key: str | None = None, log: Any = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Imports the modules learned for this app (see :func:`learn`) in this process. Returns
+    (imported, failed); a failing import is logged and skipped."""
+    learned = learn(key)
+    imported, failed = [], []
+    for name in learned.modules:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+            imported.append(name)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a module must not stop the server
+            failed.append(name)
+            if log is not None:
+                log.warning("cowprof: learned preload of %s failed: %s: %s", name, type(exc).__name__, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+    _state["imported"], _state["failed"] = tuple(imported), tuple(failed)
+    return _state["imported"], _state["failed"]
+
+
+def preloaded() -> tuple[str, ...]:
+    """The modules :func:`import_learned` imported in this process."""
+    return _state["imported"]
+
+
+# ---------------------------------------------------------------------------------- worker side
+
+
+class _LateImportRecorder:
+    """A ``sys.meta_path`` finder that finds nothing and records the modules imported after it
+    was installed (see the module doc)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.pending: list[str] = []
+        self.written: set[str] = set()
+        self.broken = False
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        self.flush()
+        if name not in self.written:
+            self.pending.append(name)
+        return None
+
+    def flush(self) -> None:
+        if not self.pending or self.broken:
+            return
+        done = [n for n in self.pending if n in sys.modules and n not in self.written]
+        if not done:
+            return
+        self.pending = [n for n in self.pending if n not in sys.modules]
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  0o600)
+            os.write(self.fd, ("".join(n + "\n" for n in done)).encode())
+            self.written.update(done)
+        except OSError:
+            self.broken = True  # a full disk or a removed directory: stop recording, never fail an import
+
+
+def watch_imports() -> bool:
+    """In a worker forked after :func:`record_master`: starts recording late imports. Returns
+    whether it did (False in any other process)."""
+    rec = _state["recorded"]
+    if rec is None or os.getpid() == rec[1]:
+        return False
+    d, master, _key = rec
+    _state["recorded"] = None  # this worker's own children are not its workers
+    for finder in sys.meta_path:
+        if isinstance(finder, _LateImportRecorder):
+            sys.meta_path.remove(finder)
+    recorder = _LateImportRecorder(os.path.join(d, f"imports-{master}-{os.getpid()}.txt"))
+    sys.meta_path.insert(0, recorder)
+    atexit.register(recorder.flush)
+    return True
+
+
+# ---------------------------------------------------------------------------------- profiler side
+
+
+@dataclass
+class LateImports:
+    """The late imports of one master's workers, as found by :func:`late_imports`."""
+
+    master: int
+    workers: dict[int, list[str]] = field(default_factory=dict)
+    directory: str | None = None
+
+    @property
+    def modules(self) -> list[str]:
+        """Every module some worker imported, sorted."""
+        return sorted({m for mods in self.workers.values() for m in mods})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"master": self.master, "directory": self.directory, "modules": self.modules,
+                "workers": {str(pid): mods for pid, mods in sorted(self.workers.items())}}
+
+
+def _candidate_dirs(master: int, procfs_root: str) -> list[str]:
+    from cowprof import procfs  # profiler side only: procfs loads numpy, which a master must not
+
+    dirs = [directory()]
+    try:
+        env = procfs.read_bytes(master, "environ", procfs_root).split(b"\0")
+    except CowprofError:
+        return dirs
+    values = {line.split(b"=", 1)[0]: line.split(b"=", 1)[1].decode(errors="surrogateescape")
+              for line in env if b"=" in line}
+    if values.get(ENV_DIR.encode()):
+        dirs.append(values[ENV_DIR.encode()])
+    elif values.get(b"HOME"):
+        dirs.append(os.path.join(values[b"HOME"], ".cache", "cowprof", "preload"))
+    return list(dict.fromkeys(dirs))
+
+
+def late_imports(master: int, workers: Iterable[int] | None = None, *, procfs_root: str = "/proc") -> LateImports:
+    """The modules each worker of ``master`` imported after the fork, from the files the workers
+    wrote (only files owned by us or by the master's user; read-only). ``workers`` limits the
+    result to those PIDs."""
+    wanted = set(workers) if workers is not None else None
+    result = LateImports(master)
+    try:
+        owner = os.stat(os.path.join(procfs_root, str(master))).st_uid
+    except OSError:
+        return result
+    for d in _candidate_dirs(master, procfs_root):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            m = _IMPORTS.match(name)
+            if not m or int(m.group(1)) != master:
+                continue
+            pid = int(m.group(2))
+            if wanted is not None and pid not in wanted:
+                continue
+            path = os.path.join(d, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_uid not in (os.getuid(), owner):
+                continue
+            mods = _module_names(_read_text(path) or "")
+            if mods:
+                result.workers[pid] = mods
+                result.directory = d
+        if result.workers:
+            break
+    return result

@@ -392,9 +392,24 @@ def _flask_plan(app: Any) -> Plan:
 _STARLETTE_PACKAGES = ("starlette", "fastapi")
 
 
+def _foreign_middleware(m: Any) -> bool:
+    """Whether a Starlette ``Middleware`` entry runs code that is not Starlette's or FastAPI's: its
+    class, or a callable it was given (``@app.middleware("http")`` wraps a user function)."""
+    if not _from_packages(getattr(m, "cls", m), _STARLETTE_PACKAGES):
+        return True
+    given = list(getattr(m, "args", ()) or ()) + list((getattr(m, "kwargs", None) or getattr(m, "options", None) or {}).values())
+    return any(callable(v) and not isinstance(v, type) and not _from_packages(v, _STARLETTE_PACKAGES) for v in given)
+
+
+def _middleware_name(m: Any) -> str:
+    given = (getattr(m, "kwargs", None) or getattr(m, "options", None) or {}).get("dispatch")
+    target = given if given is not None else getattr(m, "cls", m)
+    return getattr(target, "__qualname__", None) or getattr(target, "__name__", "?")
+
+
 def _starlette_plan(app: Any, framework: str) -> Plan:
     user_middleware = list(getattr(app, "user_middleware", ()) or ())
-    foreign = [m for m in user_middleware if not _from_packages(getattr(m, "cls", m), _STARLETTE_PACKAGES)]
+    foreign = [m for m in user_middleware if _foreign_middleware(m)]
 
     def middleware_stack() -> str:
         if getattr(app, "middleware_stack", None) is None:
@@ -424,7 +439,7 @@ def _starlette_plan(app: Any, framework: str) -> Plan:
     if framework == "fastapi" and getattr(app, "openapi_url", None):
         p.steps.append(("OpenAPI schema", openapi))
     if foreign:
-        p.requests_skipped = (f"middleware not from Starlette/FastAPI ({', '.join(getattr(getattr(m, 'cls', m), '__name__', '?') for m in foreign[:3])}) "
+        p.requests_skipped = (f"middleware not from Starlette/FastAPI ({', '.join(_middleware_name(m) for m in foreign[:3])}) "
                               "runs on every request; name read-only paths in COWPROF_WARMUP to warm up through it")
         return p
     p.requests.append(MISSING_PATH)

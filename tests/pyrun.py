@@ -14,17 +14,18 @@ import textwrap
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_py(code: str, *args: str, timeout: float = 120.0, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_py(code: str, *args: str, timeout: float = 120.0, env: dict | None = None,
+           cwd: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=TESTS_DIR,
+        capture_output=True, text=True, timeout=timeout, cwd=cwd or TESTS_DIR,
         env={**os.environ, **(env or {})},
     )
 
 
-def run_json(code: str, *args: str, timeout: float = 120.0, env: dict | None = None):
+def run_json(code: str, *args: str, timeout: float = 120.0, env: dict | None = None, cwd: str | None = None):
     """Run code that prints one JSON document as its last stdout line; return it parsed."""
-    proc = run_py(code, *args, timeout=timeout, env=env)
+    proc = run_py(code, *args, timeout=timeout, env=env, cwd=cwd)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

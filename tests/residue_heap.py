@@ -1,0 +1,121 @@
+"""A master whose child writes pages it shares only through the allocator or the specializer.
+
+Run as a script by tests/integration/test_residue_cow.py (never imported into pytest):
+    python residue_heap.py {pools|code} {on|off}
+
+- ``pools``: the heap holds hundreds of pymalloc pools with free blocks (two of every three small
+  tuples freed); the child then allocates tuples of the same size class. ``on`` prepares with the
+  allocator fill (the default), ``off`` with ``fill_free_blocks=False``.
+- ``code``: 1,500 functions whose code objects sit in holes spread over many pools, each running
+  an instruction the specializer cannot specialize (an attribute of an object with
+  ``__getattr__``), so every call writes its code object; the child calls each of them. ``on``
+  relocates the hot code (cowprof.hotcode) before preparing, ``off`` does not.
+
+Protocol: after the child's workload the master prints ``READY <master> <child>`` and waits for a
+line on stdin (the test scans the tree meanwhile), then prints one JSON line and exits.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+
+import cowprof
+from cowprof import hotcode
+
+N_TUPLES = 300_000
+N_FUNCS = 1500
+
+
+class Lenient:
+    """Attribute loads on it go through __getattr__: LOAD_ATTR never specializes."""
+
+    def __getattr__(self, name: str) -> int:
+        return 1
+
+
+def pools_heap() -> list:
+    a, b = "left", "right"
+    keep = [(a, b) for _ in range(N_TUPLES)]  # a new 2-tuple each time, no new items
+    del keep[::3], keep[::2]  # frees two of every three: holes in every pool of the class
+    return keep
+
+
+def pools_child(_heap: object) -> None:
+    a, b = "up", "down"
+    fresh = [(a, b) for _ in range(60_000)]
+    assert len(fresh) == 60_000
+
+
+def _function_source(i: int) -> str:
+    return (f"def f{i}(o):\n    t = 0\n" + "".join(f"    t += o.a{j}\n" for j in range(4)) +
+            f"    return t + {i}\n")
+
+
+def code_heap() -> list:
+    probe = {}
+    exec(_function_source(0), {}, probe)
+    size = sys.getsizeof(probe["f0"].__code__)
+    n_items = max(1, (size - 40) // 8)  # tuples of the code objects' size class
+    fill = [tuple(range(n_items)) for _ in range(N_FUNCS * 12)]
+    del fill[::12]  # one hole in twelve: code objects made next land all over these pools
+    namespace: dict = {}
+    for i in range(N_FUNCS):
+        exec(_function_source(i), namespace)
+    funcs = [namespace[f"f{i}"] for i in range(N_FUNCS)]
+    return [fill, funcs]
+
+
+def call_all(heap: list, times: int = 1) -> None:
+    o = Lenient()
+    for _ in range(times):
+        for f in heap[1]:
+            f(o)
+
+
+def code_child(heap: list) -> None:
+    call_all(heap, 20)
+
+
+def main() -> None:
+    scenario, mode = sys.argv[1], sys.argv[2]
+    relocation = None
+    if scenario == "pools":
+        heap = pools_heap()
+        report = cowprof.prepare_fork(heapmap=False, fill_free_blocks=(mode == "on"))
+        child_work = pools_child
+    else:
+        heap = code_heap()
+        call_all(heap, 3)
+        if mode == "on":
+            from cowprof import allocator
+
+            result = hotcode.relocate(lambda: call_all(heap),
+                                      before_copy=lambda: (gc.collect(), allocator.fill_free_blocks()))
+            relocation = result.to_dict()
+            call_all(heap, 3)
+        report = cowprof.prepare_fork(heapmap=False)
+        child_work = code_child
+    done_r, done_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        cowprof.after_fork()
+        child_work(heap)
+        os.write(done_w, b"x")
+        os.read(go_r, 1)
+        os._exit(0)
+    os.read(done_r, 1)
+    sys.stdout.write(f"READY {os.getpid()} {pid}\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+    os.write(go_w, b"x")
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"child_status": status, "filler_bytes": report.filler_bytes,
+                      "fill_skipped": report.fill_skipped, "relocation": relocation,
+                      "immortalize_skipped": report.immortalize_skipped}))
+
+
+if __name__ == "__main__":
+    main()

@@ -98,7 +98,10 @@ class _CodeGraph:
         self.hashes = {key: _adaptive_hash(code) for key, code in self.codes.items()}
 
     def changed(self) -> set[int]:
-        return {key for key, code in self.codes.items() if _adaptive_hash(code) != self.hashes[key]}
+        """Code objects whose adaptive bytecode changed since the snapshot (this module's own,
+        which the snapshot itself runs, excepted)."""
+        return {key for key, code in self.codes.items()
+                if _adaptive_hash(code) != self.hashes[key] and code.co_filename != __file__}
 
     def with_parents(self, keys: set[int]) -> set[int]:
         """``keys`` plus every code object that holds one of them as a constant, transitively."""

@@ -3,14 +3,9 @@ Flask (blueprint, Jinja2 templates, SQLAlchemy), FastAPI (pydantic models). Each
 interpreter (frameworks keep global state) and reports what warm_up_app did as JSON."""
 from __future__ import annotations
 
-import os
-import sqlite3
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
+from djangoproj import make_project
 from pyrun import run_json
 
 pytest.importorskip("django", reason="the test extra installs Django")
@@ -19,17 +14,9 @@ pytest.importorskip("fastapi", reason="the test extra installs FastAPI")
 pytest.importorskip("sqlalchemy", reason="the test extra installs SQLAlchemy")
 
 
-def _django_project(root) -> str:
-    """A stock project (django-admin startproject, migrate), as a new user makes one."""
-    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(root)], check=True,
-                   capture_output=True)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, check=True, capture_output=True)
-    return str(root)
-
-
 @pytest.fixture(scope="module")
 def django_project(tmp_path_factory) -> str:
-    return _django_project(tmp_path_factory.mktemp("djproj"))
+    return make_project(tmp_path_factory.mktemp("djproj"))
 
 
 DJANGO_RUN = """

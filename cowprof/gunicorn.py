@@ -29,7 +29,8 @@ Environment (read when the hook runs, and stronger than arguments and config nam
 ``COWPROF_WARMUP="/a,/b?x=1"`` warm-up paths on top of the framework's (unset or ``auto``: the
 framework's only; empty or ``0``: no warm-up at all); ``COWPROF_WARMUP_ROUNDS`` (default 2);
 ``COWPROF_WARMUP_FRAMEWORK=0`` only the configured paths; ``COWPROF_RELOCATE_CODE=0`` keeps the code
-objects where they are;
+objects where they are; ``COWPROF_WARMUP_SERVER=0`` calls the app directly instead of through a
+sync worker's request code;
 ``COWPROF_HEAPMAP=0`` skips the heap map (on by default), a directory saves it there;
 ``COWPROF_PREPARE_REPORT=path`` writes what the hook did as JSON. In a config file loaded through
 ``COWPROF_GUNICORN_CONFIG`` the names ``cowprof_prepare``, ``cowprof_warmup`` and
@@ -40,6 +41,7 @@ the module defines only ``when_ready`` and ``post_fork`` (plus the user's settin
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -70,6 +72,7 @@ ENV_WARMUP = "COWPROF_WARMUP"
 ENV_WARMUP_ROUNDS = "COWPROF_WARMUP_ROUNDS"
 ENV_WARMUP_FRAMEWORK = "COWPROF_WARMUP_FRAMEWORK"
 ENV_RELOCATE_CODE = "COWPROF_RELOCATE_CODE"
+ENV_WARMUP_SERVER = "COWPROF_WARMUP_SERVER"
 ENV_HEAPMAP = "COWPROF_HEAPMAP"
 ENV_REPORT = "COWPROF_PREPARE_REPORT"
 _HOOK_MARK = "_cowprof_hook"
@@ -93,6 +96,8 @@ class HookOptions:
     warmup_framework: bool = True
     warmup_rounds: int = 2
     relocate_code: bool = True
+    warmup_server: bool = True
+    """Send the warm-up requests through a worker object of the server's (sync) worker class."""
     report_path: str | None = None
     prepare_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -145,6 +150,8 @@ def options_from_env(base: HookOptions = HookOptions(), environ: Mapping[str, st
         opts = replace(opts, warmup_framework=_parse_bool(ENV_WARMUP_FRAMEWORK, env[ENV_WARMUP_FRAMEWORK]))
     if env.get(ENV_RELOCATE_CODE, "").strip():
         opts = replace(opts, relocate_code=_parse_bool(ENV_RELOCATE_CODE, env[ENV_RELOCATE_CODE]))
+    if env.get(ENV_WARMUP_SERVER, "").strip():
+        opts = replace(opts, warmup_server=_parse_bool(ENV_WARMUP_SERVER, env[ENV_WARMUP_SERVER]))
     if env.get(ENV_WARMUP_ROUNDS, "").strip():
         raw = env[ENV_WARMUP_ROUNDS]
         try:
@@ -201,7 +208,7 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
             wopts = WarmupOptions(paths=opts.warmup, framework=opts.warmup_framework, rounds=opts.warmup_rounds,
                                   relocate_code=opts.relocate_code)
             try:
-                with worker_transport(server) as transport:
+                with worker_transport(server) if opts.warmup_server else contextlib.nullcontext() as transport:
                     result = warm_up_app(app, wopts, log=log, transport=transport)
             except Exception:  # noqa: BLE001 - a warm-up must never keep the server from starting
                 log.exception("cowprof: warm-up failed; preparing without it")

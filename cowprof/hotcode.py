@@ -32,6 +32,7 @@ import gc
 import sys
 import time
 import types
+from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -79,64 +80,66 @@ def _adaptive_hash(code: types.CodeType) -> int:
 
 
 class _CodeGraph:
-    """Every live Python function, the code objects they run and the code objects nested in those."""
+    """Every live Python function, the code objects they run and the code objects nested in those.
+
+    Built to leave little garbage behind: freed small objects leave empty pools in the master that
+    workers would write again. So the code objects go into a list (and a set, by value: equal code
+    objects are interchangeable), their hashes into an ``array`` (no int objects kept), and parents
+    are found when needed by scanning constants, not kept in a map of ids.
+    """
 
     def __init__(self) -> None:
         self.functions = [o for o in gc.get_objects() if type(o) is types.FunctionType]
-        self.codes: dict[int, types.CodeType] = {}
-        self.parents: dict[int, list[int]] = {}
+        seen: set[types.CodeType] = set()
+        self.codes: list[types.CodeType] = []
         stack = [f.__code__ for f in self.functions]
         while stack:
             code = stack.pop()
-            if id(code) in self.codes:
+            if code in seen:
                 continue
-            self.codes[id(code)] = code
-            for const in code.co_consts:
-                if type(const) is types.CodeType:
-                    self.parents.setdefault(id(const), []).append(id(code))
-                    stack.append(const)
-        self.hashes = {key: _adaptive_hash(code) for key, code in self.codes.items()}
+            seen.add(code)
+            self.codes.append(code)
+            stack.extend(c for c in code.co_consts if type(c) is types.CodeType)
+        self.hashes = array("q", (_adaptive_hash(c) for c in self.codes))
 
-    def changed(self) -> set[int]:
+    def changed(self) -> set[types.CodeType]:
         """Code objects whose adaptive bytecode changed since the snapshot (this module's own,
         which the snapshot itself runs, excepted)."""
-        return {key for key, code in self.codes.items()
-                if _adaptive_hash(code) != self.hashes[key] and code.co_filename != __file__}
+        return {c for c, h in zip(self.codes, self.hashes) if _adaptive_hash(c) != h and c.co_filename != __file__}
 
-    def with_parents(self, keys: set[int]) -> set[int]:
-        """``keys`` plus every code object that holds one of them as a constant, transitively."""
-        out = set(keys)
-        frontier = list(keys)
-        while frontier:
-            for parent in self.parents.get(frontier.pop(), ()):
-                if parent not in out:
-                    out.add(parent)
-                    frontier.append(parent)
+    def with_parents(self, hot: set[types.CodeType]) -> set[types.CodeType]:
+        """``hot`` plus every code object that holds one of them as a constant, transitively."""
+        out = set(hot)
+        grew = True
+        while grew:
+            grew = False
+            for code in self.codes:
+                if code not in out and any(type(c) is types.CodeType and c in out for c in code.co_consts):
+                    out.add(code)
+                    grew = True
         return out
 
 
-def _copy_all(graph: _CodeGraph, keys: set[int]) -> dict[int, types.CodeType]:
-    """Copies of the code objects ``keys``; a copied parent's constants hold its children's copies.
+def _copy_all(todo: set[types.CodeType]) -> dict[types.CodeType, types.CodeType]:
+    """Copies of the code objects ``todo``; a copied parent's constants hold its children's copies.
     Children are copied first (iteratively: nesting can be deep)."""
-    copies: dict[int, types.CodeType] = {}
-    for root in sorted(keys):
+    copies: dict[types.CodeType, types.CodeType] = {}
+    for root in sorted(todo, key=lambda c: (c.co_filename, c.co_firstlineno, c.co_qualname)):
         stack = [(root, False)]
         while stack:
-            key, children_done = stack.pop()
-            if key in copies:
+            code, children_done = stack.pop()
+            if code in copies:
                 continue
-            code = graph.codes[key]
-            nested = [id(c) for c in code.co_consts if type(c) is types.CodeType and id(c) in keys]
-            if not children_done and any(k not in copies for k in nested):
-                stack.append((key, True))
-                stack.extend((k, False) for k in nested if k not in copies)
+            nested = [c for c in code.co_consts if type(c) is types.CodeType and c in todo]
+            if not children_done and any(c not in copies for c in nested):
+                stack.append((code, True))
+                stack.extend((c, False) for c in nested if c not in copies)
                 continue
             if nested:
-                consts = tuple(copies[id(c)] if type(c) is types.CodeType and id(c) in keys else c
-                               for c in code.co_consts)
-                copies[key] = code.replace(co_consts=consts)
+                consts = tuple(copies[c] if type(c) is types.CodeType and c in todo else c for c in code.co_consts)
+                copies[code] = code.replace(co_consts=consts)
             else:
-                copies[key] = code.replace()
+                copies[code] = code.replace()
     return copies
 
 
@@ -162,10 +165,10 @@ def relocate(run_round: Callable[[], Any], *, before_copy: Callable[[], Any] | N
     todo = graph.with_parents(hot)
     if before_copy is not None:
         before_copy()
-    copies = _copy_all(graph, todo)
+    copies = _copy_all(todo)
     functions = 0
     for func in graph.functions:
-        copy = copies.get(id(func.__code__))
+        copy = copies.get(func.__code__)
         if copy is None:
             continue
         try:

@@ -5,9 +5,6 @@ Every gunicorn started here is stopped by PID in a ``finally``."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,16 +12,14 @@ from pathlib import Path
 import pytest
 
 from cowprof.cli import main as cli_main
-from cowprof.demo import free_port
-from cowprof.errors import CowprofError
 from cowprof.loadgen import run_load
 from cowprof.pages import scan
 from cowprof.prepare import immortalize_unavailable
 from cowprof.preload import late_imports
-from cowprof.tree import find_tree
 
 pytest.importorskip("django", reason="the test extra installs Django")
 from djangoproj import make_project  # noqa: E402
+from gunicorn_server import GunicornServer  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_immortal,
               pytest.mark.skipif(immortalize_unavailable() is not None, reason=str(immortalize_unavailable()))]
@@ -33,63 +28,12 @@ WORKERS = 2
 PATHS = ["/admin/login/", "/admin/login/", "/admin/", "/nothing-here/", "/admin/login/?next=/admin/"] * 60
 
 
-class Server:
-    """gunicorn on a free loopback port in the project directory; ``stop()`` ends it by PID."""
-
-    def __init__(self, project: str, tmp: Path, name: str, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.report = tmp / f"{name}.report.json"
-        self.log_path = tmp / f"{name}.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("COWPROF_") or k.endswith("_DIR")}
-        full_env.update(env, COWPROF_PREPARE_REPORT=str(self.report), PYTHONUNBUFFERED="1")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:cowprof.gunicorn", "--preload", "-w", str(WORKERS),
-             "-b", f"127.0.0.1:{self.port}", "--no-control-socket", "mysite.wsgi:application"],
-            cwd=project, env=full_env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
-        self.workers: tuple[int, ...] = ()
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            try:
-                tree = find_tree(self.proc.pid)
-            except CowprofError:
-                tree = None
-            if tree is not None and len(tree.workers) >= WORKERS and self.report.exists():
-                self.workers = tree.workers
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"gunicorn not ready: {self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-            for pid in self.workers:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    continue
-                time.sleep(2)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        finally:
-            self._log.close()
-
-
 def serve(project: str, tmp: Path, name: str, env: dict[str, str]) -> dict:
     """Starts gunicorn, sends the load, returns per-worker copied bytes, late imports, the hook's
     report and ``cowprof snapshot`` output; stops gunicorn."""
-    server = Server(project, tmp, name, env)
+    report = tmp / f"{name}.report.json"
+    server = GunicornServer(project, "mysite.wsgi:application", WORKERS, {**env, "COWPROF_PREPARE_REPORT": str(report)},
+                            tmp / f"{name}.log")
     try:
         server.wait_ready()
         load = run_load("127.0.0.1", server.port, PATHS, concurrency=2, deadline=120)
@@ -107,7 +51,7 @@ def serve(project: str, tmp: Path, name: str, env: dict[str, str]) -> dict:
                 sys.stdout = old
         assert rc == 0
         return {"copied": [w.copied_bytes for w in pages.workers], "late": late,
-                "report": json.loads(server.report.read_text()), "snapshot": snapshot_file.read_text()}
+                "report": json.loads(report.read_text()), "snapshot": snapshot_file.read_text()}
     finally:
         server.stop()
 

@@ -174,6 +174,7 @@ class By(str, enum.Enum):
     region = "region"
     type = "type"
     cause = "cause"
+    function = "function"
 
 
 PidArg = Annotated[int, typer.Argument(min=1, show_default=False,
@@ -245,10 +246,11 @@ def snapshot(
                                            "(README.md) instead of a table.")] = False,
     by: Annotated[By, typer.Option("--by", case_sensitive=False,
                                    help="Group by worker, memory region, Python type of the copied "
-                                        "bytes (needs the master's heap map from prepare_fork), or "
-                                        "cause of the copies (also needs to read process memory: root "
-                                        "or ptrace rights).")] = By.worker,
-    top_n: Annotated[int, typer.Option("--top", min=1, help="Rows per worker for --by type/cause.")] = 10,
+                                        "bytes (from the master's heap map, else read from its memory: "
+                                        "root or ptrace rights), cause of the copies (reads process "
+                                        "memory), or function of the copied code objects and module "
+                                        "of the copied instances (reads the master's memory).")] = By.worker,
+    top_n: Annotated[int, typer.Option("--top", min=1, help="Rows for --by type/cause/function.")] = 10,
 ) -> int:
     """One-shot report: per worker, how much memory is shared with the master, copied, or new.
 
@@ -258,16 +260,8 @@ def snapshot(
     from cowprof.pages import scan
     from cowprof.tree import find_tree
 
-    if by in (By.type, By.cause):
-        from cowprof import attribution
-        from cowprof.reporters import attribution as attr_rep
-
-        attr = attribution.snapshot(pid, causes=(by == By.cause))
-        if json_out:
-            attr_rep.render_json(attr, top=top_n, file=sys.stdout)
-        else:
-            attr_rep.render(attr, by=by.value, top=top_n, file=sys.stdout)
-        return 0
+    if by in (By.type, By.cause, By.function):
+        return _snapshot_attribution(pid, by, json_out, top_n)
     report = scan(find_tree(pid))
     if json_out:
         from cowprof.reporters import jsonout
@@ -277,6 +271,42 @@ def snapshot(
         from cowprof.reporters import table
 
         table.render(report, file=sys.stdout, by=by.value)
+    return 0
+
+
+def _snapshot_attribution(pid: int, by: By, json_out: bool, top_n: int) -> int:
+    """``snapshot --by type|cause|function``. Without a heap map and without the rights to read the
+    master's memory: the by-region view, then one line saying what is needed (exit code 4)."""
+    from cowprof import attribution
+    from cowprof.reporters import attribution as attr_rep
+
+    try:
+        if by == By.function:
+            from cowprof import functions
+
+            fattr = functions.snapshot(pid, top=top_n)
+            if json_out:
+                attr_rep.render_functions_json(fattr, top=top_n, file=sys.stdout)
+            else:
+                attr_rep.render_functions(fattr, top=top_n, file=sys.stdout)
+            return 0
+        attr = attribution.snapshot(pid, causes=(by == By.cause))
+    except attribution.NoAttribution as exc:
+        from cowprof.pages import scan
+        from cowprof.reporters import jsonout, table
+        from cowprof.tree import find_tree
+
+        report = scan(find_tree(pid))
+        if json_out:
+            jsonout.render(report, file=sys.stdout)
+        else:
+            table.render(report, file=sys.stdout, by="region")
+        _err(f"{exc}; showing copied bytes by region")
+        return exc.exit_code
+    if json_out:
+        attr_rep.render_json(attr, top=top_n, file=sys.stdout)
+    else:
+        attr_rep.render(attr, by=by.value, top=top_n, file=sys.stdout)
     return 0
 
 

@@ -26,7 +26,7 @@ from .target import Interpreter, Memory, UnsupportedTarget, find_interpreter
 __all__ = ["UNKNOWN_RECORD", "RemoteHeapMap", "UnsupportedTarget", "heapmap_from_memory", "copied_pages"]
 
 #: type name of the records of allocated memory holding no verifiable object
-UNKNOWN_RECORD = "(unknown memory)"
+UNKNOWN_RECORD = UNKNOWN_RECORD_NAME = "(unknown memory)"
 
 
 @dataclasses.dataclass
@@ -36,6 +36,8 @@ class RemoteHeapMap(HeapMap):
     is_buffer: np.ndarray | None = None  # no container buffers are told apart: all False
     interpreter: Interpreter | None = None
     found: Found | None = None
+
+    unknown_name: str = UNKNOWN_RECORD_NAME
 
     @property
     def unknown_type(self) -> int:

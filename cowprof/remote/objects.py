@@ -93,7 +93,7 @@ class TypeTable:
         return ok & (addrs % np.uint64(8) == 0)
 
     def resolve(self, candidates: np.ndarray) -> np.ndarray:
-        """Verify the unique type addresses in ``candidates``; returns a bool array: which are types."""
+        """Verify the type addresses in ``candidates``; returns a bool array: which are types."""
         cand = np.unique(np.asarray(candidates, dtype=np.uint64))
         new = np.array([c for c in cand.tolist() if c not in self.by_addr], dtype=np.uint64)
         if new.size:
@@ -108,7 +108,8 @@ class TypeTable:
             for c, m, f in zip(keep[plausible].tolist(), meta[plausible].tolist(), flags[plausible].tolist()):
                 if m == self._type or self._is_metatype(m):
                     self.by_addr[c] = self._info(c, f)
-        return np.array([self.by_addr.get(c) is not None for c in cand.tolist()], dtype=bool)
+        known = np.array([self.by_addr.get(c) is not None for c in cand.tolist()], dtype=bool)
+        return known[np.searchsorted(cand, np.asarray(candidates, dtype=np.uint64))] if cand.size else known
 
     def _is_metatype(self, m: int) -> bool:
         if m in self.by_addr:

@@ -113,19 +113,18 @@ def _mmapped_chunk(mem: Memory, page: int, lo: int, hi: int) -> tuple[int, int] 
     return None
 
 
-Identify = Callable[[TypeTable, Interpreter, np.ndarray, np.ndarray, dict[int, int]], np.ndarray]
+Identify = Callable[[TypeTable, Interpreter, np.ndarray, np.ndarray], np.ndarray]
 
 
 def _add_chunks(mem: Memory, interp: Interpreter, types: TypeTable, user: np.ndarray, usable: np.ndarray,
-                acc: object, type_index: dict[int, int], identify: Identify) -> None:
+                acc: object, identify: Identify) -> None:
     head = np.stack([mem.words(user + np.uint64(8 * k))[0] for k in range(6)], axis=1)
-    t = identify(types, interp, head, usable.astype(np.int64), type_index)
+    t = identify(types, interp, head, usable.astype(np.int64))
     acc.add(user, usable, t)  # type: ignore[attr-defined]
 
 
 def malloc_chunks(mem: Memory, interp: Interpreter, types: TypeTable, pages: np.ndarray,
-                  maps: list[procfs.Mapping], acc: object, type_index: dict[int, int],
-                  identify: Identify) -> np.ndarray:
+                  maps: list[procfs.Mapping], acc: object, identify: Identify) -> np.ndarray:
     """Attribute the pages that lie in glibc chunks (see the module doc); returns their mask.
     Pages in no recognised allocation get an UNKNOWN record of the whole page."""
     done = np.zeros(pages.size, dtype=bool)
@@ -156,7 +155,7 @@ def malloc_chunks(mem: Memory, interp: Interpreter, types: TypeTable, pages: np.
             idx = idx[in_use[idx]]
             if idx.size:
                 _add_chunks(mem, interp, types, starts[idx] + np.uint64(16), sizes[idx] - np.uint64(16), acc,
-                            type_index, identify)
+                            identify)
     # mmapped chunks in anonymous private writable mappings
     found: list[tuple[int, int]] = []
     anon = [m for m in maps if m.writable and m.private and not m.file_backed and m.path not in ("[heap]", "[stack]")]
@@ -175,7 +174,7 @@ def malloc_chunks(mem: Memory, interp: Interpreter, types: TypeTable, pages: np.
             done[i] = True
     if found:
         c = np.array(sorted(set(found)), dtype=np.uint64)
-        _add_chunks(mem, interp, types, c[:, 0] + np.uint64(16), c[:, 1] - np.uint64(16), acc, type_index, identify)
+        _add_chunks(mem, interp, types, c[:, 0] + np.uint64(16), c[:, 1] - np.uint64(16), acc, identify)
     rest = pages[~done]
     if rest.size:
         acc.add(rest, np.full(rest.size, PAGE, dtype=np.uint64), np.full(rest.size, UNKNOWN))  # type: ignore[attr-defined]

@@ -75,47 +75,34 @@ class _Acc:
         self.type.append(typ.astype(np.int64))
 
 
-def _identify(types: TypeTable, interp: Interpreter, words: np.ndarray, size: np.ndarray,
-              type_index: dict[int, int]) -> np.ndarray:
-    """Type index (or UNKNOWN) of the object in each allocation whose first 6 words are ``words``
-    (n, 6) and whose size is ``size``."""
+def _identify(types: TypeTable, interp: Interpreter, words: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Type index (in ``types.infos``, or UNKNOWN) of the object in each allocation whose first 6
+    words are ``words`` (n, 6) and whose size is ``size``."""
     n = words.shape[0]
     result = np.full(n, UNKNOWN, dtype=np.int64)
     if n == 0:
         return result
     split = interp.layout.split_refcount
-    hits = np.zeros((n, len(_PREHEADERS)), dtype=bool)
-    cand = np.zeros((n, len(_PREHEADERS)), dtype=np.uint64)
+    match = np.zeros((n, len(_PREHEADERS)), dtype=bool)
+    idx = np.full((n, len(_PREHEADERS)), UNKNOWN, dtype=np.int64)
     for j, k in enumerate(_PREHEADERS):
         w = k // 8
-        ok = plausible_refcount(words[:, w], split) & (size >= k + 16) & (words[:, w + 1] != 0)
-        cand[:, j] = np.where(ok, words[:, w + 1], 0)
-        hits[:, j] = ok
-    if hits.any():
-        types.resolve(cand[hits])
-    pre = np.full((n, len(_PREHEADERS)), -1, dtype=np.int64)
-    idx = np.full((n, len(_PREHEADERS)), UNKNOWN, dtype=np.int64)
-    uniq = np.unique(cand[hits])
-    lookup_pre = np.array([(types.get(a).preheader if types.get(a) else -1) for a in uniq.tolist()], dtype=np.int64)
-    lookup_idx = np.array([_index(type_index, types.get(a)) for a in uniq.tolist()], dtype=np.int64)
-    where = np.searchsorted(uniq, cand[hits]) if uniq.size else np.zeros(0, np.intp)
-    pre[hits] = lookup_pre[where] if uniq.size else -1
-    idx[hits] = lookup_idx[where] if uniq.size else UNKNOWN
-    match = pre == np.array(_PREHEADERS, dtype=np.int64)[None, :]
+        ok = np.flatnonzero(plausible_refcount(words[:, w], split) & (size >= k + 16) & (words[:, w + 1] != 0))
+        if ok.size == 0:
+            continue
+        cand = words[ok, w + 1]
+        types.resolve(cand)
+        i, pre = types.lookup(cand)
+        good = pre == k  # the type's own pre-header puts the object exactly there
+        match[ok[good], j] = True
+        idx[ok[good], j] = i[good]
     one = match.sum(axis=1) == 1  # ambiguous (two offsets both fit) stays unknown
     col = np.argmax(match, axis=1)
     result[one] = idx[one, col[one]]
     return result
 
 
-def _index(type_index: dict[int, int], info: TypeInfo | None) -> int:
-    if info is None:
-        return UNKNOWN
-    return type_index.setdefault(info.addr, len(type_index))
-
-
-def _pools(mem: Memory, interp: Interpreter, types: TypeTable, pages: np.ndarray, acc: _Acc,
-           type_index: dict[int, int]) -> np.ndarray:
+def _pools(mem: Memory, interp: Interpreter, types: TypeTable, pages: np.ndarray, acc: _Acc) -> np.ndarray:
     """Attribute the pages that lie in valid pymalloc pools; returns the mask of those pages."""
     in_pool = np.zeros(pages.size, dtype=bool)
     lay = interp.layout
@@ -184,7 +171,7 @@ def _pools(mem: Memory, interp: Interpreter, types: TypeTable, pages: np.ndarray
         pool_of, off, bsize = pool_of[touch], off[touch], bsize[touch]
         wi = (off // np.uint64(8)).astype(np.intp)
         head = np.stack([w[pool_of, np.minimum(wi + k, _POOL_WORDS - 1)] for k in range(6)], axis=1)
-        t = _identify(types, interp, head, bsize.astype(np.int64), type_index)
+        t = _identify(types, interp, head, bsize.astype(np.int64))
         acc.add(b[pool_of] + off, bsize, t)
     return in_pool
 
@@ -195,15 +182,12 @@ def find_objects(mem: Memory, interp: Interpreter, pages: np.ndarray, maps: list
     writable = np.array([(m.start, m.end) for m in maps if m.writable], dtype=np.uint64).reshape(-1, 2)
     types = TypeTable(mem, interp, writable)
     acc = _Acc()
-    type_index: dict[int, int] = {}
-    in_pool = _pools(mem, interp, types, pages, acc, type_index)
+    in_pool = _pools(mem, interp, types, pages, acc)
     rest = pages[~in_pool]
     from .chunks import malloc_chunks  # noqa: PLC0415 - the second allocator, see chunks.py
 
-    in_chunk = malloc_chunks(mem, interp, types, rest, maps, acc, type_index, _identify)
-    infos: list[TypeInfo] = [None] * len(type_index)  # type: ignore[list-item]
-    for addr, i in type_index.items():
-        infos[i] = types.get(addr)  # type: ignore[assignment]
+    in_chunk = malloc_chunks(mem, interp, types, rest, maps, acc, _identify)
+    infos = list(types.infos)
     if acc.start:
         start = np.concatenate(acc.start)
         size = np.concatenate(acc.size)

@@ -77,12 +77,20 @@ def dict_get_str(mem: Memory, interp: Interpreter, addr: int, key: str) -> int |
 
 
 class TypeTable:
-    """Type objects of the target found so far, by address; each verified once."""
+    """Type objects of the target found so far; each candidate address is checked once.
+
+    Verified types are numbered in the order found (``infos``); :meth:`lookup` maps many addresses
+    to (index, pre-header) at once."""
 
     def __init__(self, mem: Memory, interp: Interpreter, writable: np.ndarray) -> None:
         self.mem, self.interp = mem, interp
         self._writable = writable  # (n, 2) uint64 [start, end) of the writable mappings, sorted
-        self.by_addr: dict[int, TypeInfo | None] = {}
+        self.infos: list[TypeInfo] = []
+        self._by_addr: dict[int, int] = {}  # verified address -> index in infos
+        self._seen = np.zeros(0, dtype=np.uint64)  # every candidate checked so far, sorted
+        self._known = np.zeros(0, dtype=np.uint64)  # verified addresses, sorted
+        self._known_index = np.zeros(0, dtype=np.int64)
+        self._known_pre = np.zeros(0, dtype=np.int64)
         self._type = interp.symbols["PyType_Type"]
 
     def _in_writable(self, addrs: np.ndarray) -> np.ndarray:
@@ -95,7 +103,7 @@ class TypeTable:
     def resolve(self, candidates: np.ndarray) -> np.ndarray:
         """Verify the type addresses in ``candidates``; returns a bool array: which are types."""
         cand = np.unique(np.asarray(candidates, dtype=np.uint64))
-        new = np.array([c for c in cand.tolist() if c not in self.by_addr], dtype=np.uint64)
+        new = cand[~np.isin(cand, self._seen, assume_unique=True)] if self._seen.size else cand
         if new.size:
             lay = self.interp.layout
             keep = new[self._in_writable(new)]
@@ -103,25 +111,40 @@ class TypeTable:
             flags, ok2 = self.mem.words(keep + np.uint64(lay.tp_flags))
             basic, ok3 = self.mem.words(keep + np.uint64(lay.tp_basicsize))
             plausible = ok1 & ok2 & ok3 & ((flags & np.uint64(TPFLAGS_READY)) != 0) & (basic >= 16) & (basic < 1 << 24)
-            for c in new.tolist():
-                self.by_addr[c] = None
             for c, m, f in zip(keep[plausible].tolist(), meta[plausible].tolist(), flags[plausible].tolist()):
-                if m == self._type or self._is_metatype(m):
-                    self.by_addr[c] = self._info(c, f)
-        known = np.array([self.by_addr.get(c) is not None for c in cand.tolist()], dtype=bool)
-        return known[np.searchsorted(cand, np.asarray(candidates, dtype=np.uint64))] if cand.size else known
+                if c not in self._by_addr and (m == self._type or self._is_metatype(m)):
+                    self._add(self._info(c, f))
+            self._seen = np.union1d(self._seen, new)
+            order = np.argsort(np.array(list(self._by_addr), dtype=np.uint64), kind="stable")
+            self._known = np.array(list(self._by_addr), dtype=np.uint64)[order]
+            self._known_index = np.array(list(self._by_addr.values()), dtype=np.int64)[order]
+            self._known_pre = np.array([self.infos[i].preheader for i in self._known_index.tolist()], dtype=np.int64)
+        return self.lookup(np.asarray(candidates, dtype=np.uint64))[0] >= 0
+
+    def lookup(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index in ``infos`` or -1, pre-header or -1) of each address (verified types only)."""
+        if self._known.size == 0:
+            return np.full(addrs.size, -1, dtype=np.int64), np.full(addrs.size, -1, dtype=np.int64)
+        i = np.minimum(np.searchsorted(self._known, addrs), self._known.size - 1)
+        hit = self._known[i] == addrs
+        return np.where(hit, self._known_index[i], -1), np.where(hit, self._known_pre[i], -1)
+
+    def _add(self, info: TypeInfo | None) -> int:
+        if info is None:
+            return -1
+        if info.addr not in self._by_addr:
+            self._by_addr[info.addr] = len(self.infos)
+            self.infos.append(info)
+        return self._by_addr[info.addr]
 
     def _is_metatype(self, m: int) -> bool:
-        if m in self.by_addr:
-            info = self.by_addr[m]
-            return info is not None and bool(info.flags & TPFLAGS_TYPE_SUBCLASS)
+        if m in self._by_addr:
+            return bool(self.infos[self._by_addr[m]].flags & TPFLAGS_TYPE_SUBCLASS)
         if self.mem.word(m + 8) != self._type:
-            self.by_addr[m] = None
             return False
         f = self.mem.word(m + self.interp.layout.tp_flags)
-        info = self._info(m, f) if f is not None and f & TPFLAGS_READY else None
-        self.by_addr[m] = info
-        return info is not None and bool(info.flags & TPFLAGS_TYPE_SUBCLASS)
+        i = self._add(self._info(m, f)) if f is not None and f & TPFLAGS_READY else -1
+        return i >= 0 and bool(self.infos[i].flags & TPFLAGS_TYPE_SUBCLASS)
 
     def _info(self, addr: int, flags: int) -> TypeInfo | None:
         mem, lay = self.mem, self.interp.layout
@@ -145,15 +168,12 @@ class TypeTable:
             return None
         module = None
         tp_dict = mem.word(addr + lay.tp_dict)
-        if tp_dict and self._is_dict(tp_dict):
+        if tp_dict and mem.word(tp_dict + 8) == self.interp.symbols["PyDict_Type"]:
             mod_ptr = dict_get_str(mem, self.interp, tp_dict, "__module__")
             module = read_str(mem, self.interp, mod_ptr) if mod_ptr else None
         name = qualname if module in (None, "builtins") else f"{module}.{qualname}"
         return TypeInfo(addr, name, module or "builtins", flags, basic, item, preheader)
 
-    def _is_dict(self, addr: int) -> bool:
-        t = self.mem.word(addr + 8)
-        return t == self.interp.symbols["PyDict_Type"]
-
     def get(self, addr: int) -> TypeInfo | None:
-        return self.by_addr.get(addr)
+        i = self._by_addr.get(addr)
+        return None if i is None else self.infos[i]

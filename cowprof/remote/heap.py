@@ -154,6 +154,7 @@ def _pools(mem: Memory, interp: Interpreter, types: TypeTable, pages: np.ndarray
         copied = np.zeros((n, _POOL_PAGES), dtype=bool)
         copied[page_pool[sel] - c0, page_slot[sel]] = True
         in_pool[np.flatnonzero(sel)[valid[page_pool[sel] - c0]]] = True
+        types.pool_bases = np.union1d(types.pool_bases, b[valid])
         # allocated blocks of valid pools touching a copied page
         vr = np.flatnonzero(valid)
         if vr.size == 0:

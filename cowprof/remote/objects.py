@@ -92,6 +92,9 @@ class TypeTable:
         self._known_index = np.zeros(0, dtype=np.int64)
         self._known_pre = np.zeros(0, dtype=np.int64)
         self._type = interp.symbols["PyType_Type"]
+        #: 16 KiB-aligned bases of verified pymalloc pools: no type object lives there (a heap type
+        #: is far bigger than pymalloc's 512 bytes, static types are in a binary's data)
+        self.pool_bases = np.zeros(0, dtype=np.uint64)
 
     def _in_writable(self, addrs: np.ndarray) -> np.ndarray:
         starts, ends = self._writable[:, 0], self._writable[:, 1]
@@ -107,9 +110,11 @@ class TypeTable:
         if new.size:
             lay = self.interp.layout
             keep = new[self._in_writable(new)]
-            meta, ok1 = self.mem.words(keep + np.uint64(8))
-            flags, ok2 = self.mem.words(keep + np.uint64(lay.tp_flags))
-            basic, ok3 = self.mem.words(keep + np.uint64(lay.tp_basicsize))
+            if self.pool_bases.size:
+                keep = keep[~np.isin(keep & ~np.uint64((16 << 10) - 1), self.pool_bases)]
+            meta, ok1 = self.mem.words_uncached(keep + np.uint64(8))
+            flags, ok2 = self.mem.words_uncached(keep + np.uint64(lay.tp_flags))
+            basic, ok3 = self.mem.words_uncached(keep + np.uint64(lay.tp_basicsize))
             plausible = ok1 & ok2 & ok3 & ((flags & np.uint64(TPFLAGS_READY)) != 0) & (basic >= 16) & (basic < 1 << 24)
             for c, m, f in zip(keep[plausible].tolist(), meta[plausible].tolist(), flags[plausible].tolist()):
                 if c not in self._by_addr and (m == self._type or self._is_metatype(m)):

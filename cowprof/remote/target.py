@@ -179,6 +179,16 @@ class Memory:
         ok[:] = good[inverse] & (addrs % np.uint64(8) == 0)
         return out, ok
 
+    def words_uncached(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`words` for many scattered addresses read once: the pages are not cached."""
+        addrs = np.asarray(addrs, dtype=np.uint64)
+        page = addrs & ~np.uint64(PAGE - 1)
+        upages, inverse = np.unique(page, return_inverse=True)
+        buf = np.zeros((upages.size, _WORDS), dtype=np.uint64)
+        ok = self.reader.read_pages(upages, buf, PAGE) if upages.size else np.zeros(0, dtype=bool)
+        idx = ((addrs - page) // np.uint64(8)).astype(np.intp)
+        return buf[inverse, idx], ok[inverse] & (addrs % np.uint64(8) == 0)
+
     def read(self, addr: int, size: int) -> bytes | None:
         """``size`` bytes at ``addr`` (None if any of it cannot be read)."""
         if size <= 0:

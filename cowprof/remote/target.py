@@ -194,6 +194,13 @@ class Memory:
         if size <= 0:
             return b""
         first, last = addr & ~(PAGE - 1), (addr + size - 1) & ~(PAGE - 1)
+        if first == last:  # the common case, without numpy's per-call cost
+            if first not in self._pages:
+                row = np.empty((1, _WORDS), dtype=np.uint64)
+                ok = self.reader.read_pages(np.array([first], dtype=np.uint64), row, PAGE)
+                self._pages[first] = row[0] if ok[0] else None
+            row1 = self._pages[first]
+            return None if row1 is None else row1.view(np.uint8)[addr - first : addr - first + size].tobytes()
         pages = np.arange(first, last + PAGE, PAGE, dtype=np.uint64)
         self.load_pages(pages)
         parts = []

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(app_python() is None, reason="the synthetic apps
 
 BAR = 0.80
 AGREE = 0.05
-SIZES = {"floats": 300_000, "gc": 400_000, "strhash": 100_000}
+SIZES = {"floats": 300_000, "gc": 800_000, "strhash": 100_000}
 CULPRIT_TYPE = {"floats": "float", "gc": "__main__.Node", "strhash": "str"}
 
 

@@ -112,9 +112,11 @@ class TypeTable:
             keep = new[self._in_writable(new)]
             if self.pool_bases.size:
                 keep = keep[~np.isin(keep & ~np.uint64((16 << 10) - 1), self.pool_bases)]
-            meta, ok1 = self.mem.words_uncached(keep + np.uint64(8))
-            flags, ok2 = self.mem.words_uncached(keep + np.uint64(lay.tp_flags))
-            basic, ok3 = self.mem.words_uncached(keep + np.uint64(lay.tp_basicsize))
+            offs = np.array([8, lay.tp_flags, lay.tp_basicsize], dtype=np.uint64)
+            vals, oks = self.mem.words_uncached((keep[:, None] + offs[None, :]).reshape(-1))
+            vals, oks = vals.reshape(-1, 3), oks.reshape(-1, 3)
+            meta, flags, basic = vals[:, 0], vals[:, 1], vals[:, 2]
+            ok1, ok2, ok3 = oks[:, 0], oks[:, 1], oks[:, 2]
             plausible = ok1 & ok2 & ok3 & ((flags & np.uint64(TPFLAGS_READY)) != 0) & (basic >= 16) & (basic < 1 << 24)
             for c, m, f in zip(keep[plausible].tolist(), meta[plausible].tolist(), flags[plausible].tolist()):
                 if c not in self._by_addr and (m == self._type or self._is_metatype(m)):

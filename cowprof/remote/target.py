@@ -180,7 +180,8 @@ class Memory:
         return out, ok
 
     def words_uncached(self, addrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`words` for many scattered addresses read once: the pages are not cached."""
+        """Like :meth:`words` for many scattered addresses read once: the pages are not cached
+        (pass every offset wanted in one call: each page is read once per call)."""
         addrs = np.asarray(addrs, dtype=np.uint64)
         page = addrs & ~np.uint64(PAGE - 1)
         upages, inverse = np.unique(page, return_inverse=True)

@@ -9,6 +9,7 @@ code, never a traceback.
 from __future__ import annotations
 
 import enum
+import errno
 import importlib.util
 import math
 import os
@@ -27,7 +28,7 @@ import typer
 from typer.core import TyperGroup
 
 from cowprof import __version__
-from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
+from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, OutputError, ProcessGone
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _click_exc
@@ -438,7 +439,8 @@ def report(
         try:
             html.write_text(html_text, encoding="utf-8")
         except OSError as exc:
-            raise BadInput(f"cannot write {html}: {exc.strerror or exc}") from None
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+            raise (OutputError if full else BadInput)(f"cannot write {html}: {exc.strerror or exc}") from None
         _err(f"wrote {html}")
     return 0
 

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from forktree_prog import die_with_parent
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PAGE = mmap.PAGESIZE
@@ -44,9 +46,7 @@ def _prctl(option: int, arg: int) -> None:
 
 
 def _worker(master: int, buf: mmap.mmap, ready_w: int) -> None:
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != master:
-        os._exit(0)
+    die_with_parent(master)
     for idx in WRITE_PAGES:
         buf[idx * PAGE] ^= 0xFF
     os.write(ready_w, f"{os.getpid()}\n".encode())
@@ -58,9 +58,7 @@ def _worker(master: int, buf: mmap.mmap, ready_w: int) -> None:
 
 
 def _master(heapmap: bool, workers: int, farm: int) -> None:
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != farm:
-        os._exit(0)
+    die_with_parent(farm)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     if heapmap:
         import cowprof

@@ -180,7 +180,9 @@ class TreeFarm:
     def __init__(self, python: str | None = None) -> None:
         self.proc = subprocess.Popen([python or sys.executable, os.path.abspath(__file__)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/",
-                                     env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))})
+                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                         [os.path.dirname(os.path.abspath(__file__)),
+                                          *filter(None, [os.environ.get("PYTHONPATH")])])})
         self._buf = b""
 
     def _send(self, line: str) -> None:

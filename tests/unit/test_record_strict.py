@@ -12,11 +12,12 @@ import textwrap
 
 import pytest
 
-from cowprof import cli
+from cowprof import cli, record
 from cowprof.errors import RecordFileError
-from cowprof.record import MAX_LINE_BYTES, RecordWriter, read_record
+from cowprof.record import RecordWriter, read_record
 from unit.test_record import report_dict, sample
 
+MAX_LINE_BYTES = 16 << 20  # documented: a longer line is corrupt
 DEEP = "[" * 5000 + "]" * 5000
 HEADER = {"format": "cowprof-record", "version": 1, "created_at": 1000.0,
           "target": {"pid": 10, "requested_pid": 10, "cmdline": ["gunicorn", "app:app"], "interval": 1.0,
@@ -141,6 +142,7 @@ def test_bad_end_lines_are_corrupt(tmp_path, capsys, line, needle):
 
 
 def test_a_line_over_the_limit_is_corrupt(tmp_path, capsys):
+    assert record.MAX_LINE_BYTES == MAX_LINE_BYTES
     path = tmp_path / "r.jsonl"
     with open(path, "w") as f:
         f.write(json.dumps(HEADER) + "\n")

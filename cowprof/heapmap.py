@@ -20,6 +20,13 @@ writes the next segment. ``load`` merges a master's segments (the newer record w
 The walk streams the records straight into ``<name>.writing`` (a writer thread in the native
 module writes them on another core while the walk goes on); the metadata and header follow and the
 file is renamed into place, so a reader sees a map complete or not at all.
+
+The directory is private and proven so before anything is written (:func:`_open_dir`): missing
+components are created 0700, the directory is opened without following a symlink and must be ours
+and writable by nobody else (else BadInput: ``prepare_fork`` warns and skips the map); a directory
+cowprof did not create is never changed. Files are created, renamed and removed relative to its
+descriptor; cleanup removes only provable maps of ours; readers take regular files only and never
+follow a symlink. A segment that cannot be read is :class:`CorruptHeapMap`, never "no map".
 """
 from __future__ import annotations
 
@@ -95,7 +102,7 @@ def _open_dir(directory: str, *, create: bool) -> int:
             head, name = os.path.split(head)
             names.append(name)
     names.reverse()
-    created = len(names)
+    missing = bool(names)  # then every name is created here
     if not names:  # it exists: open its parent (symlinks above it are followed), then it
         head, last = os.path.split(path)
         names = [last] if last else []
@@ -103,7 +110,7 @@ def _open_dir(directory: str, *, create: bool) -> int:
     try:
         for name in names:
             made = False
-            if created:
+            if missing:
                 try:
                     os.mkdir(name, 0o700, dir_fd=fd)
                     made = True

@@ -36,6 +36,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PAGE = mmap.PAGESIZE
 BUF_PAGES = 64
 WRITE_PAGES = (3, 17, 40)
+_HEAP: list[str] = []
 
 
 def _prctl(option: int, arg: int) -> None:
@@ -63,9 +64,8 @@ def _master(heapmap: bool, workers: int, farm: int) -> None:
     if heapmap:
         import cowprof
 
-        keep = [("w%05d" % i) * 4 for i in range(2000)]  # some heap to map
+        _HEAP.extend(("w%05d" % i) * 4 for i in range(2000))  # some heap to map
         cowprof.prepare_fork()
-        del keep
     buf = mmap.mmap(-1, BUF_PAGES * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf[:] = b"\x5a" * (BUF_PAGES * PAGE)
     ready_r, ready_w = os.pipe()
@@ -107,7 +107,7 @@ def _master(heapmap: bool, workers: int, farm: int) -> None:
 
 def serve() -> None:
     try:  # imported once here, not in every master
-        import cowprof  # noqa: F401
+        import cowprof  # noqa: F401  (imported for the masters it forks)
     except ImportError:
         pass
     _prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -2,18 +2,19 @@
 
 For each command (snapshot, snapshot --by type, snapshot --by cause, top for one refresh, record
 for one sample, export for one scan) a first run on a live tree lists the read points: every
-(process, /proc file) the command touches (tests/faults.py). Then, for each point, a fresh tree is
-started and the command runs again (in this process, through ``cowprof.cli.main``) while the
-master or a worker is SIGKILLed right before the first and right before the last touch of that file.
-The master is either reaped at once (its /proc directory disappears) or left a zombie.
+(process, /proc file) the command touches (tests/faults.py). Then, for each point and each target
+(the master, reaped at once so that its /proc directory disappears; the master left a zombie; a
+worker), a fresh tree (tests/treefarm.py) is started and the command runs again, in this process
+through ``cowprof.cli.main``, while the target is SIGKILLed right before the first and right
+before the last touch of that file, whichever process the file belongs to.
 
 Every run must end with a documented exit code and a one-line message, never a traceback:
 
 * master killed: exit 3 naming the master (``snapshot``; ``top``, ``record`` and ``export`` before
   their first sample), or, once ``top``/``record``/``export`` are running, exit 0 with the line
   saying the master exited (``record`` then holds no sample and an end line ``target-exited``);
-* worker killed: exit 0, the worker listed as gone or absent (or, when it died while ``--by cause``
-  read its memory, with all its copied bytes of unknown cause).
+* worker killed: exit 0, with or without that worker (it may have been read before it died), and
+  with a by-cause view for it when ``--by cause`` lists it.
 
 The baseline: the same matrix on cowprof before this test existed failed (exit 5 "not part of a
 pre-fork tree" while the tree was found, exit 2 "no current heap map" while it was looked up, and
@@ -29,7 +30,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 

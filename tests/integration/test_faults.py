@@ -180,10 +180,10 @@ def one_scan_export(monkeypatch):
 def _kill_run(farm: TreeFarm, command: str, tmp: str, target: str,
               point: tuple[str, str, int]) -> tuple[FarmTree, Run]:
     """Run ``command`` on a fresh tree, killing ``target`` at the touch ``point``. A later touch may
-    not come in every run (the number of memory reads depends on the page layout): then again at
-    that run's last touch of the file."""
+    not come in every run (the number of memory reads depends on the page layout, randomized per
+    tree): then again at that run's last touch of the file, which a later run reaches more often."""
     role, name, nth = point
-    for _attempt in range(3):
+    for _attempt in range(10):
         tree = farm.tree(heapmap=command in HEAPMAP_COMMANDS)
         try:
             touches = ProcTouches({tree.master: "master", tree.workers[0]: "worker"},

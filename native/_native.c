@@ -315,7 +315,7 @@ typedef struct {
     PyObject *sizeof_name;
     int failed;
     /* counts */
-    uint64_t objects, immortalized, already_immortal, tracked, untracked, bytes;
+    uint64_t objects, immortalized, already_immortal, left_mortal, tracked, untracked, bytes;
     uint64_t strings_hashed, types_tagged, containers_descended;
 } cp_walk;
 
@@ -476,6 +476,18 @@ static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
     return 0;
 }
 
+/* Objects the walk must leave mortal. Debug builds of 3.14+ check that every immortal str that is
+ * not static is interned (_PyUnicode_CheckConsistency, _Py_SetImmortalUntracked); interning the
+ * heap's strings is not ours to do, so there the strings that are not interned stay mortal. */
+static inline int keep_mortal(PyObject *op) {
+#if defined(Py_DEBUG) && PY_VERSION_HEX >= 0x030E0000
+    return PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op) == SSTATE_NOT_INTERNED;
+#else
+    (void)op;
+    return 0;
+#endif
+}
+
 /* Count, size, record, hash, tag, and immortalize one object seen for the first time. */
 static int process(cp_walk *w, PyObject *op, int was_immortal) {
     PyTypeObject *tp = Py_TYPE(op);
@@ -494,9 +506,16 @@ static int process(cp_walk *w, PyObject *op, int was_immortal) {
     }
     if (was_immortal) {
         w->already_immortal++;
+    } else if (w->immortalize && keep_mortal(op)) {
+        w->left_mortal++;
     } else if (w->immortalize) {
         cp_set_immortal(op);
         w->immortalized++;
+        /* An interned str made immortal is interned-immortal, the state CPython's own
+         * immortalize_interned() gives it: interning it again must not find an immortal string
+         * marked mortal (debug builds assert on that), and shutdown treats it as immortal. */
+        if (tp == &PyUnicode_Type && PyUnicode_CHECK_INTERNED(op) == SSTATE_INTERNED_MORTAL)
+            ((PyASCIIObject *)op)->state.interned = SSTATE_INTERNED_IMMORTAL;
     }
     return 0;
 }
@@ -515,7 +534,13 @@ static int visit_edge(PyObject *op, void *arg) {
     if (op == NULL || PyObject_GC_IsTracked(op)) return 0;
     int immortal = _Py_IsImmortal(op);
     if (w->immortalize && !immortal) {
-        /* first time: immortalizing it is also what marks it visited */
+        /* first time: immortalizing it is also what marks it visited; what stays mortal is
+         * marked in the visited set instead */
+        if (keep_mortal(op)) {
+            int added = ptrset_add(&w->seen, op);
+            if (added < 0) goto fail;
+            if (added == 0) return 0;
+        }
         if (process(w, op, 0) < 0) goto fail;
         w->untracked++;
         if (is_container(op) && stack_push(&w->stack, op) < 0) goto fail;
@@ -618,7 +643,7 @@ PyDoc_STRVAR(walk_doc,
 "new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
-"Returns counts (objects, immortalized, already_immortal, tracked, untracked, bytes,\n"
+"Returns counts (objects, immortalized, already_immortal, left_mortal, tracked, untracked, bytes,\n"
 "strings_hashed, types_tagged, seconds). With heapmap_fd (an open file, written from its current\n"
 "offset) the heap map records <u8 addr, <u4 size, <u4 type index> are written there, and the result\n"
 "has 'heapmap_records' (count), 'heapmap_error' (None or the OSError of a failed write),\n"
@@ -680,6 +705,7 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     SET_U64(result, "objects", w.objects);
     SET_U64(result, "immortalized", w.immortalized);
     SET_U64(result, "already_immortal", w.already_immortal);
+    SET_U64(result, "left_mortal", w.left_mortal);
     SET_U64(result, "tracked", w.tracked);
     SET_U64(result, "untracked", w.untracked);
     SET_U64(result, "bytes", w.bytes);

@@ -493,24 +493,55 @@ def by_cause(report: PageReport, hm: HeapMap, *, procfs_root: str = "/proc",
     lay = _lay or _layout(hm)
     results = _types if _types is not None else by_type(report, hm, _lay=lay)
     open_reader = open_reader or _default_reader(procfs_root)
+    master = report.master.pid
     live = [w.pid for w in report.workers]
     addrs = {w.pid: _pages_of(w) for w in report.workers}
-    sources = _sources(report.master.pid, live, addrs, report.page_size, procfs_root)
+    master_ticks = _master_start_ticks(master, procfs_root)
     readers: dict[int, MemReader] = {}
     try:
+        sources = _sources(master, live, addrs, report.page_size, procfs_root)
         for res in results:
             kind, src = sources[res.pid]
             try:
                 res.causes, res.changed_words, res.originals = _causes_of_worker(
                     lay, res.pid, addrs[res.pid], kind, src, report.page_size, open_reader, readers)
-            except ProcessGone:  # the worker exited: its pages can no longer be read
+            except ProcessGone as err:  # the worker exited: its pages can no longer be read
+                if err.pid == master:
+                    raise
                 res.causes = {c: 0 for c in CAUSES} | {"unknown": res.copied_bytes}
                 res.changed_words = dict.fromkeys(CAUSES, 0)
                 res.originals = dict.fromkeys(ORIGINALS, 0) | {"none": res.copied_bytes}
+    except ProcessGone as err:
+        if err.pid == master:
+            raise _master_exited(master) from None
+        raise
     finally:
         for r in readers.values():
             r.close()
+    # the originals read from a master that exited meanwhile are not its pages (reads of a dead
+    # process return nothing): the whole by-cause view would be made up
+    if _master_start_ticks(master, procfs_root, required=False) != master_ticks:
+        raise _master_exited(master)
     return results
+
+
+def _master_start_ticks(master: int, procfs_root: str, *, required: bool = True) -> int | None:
+    """Start time of the master while it lives; once it is gone (or a zombie) ProcessGone, or
+    None when not ``required``."""
+    try:
+        st = procfs.read_stat(master, procfs_root)
+        if not st.zombie:
+            return st.starttime_ticks
+    except ProcessGone:
+        pass
+    if required:
+        raise _master_exited(master)
+    return None
+
+
+def _master_exited(master: int) -> ProcessGone:
+    return ProcessGone(master, f"process {master} (the master) exited while the originals of the copied "
+                               "pages were read from it: no attribution by cause without it")
 
 
 def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_root: str = "/proc",
@@ -552,11 +583,14 @@ _ENV_LINE = (b"COWPROF_HEAPMAP_DIR=", b"XDG_RUNTIME_DIR=", b"HOME=")
 
 
 def _candidate_dirs(pid: int, procfs_root: str) -> list[str]:
-    """Directories where master ``pid`` would have saved its map: ours, then its environment's."""
+    """Directories where master ``pid`` would have saved its map: ours, then its environment's.
+    Raises ProcessGone when the master is gone (its environment then says nothing)."""
     dirs = [_heapmap.default_directory()]
     try:
         env = procfs.read_bytes(pid, "environ", procfs_root).split(b"\0")
-    except CowprofError:
+    except ProcessGone:
+        raise
+    except CowprofError:  # not allowed to read it: only our own directory is known
         return dirs
     found = {k: line[len(k):].decode(errors="surrogateescape") for line in env for k in _ENV_LINE
              if line.startswith(k)}
@@ -573,22 +607,27 @@ def _candidate_dirs(pid: int, procfs_root: str) -> list[str]:
 def find_heapmap(master: int, *, procfs_root: str = "/proc", directory: str | None = None) -> HeapMap:
     """The current heap map of ``master``: in ``directory`` if given, else in this user's heap map
     directory or the one the master's environment points to (a root profiler finds a server user's
-    map). Only a file owned by us or by the master's user is read. Raises :class:`NoHeapMap`."""
+    map). Only a file owned by us or by the master's user is read. Raises :class:`NoHeapMap` when
+    there is none, :class:`~cowprof.heapmap.CorruptHeapMap` when the master's map is unreadable
+    and :class:`ProcessGone` when the master exited meanwhile."""
     try:
         master_uid = os.stat(os.path.join(procfs_root, str(master))).st_uid
     except OSError:
         raise ProcessGone(master) from None
     dirs = [directory] if directory else _candidate_dirs(master, procfs_root)
+    corrupt: _heapmap.CorruptHeapMap | None = None
     for d in dirs:
-        paths = _heapmap.segment_paths(master, d)
         try:
-            if not paths or any(os.stat(p).st_uid not in (os.getuid(), master_uid) for p in paths):
-                continue
-        except OSError:
+            hm = _heapmap.load(master, d, procfs_root, owners={os.geteuid(), master_uid})
+        except _heapmap.CorruptHeapMap as err:
+            corrupt = corrupt or err
             continue
-        hm = _heapmap.load(master, d, procfs_root)
         if hm is not None:
             return hm
+    if _master_start_ticks(master, procfs_root, required=False) is None:  # it exited: its map is stale now
+        raise ProcessGone(master, f"process {master} (the master) exited while its heap map was looked up")
+    if corrupt is not None:
+        raise corrupt
     raise NoHeapMap(f"no current heap map for master {master} (looked in {', '.join(dirs)}): call "
                     "cowprof.prepare_fork() in the master before it forks (heapmap=True is the default)")
 

@@ -9,6 +9,7 @@ code, never a traceback.
 from __future__ import annotations
 
 import enum
+import errno
 import importlib.util
 import math
 import os
@@ -27,7 +28,7 @@ import typer
 from typer.core import TyperGroup
 
 from cowprof import __version__
-from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
+from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, OutputError, ProcessGone
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _click_exc
@@ -165,6 +166,23 @@ def _seconds(value: Any) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise typer.BadParameter(f"{value} must be a number of seconds > 0")
     return seconds
+
+
+def _path(value: Any) -> Path:
+    """Parser of file options and arguments: a non-empty path (``Path("")`` would be ``.``)."""
+    if isinstance(value, Path):
+        return value
+    if not str(value).strip():
+        raise typer.BadParameter("the path is empty")
+    return Path(value)
+
+
+def _check_new_output(path: Path, force: bool) -> None:
+    """Fail before touching the target when ``path`` cannot become the new output file."""
+    if path.is_dir():
+        raise BadInput(f"{path} is a directory")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise BadInput(f"{path} already exists (use --force to overwrite it)")
 
 
 class By(str, enum.Enum):
@@ -360,7 +378,7 @@ def top(
                     "600[/bold]  then  [bold]cowprof report run.jsonl --html run.html[/bold]")
 def record(
     pid: PidArg,
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", show_default=False,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", show_default=False, parser=_path,
                                          help="Record file to create (JSON Lines).")],
     interval: IntervalOpt = 1.0,
     duration: Annotated[float | None, typer.Option(parser=_seconds, metavar="SECONDS",
@@ -385,8 +403,7 @@ def record(
     from cowprof.reporters import fmt_bytes
     from cowprof.sampler import Sampler
 
-    if output.exists() and not force:  # fail before touching the target
-        raise BadInput(f"{output} already exists (use --force to overwrite it)")
+    _check_new_output(output, force)  # fail before touching the target
     sampler = Sampler(pid, interval=interval, duration=duration, count=count)
     console = Console(stderr=True, highlight=False)
     failed = 0
@@ -422,9 +439,9 @@ def record(
 
 @app.command(epilog="Example: [bold]cowprof report run.jsonl --html run.html[/bold]")
 def report(
-    file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False,
+    file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False, parser=_path,
                                          help="A record file from `cowprof record`.")],
-    html: Annotated[Path | None, typer.Option("--html", metavar="OUT",
+    html: Annotated[Path | None, typer.Option("--html", metavar="OUT", parser=_path,
                                               help="Also write a self-contained HTML report with "
                                                    "charts (needs cowprof\\[html]).")] = None,
 ) -> int:
@@ -452,7 +469,8 @@ def report(
         try:
             html.write_text(html_text, encoding="utf-8")
         except OSError as exc:
-            raise BadInput(f"cannot write {html}: {exc.strerror or exc}") from None
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+            raise (OutputError if full else BadInput)(f"cannot write {html}: {exc.strerror or exc}") from None
         _err(f"wrote {html}")
     return 0
 
@@ -576,7 +594,7 @@ def run(
     no_prepare: Annotated[bool, typer.Option("--no-prepare",
                                              help="Hook only; skip the heap preparation before "
                                                   "fork (a baseline to compare with).")] = False,
-    record_file: Annotated[Path | None, typer.Option("--record", metavar="FILE",
+    record_file: Annotated[Path | None, typer.Option("--record", metavar="FILE", parser=_path,
                                                      help="Record the server's tree to FILE until "
                                                           "it exits.")] = None,
     interval: IntervalOpt = 1.0,
@@ -593,8 +611,8 @@ def run(
     cmd, env_updates = gunicorn_command(command, cwd=os.getcwd(), environ=os.environ,
                                         prepare=not no_prepare)
     cmd = _resolve_executable(cmd)
-    if record_file is not None and record_file.exists() and not force:
-        raise BadInput(f"{record_file} already exists (use --force to overwrite it)")
+    if record_file is not None:
+        _check_new_output(record_file, force)
     try:
         proc = subprocess.Popen(cmd, env={**os.environ, **env_updates})
     except OSError as exc:
@@ -662,7 +680,7 @@ def export(
     interval: Annotated[float, typer.Option("--interval", "-i", parser=_seconds, metavar="SECONDS",
                                             help="Seconds between scans.")] = 5.0,
     bind: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    pidfile: Annotated[Path | None, typer.Option(metavar="FILE",
+    pidfile: Annotated[Path | None, typer.Option(metavar="FILE", parser=_path,
                                                  help="gunicorn pidfile: where the master is, "
                                                       "also after a restart.")] = None,
     cmdline: Annotated[str | None, typer.Option(metavar="TEXT",

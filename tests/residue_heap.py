@@ -53,11 +53,17 @@ def _function_source(i: int) -> str:
             f"    return t + {i}\n")
 
 
+def same_class_tuple_len(obj: object) -> int:
+    """A tuple length whose tuples fall in the pymalloc size class of ``obj`` (layouts differ by
+    version: 3.14 tuples cache their hash)."""
+    want = (sys.getsizeof(obj) + 15) // 16
+    return next(n for n in range(1, 64) if (sys.getsizeof(tuple(range(n))) + 15) // 16 == want)
+
+
 def code_heap() -> list:
     probe = {}
     exec(_function_source(0), {}, probe)
-    size = sys.getsizeof(probe["f0"].__code__)
-    n_items = max(1, (size - 40) // 8)  # tuples of the code objects' size class
+    n_items = same_class_tuple_len(probe["f0"].__code__)
     fill = [tuple(range(n_items)) for _ in range(N_FUNCS * 12)]
     del fill[::12]  # one hole in twelve: code objects made next land all over these pools
     namespace: dict = {}

@@ -70,7 +70,8 @@ def test_copies_are_packed_together():
                 return 1
         src = "def f{i}(o):\\n    return o.a + o.b + {i}\\n"
         probe = {}; exec(src.format(i=0), probe)
-        n_items = max(1, (sys.getsizeof(probe["f0"].__code__) - 40) // 8)
+        want = (sys.getsizeof(probe["f0"].__code__) + 15) // 16
+        n_items = next(n for n in range(1, 64) if (sys.getsizeof(tuple(range(n))) + 15) // 16 == want)
         holes = [tuple(range(n_items)) for _ in range(6000)]
         del holes[::10]
         ns = {}

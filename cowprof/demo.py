@@ -407,24 +407,30 @@ class GunicornProcess:
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to the master (graceful), SIGKILL after ``timeout``; then any worker left over."""
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-            for pid in self.workers:  # workers normally exit with their master
-                end = time.monotonic() + 5.0
-                while _alive(pid) and time.monotonic() < end:
-                    time.sleep(0.05)
-                if _alive(pid):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            stop_master(self.proc, self.workers, timeout)
         finally:
             self._log.close()
+
+
+def stop_master(proc: subprocess.Popen, workers: Sequence[int], timeout: float = 30.0) -> None:
+    """Stops a server master we started: SIGTERM (graceful), SIGKILL after ``timeout``; then SIGKILL
+    to any of its ``workers`` still alive 5 s later (they normally exit with their master)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    for pid in workers:
+        end = time.monotonic() + 5.0
+        while _alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _cpu_seconds(tree: Tree) -> float:

@@ -9,13 +9,12 @@ then SIGKILL) and any worker left over.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cowprof.demo import free_port
+from cowprof.demo import free_port, stop_master
 from cowprof.errors import CowprofError
 from cowprof.tree import Tree, find_tree
 
@@ -55,29 +54,6 @@ class GunicornServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-            for pid in self.workers:
-                end = time.monotonic() + 5
-                while time.monotonic() < end and _exists(pid):
-                    time.sleep(0.05)
-                if _exists(pid):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            stop_master(self.proc, self.workers, timeout)
         finally:
             self._log.close()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False

@@ -127,6 +127,14 @@ def mode_specs() -> dict[str, ModeSpec]:
                                       "python:cowprof.gunicorn",
                                       {"COWPROF_GUNICORN_CONFIG": conf, "COWPROF_WARMUP": ""},
                                       prepare_report=True),
+        # the hook as it was before the residue fixes: warm-up calls the app directly, no framework
+        # steps, no hot code relocation, no allocator fill
+        "cowprof-no-residue-fixes": ModeSpec(
+            "cowprof-no-residue-fixes", "cowprof.gunicorn hook: warm-up, prepare_fork; no relocation, no fill",
+            "python:cowprof.gunicorn",
+            {"COWPROF_GUNICORN_CONFIG": conf, "COWPROF_WARMUP": _warmup_paths(), "COWPROF_WARMUP_FRAMEWORK": "0",
+             "COWPROF_WARMUP_SERVER": "0", "COWPROF_RELOCATE_CODE": "0", "COWPROF_FILL_FREE_BLOCKS": "0"},
+            prepare_report=True),
     }
 
 

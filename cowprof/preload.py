@@ -51,6 +51,8 @@ VERSION = 1
 _IMPORTS = re.compile(r"^imports-(\d+)-(\d+)\.txt$")
 _MASTER = re.compile(r"^master-(\d+)\.json$")
 _MAX_FILE = 4 << 20
+#: a worker keeps at most this many names it saw asked for and not yet imported
+_MAX_PENDING = 256
 #: import records of gone masters of other apps are removed after this many seconds
 _STALE_SECONDS = 30 * 86400
 
@@ -265,6 +267,8 @@ class _LateImportRecorder:
         self.flush()
         if name not in self.written:
             self.pending.append(name)
+            if len(self.pending) > _MAX_PENDING:  # names whose import failed never leave the list
+                del self.pending[0]
         return None
 
     def flush(self) -> None:

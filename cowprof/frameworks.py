@@ -494,11 +494,36 @@ def _sqlalchemy_mappers() -> str:
     return "mappers configured"
 
 
+def _pydantic_models() -> str:
+    """Pydantic v2 builds a model's validator when the class is created, unless a forward reference
+    was not resolvable then: such a model is completed on its first use, in every worker."""
+    pydantic = sys.modules.get("pydantic")
+    base = getattr(pydantic, "BaseModel", None)
+    if base is None or not hasattr(base, "model_rebuild"):
+        return "no pydantic v2"
+    models, stack = [], list(base.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        models.append(cls)
+        stack.extend(cls.__subclasses__())
+    incomplete = [m for m in models if getattr(m, "__pydantic_complete__", True) is False]
+    rebuilt = 0
+    for model in incomplete:
+        try:
+            if model.model_rebuild(raise_errors=False):
+                rebuilt += 1
+        except Exception:  # noqa: BLE001
+            pass
+    return f"{len(models):,} models, {rebuilt} of {len(incomplete)} incomplete ones completed"
+
+
 def generic_steps() -> list[Step]:
     """Steps for libraries any app may use, run after the framework steps."""
     steps: list[Step] = []
     if "sqlalchemy.orm" in sys.modules:
         steps.append(("SQLAlchemy mappers", _sqlalchemy_mappers))
+    if "pydantic" in sys.modules:
+        steps.append(("pydantic models", _pydantic_models))
     if "jinja2" in sys.modules:
         steps.append(("Jinja2 environments", _jinja_environments))
     return steps

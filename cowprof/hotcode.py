@@ -72,6 +72,8 @@ def unavailable() -> str | None:
         return f"{sys.implementation.name} has no CPython code objects"
     if not hasattr(types.CodeType, "_co_code_adaptive"):
         return f"CPython {sys.version_info[0]}.{sys.version_info[1]} does not specialize bytecode in place"
+    if sys.version_info < (3, 12):
+        return "relocation is used and tested on CPython 3.12+ (3.11 quickens code only after 8 calls)"
     return None
 
 

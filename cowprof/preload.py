@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cowprof.errors import CowprofError
+from cowprof.errors import CowprofError, ProcessGone
 
 __all__ = ["ENV_DIR", "ENV_KEY", "ENV_PRELOAD", "LateImports", "app_key", "directory", "import_learned",
            "late_imports", "learn", "preload_requested", "record_master", "set_app_identity", "watch_imports"]
@@ -327,12 +327,15 @@ class LateImports:
 
 
 def _candidate_dirs(master: int, procfs_root: str) -> list[str]:
+    """Ours, then the one the master's environment names. Raises ProcessGone when it is gone."""
     from cowprof import procfs  # profiler side only: procfs loads numpy, which a master must not
 
     dirs = [directory()]
     try:
         env = procfs.read_bytes(master, "environ", procfs_root).split(b"\0")
-    except CowprofError:
+    except ProcessGone:
+        raise
+    except CowprofError:  # not allowed to read it: only our own directory is known
         return dirs
     values = {line.split(b"=", 1)[0]: line.split(b"=", 1)[1].decode(errors="surrogateescape")
               for line in env if b"=" in line}
@@ -346,13 +349,15 @@ def _candidate_dirs(master: int, procfs_root: str) -> list[str]:
 def late_imports(master: int, workers: Iterable[int] | None = None, *, procfs_root: str = "/proc") -> LateImports:
     """The modules each worker of ``master`` imported after the fork, from the files the workers
     wrote (only files owned by us or by the master's user; read-only). ``workers`` limits the
-    result to those PIDs."""
+    result to those PIDs. Raises ProcessGone when the master is gone (or a zombie)."""
+    from cowprof import procfs
+
     wanted = set(workers) if workers is not None else None
     result = LateImports(master)
     try:
         owner = os.stat(os.path.join(procfs_root, str(master))).st_uid
     except OSError:
-        return result
+        raise ProcessGone(master) from None
     for d in _candidate_dirs(master, procfs_root):
         try:
             names = os.listdir(d)
@@ -378,4 +383,6 @@ def late_imports(master: int, workers: Iterable[int] | None = None, *, procfs_ro
                 result.directory = d
         if result.workers:
             break
+    if procfs.read_stat(master, procfs_root).zombie:  # its environment said nothing: not its files either
+        raise ProcessGone(master)
     return result

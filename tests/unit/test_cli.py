@@ -11,6 +11,7 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
+import cowprof.preload
 import cowprof.pages
 import cowprof.sampler
 import cowprof.tree
@@ -72,6 +73,8 @@ def fake(monkeypatch):
     monkeypatch.setattr(cowprof.pages.Scanner, "scan", lambda self, target, **kw: f.scan(target, **kw))
     monkeypatch.setattr(cowprof.tree.TreeWatcher, "find", lambda self, pid: f.find_tree(pid))
     monkeypatch.setattr(cowprof.sampler, "_process_identity", lambda pid: 1.0)
+    # the fake tree's processes have no /proc: no late-import records either
+    monkeypatch.setattr(cowprof.preload, "late_imports", lambda master, workers=None, **kw: cowprof.preload.LateImports(master))
     return f
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import heapq
 import os
 import sys
 import types
@@ -176,20 +177,41 @@ def _see_through(obj: Any) -> bool:
 
 
 def exit_order(objects: Sequence[Any]) -> list[Any]:
-    """``objects`` ordered so that each comes before those it holds. Objects holding each other (a
-    cycle: gzip's GzipFile and its write buffer) come in the order of ``objects``, which is about the
-    order they were created in: the outer object first."""
+    """``objects`` ordered so that each comes before those it holds, and otherwise in the given
+    order (about the order they were created in). Objects holding each other (a cycle: gzip's
+    GzipFile and its write buffer) come in the given order: the outer object first."""
     index = {id(o): i for i, o in enumerate(objects)}
     holds = [sorted({j for j in _held(o, index) if j != i}) for i, o in enumerate(objects)]
+    components = _strongly_connected(holds)
+    component_of = [0] * len(objects)
+    for c, members in enumerate(components):
+        members.sort()
+        for i in members:
+            component_of[i] = c
+    # Kahn's algorithm on the components, the one with the first object first when several are free
+    targets: list[set[int]] = [set() for _ in components]
+    holders = [0] * len(components)
+    for i, held in enumerate(holds):
+        for j in held:
+            a, b = component_of[i], component_of[j]
+            if a != b and b not in targets[a]:
+                targets[a].add(b)
+                holders[b] += 1
+    free = [(members[0], c) for c, members in enumerate(components) if holders[c] == 0]
+    heapq.heapify(free)
     order: list[Any] = []
-    for component in reversed(_strongly_connected(holds)):  # holders before what they hold
-        order.extend(objects[i] for i in sorted(component))
+    while free:
+        _, c = heapq.heappop(free)
+        order.extend(objects[i] for i in components[c])
+        for b in targets[c]:
+            holders[b] -= 1
+            if holders[b] == 0:
+                heapq.heappush(free, (components[b][0], b))
     return order
 
 
 def _strongly_connected(edges: list[list[int]]) -> list[list[int]]:
-    """Tarjan's algorithm without recursion: the components of the graph, each one after every
-    component it has an edge to."""
+    """The strongly connected components of the graph (Tarjan's algorithm, without recursion)."""
     n = len(edges)
     number = [-1] * n
     low = [0] * n

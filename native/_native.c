@@ -293,6 +293,7 @@ typedef struct {
     uint8_t preheader;    /* GC header + managed dict/weakref slots before the object */
     uint8_t buffers;      /* BUF_*: which separately allocated buffer its instances own */
     uint8_t finalizer;    /* instances have a finalizer: they stay mortal */
+    uint8_t may_hold;     /* instances stay mortal when they hold one directly (see visit_root) */
 } cp_typeinfo;
 
 enum { BUF_NONE, BUF_LIST, BUF_SET, BUF_DICT };
@@ -394,6 +395,7 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
     else if (PyType_IsSubtype(tp, &PyDict_Type)) ti->buffers = BUF_DICT;
     else ti->buffers = BUF_NONE;
     ti->finalizer = (uint8_t)cp_has_finalizer(tp);
+    ti->may_hold = (uint8_t)(ti->buffers == BUF_DICT || (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) || tp == &PyCell_Type);
     int inline_values = 0;
 #ifdef Py_TPFLAGS_INLINE_VALUES
     inline_values = (tp->tp_flags & Py_TPFLAGS_INLINE_VALUES) != 0;
@@ -621,8 +623,11 @@ static int visit_root(PyObject *op, void *arg) {
     cp_typeinfo *ti = typeinfo_get(w, Py_TYPE(op));
     if (ti == NULL || account(w, ti, op) < 0) goto fail;
     /* a tracked root is visited once by the GC-list pass whatever its refcount, so it can be
-     * settled after its direct referents were seen */
-    int watch = w->immortalize && !immortal && !ti->finalizer;
+     * settled after its direct referents were seen. Only dicts, instances of classes and cells
+     * are watched: the holders a program drops whole (a wrapper such as NamedTemporaryFile's, an
+     * object with a file attribute, a dict of files); looking at every referent of every list and
+     * tuple too would cost ~10% of the walk. */
+    int watch = w->immortalize && !immortal && !ti->finalizer && ti->may_hold;
     w->watch = watch;
     w->holds_finalizable = 0;
     int rc = descend(w, op);

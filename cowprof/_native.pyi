@@ -7,7 +7,13 @@ class Info(TypedDict):
     scheme: str | None
     untested: bool
     compiled_for: str
+    debug_build: bool
     has_malloc_trim: bool
+    immortal_refcnt: int | None
+    refcount_offset: int
+    refcount_size: int
+    type_offset: int
+    str_hash_offset: int
 
 def info() -> Info: ...
 def trim() -> bool: ...
@@ -15,7 +21,7 @@ def trim() -> bool: ...
 # Present only when info()["can_walk"] is True (CPython 3.12+, GIL build, 64-bit).
 def walk(
     *, immortalize: bool = True, heapmap_fd: int = -1, gc_head: int = 16, managed_preheader: int = 16,
-    hash_strings: bool = True, tag_types: bool = True,
+    hash_strings: bool = True, tag_types: bool = True, new_only: bool = False,
 ) -> dict[str, Any]: ...
 def is_immortal(obj: object) -> bool: ...
 def young_finalizable() -> list[Any]: ...

@@ -31,6 +31,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -60,17 +61,23 @@
 #  define CP_CAN_WALK 1
 #  define CP_UNTESTED 0
 #  define CP_SCHEME "ob_refcnt = _Py_IMMORTAL_REFCNT"
+#  define CP_IMMORTAL_VALUE ((unsigned long long)_Py_IMMORTAL_REFCNT)
 static inline void cp_set_immortal(PyObject *op) { op->ob_refcnt = _Py_IMMORTAL_REFCNT; }
-#elif PY_VERSION_HEX < 0x030F0000 && defined(_Py_IMMORTAL_INITIAL_REFCNT) && defined(_Py_IMMORTAL_FLAGS)
-/* 3.14: Py_INCREF skips at >= _Py_IMMORTAL_INITIAL_REFCNT (only the minimum would still let INCREF
- * write) and immortality also lives in ob_flags. Compiles only against real 3.14 headers; it was not
- * run by cowprof's test suite, so prepare.py enables it only on request. */
+#elif defined(_Py_IMMORTAL_INITIAL_REFCNT) && defined(_Py_IMMORTAL_MINIMUM_REFCNT) && defined(_Py_IMMORTAL_FLAGS)
+/* 3.14 and later, 64-bit: the refcount word is {uint32 ob_refcnt, uint16 ob_overflow, uint16 ob_flags}.
+ * _Py_IsImmortal tests the 32-bit count for >= _Py_IMMORTAL_MINIMUM_REFCNT, but Py_INCREF skips only
+ * at >= _Py_IMMORTAL_INITIAL_REFCNT (below it, it still writes), and immortality is also flagged in
+ * ob_flags: set both the way CPython's own _Py_SetImmortalUntracked (Objects/object.c) does. The 3.15
+ * API PyUnstable_SetImmortal cannot serve a heap walk: it refuses every object with more than one
+ * reference, and every str. Versions after 3.15 compile with the constants of their headers but
+ * have not been run by cowprof's test suite: prepare.py enables them only on request. */
 #  define CP_CAN_WALK 1
-#  define CP_UNTESTED 1
+#  define CP_UNTESTED (PY_VERSION_HEX >= 0x03100000)
 #  define CP_SCHEME "ob_refcnt = _Py_IMMORTAL_INITIAL_REFCNT, ob_flags |= _Py_IMMORTAL_FLAGS"
+#  define CP_IMMORTAL_VALUE ((unsigned long long)_Py_IMMORTAL_INITIAL_REFCNT)
 static inline void cp_set_immortal(PyObject *op) {
-    op->ob_refcnt = (uint32_t)_Py_IMMORTAL_INITIAL_REFCNT;
     op->ob_flags |= _Py_IMMORTAL_FLAGS;
+    op->ob_refcnt = (uint32_t)_Py_IMMORTAL_INITIAL_REFCNT;
 }
 #else
 #  define CP_CAN_WALK 0
@@ -306,6 +313,7 @@ static inline int cp_has_finalizer(PyTypeObject *tp) {
 
 typedef struct {
     int immortalize;
+    int new_only;             /* a repeat walk: skip tracked objects that are already immortal */
     int record;
     int hash_strings;
     int tag_types;
@@ -613,8 +621,11 @@ static int drain(cp_walk *w) {
 
 static int visit_root(PyObject *op, void *arg) {
     cp_walk *w = (cp_walk *)arg;
-    w->tracked++;
     int immortal = _Py_IsImmortal(op);
+    /* A repeat walk is for objects created since the last one. 3.12/3.13 visit no frozen object;
+     * 3.14+ also visit the permanent generation, whose objects the previous walk already did. */
+    if (w->new_only && immortal) return 1;
+    w->tracked++;
     if (!w->immortalize) {
         int added = ptrset_add(&w->seen, op);
         if (added < 0) goto fail;
@@ -662,8 +673,10 @@ static void walk_free(cp_walk *w) {
 
 PyDoc_STRVAR(walk_doc,
 "walk(*, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16, hash_strings=True,\n"
-"     tag_types=True) -> dict\n\n"
+"     tag_types=True, new_only=False) -> dict\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
+"new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
+"visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
 "Returns counts (objects, immortalized, already_immortal, tracked, untracked, bytes,\n"
 "strings_hashed, types_tagged, left_mortal, with_finalizer, seconds) and 'finalizable' (list of\n"
@@ -676,11 +689,11 @@ PyDoc_STRVAR(walk_doc,
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
-                             "tag_types", NULL};
-    int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1;
+                             "tag_types", "new_only", NULL};
+    int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1, new_only = 0;
     Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpp:walk", kwlist, &immortalize, &heapmap_fd,
-                                     &gc_head, &managed_pre, &hash_strings, &tag_types))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnppp:walk", kwlist, &immortalize, &heapmap_fd,
+                                     &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only))
         return NULL;
     int heapmap = heapmap_fd >= 0;
     if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
@@ -690,6 +703,7 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     cp_walk w;
     memset(&w, 0, sizeof(w));
     w.immortalize = immortalize;
+    w.new_only = new_only && immortalize;
     w.record = heapmap;
     w.hash_strings = hash_strings;
     w.tag_types = tag_types;
@@ -864,8 +878,11 @@ static PyObject *cp_trim(PyObject *self, PyObject *unused) {
 #endif
 }
 
-PyDoc_STRVAR(info_doc, "info() -> dict\n\nWhat this build can do: can_walk, reason (why not), scheme, untested, "
-                       "compiled_for, has_malloc_trim.");
+PyDoc_STRVAR(info_doc, "info() -> dict\n\nWhat this build can do: can_walk, reason (why not), scheme, untested,\n"
+                       "compiled_for, debug_build, has_malloc_trim, immortal_refcnt (what the walk writes, or\n"
+                       "None), and the object layout of the headers it was compiled against: refcount_offset,\n"
+                       "refcount_size (the word holding the count, and on 3.14+ ob_overflow and ob_flags),\n"
+                       "type_offset, str_hash_offset (the cached hash of an exact str).");
 
 static PyObject *cp_info(PyObject *self, PyObject *unused) {
     char compiled[16];
@@ -875,15 +892,35 @@ static PyObject *cp_info(PyObject *self, PyObject *unused) {
 #else
     int has_trim = 0;
 #endif
-#if CP_CAN_WALK
-    return Py_BuildValue("{s:O,s:O,s:s,s:O,s:s,s:O}", "can_walk", Py_True, "reason", Py_None, "scheme",
-                         CP_SCHEME, "untested", CP_UNTESTED ? Py_True : Py_False, "compiled_for", compiled,
-                         "has_malloc_trim", has_trim ? Py_True : Py_False);
+#ifdef Py_DEBUG
+    int debug = 1;
 #else
-    return Py_BuildValue("{s:O,s:s,s:O,s:O,s:s,s:O}", "can_walk", Py_False, "reason", CP_REASON, "scheme",
-                         Py_None, "untested", Py_False, "compiled_for", compiled, "has_malloc_trim",
-                         has_trim ? Py_True : Py_False);
+    int debug = 0;
 #endif
+#if CP_CAN_WALK
+    PyObject *immortal = PyLong_FromUnsignedLongLong(CP_IMMORTAL_VALUE);
+    PyObject *reason = Py_NewRef(Py_None), *scheme = PyUnicode_FromString(CP_SCHEME);
+    int can_walk = 1, untested = CP_UNTESTED;
+#else
+    PyObject *immortal = Py_NewRef(Py_None);
+    PyObject *reason = PyUnicode_FromString(CP_REASON), *scheme = Py_NewRef(Py_None);
+    int can_walk = 0, untested = 0;
+#endif
+    PyObject *r = NULL;
+    if (immortal && reason && scheme) {
+        r = Py_BuildValue("{s:O,s:O,s:O,s:O,s:s,s:O,s:O,s:O,s:n,s:n,s:n,s:n}", "can_walk", can_walk ? Py_True : Py_False,
+                          "reason", reason, "scheme", scheme, "untested", untested ? Py_True : Py_False,
+                          "compiled_for", compiled, "debug_build", debug ? Py_True : Py_False,
+                          "has_malloc_trim", has_trim ? Py_True : Py_False, "immortal_refcnt", immortal,
+                          "refcount_offset", (Py_ssize_t)offsetof(PyObject, ob_refcnt),
+                          "refcount_size", (Py_ssize_t)sizeof(Py_ssize_t),
+                          "type_offset", (Py_ssize_t)offsetof(PyObject, ob_type),
+                          "str_hash_offset", (Py_ssize_t)offsetof(PyASCIIObject, hash));
+    }
+    Py_XDECREF(immortal);
+    Py_XDECREF(reason);
+    Py_XDECREF(scheme);
+    return r;
 }
 
 static PyMethodDef cp_methods[] = {

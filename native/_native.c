@@ -300,10 +300,11 @@ typedef struct {
     uint8_t preheader;    /* GC header + managed dict/weakref slots before the object */
     uint8_t buffers;      /* BUF_*: which separately allocated buffer its instances own */
     uint8_t finalizer;    /* instances have a finalizer: they stay mortal */
-    uint8_t may_hold;     /* instances stay mortal when they hold one directly (see visit_root) */
+    uint8_t may_hold;     /* CP_WATCH_*: how its instances are watched for holding one (visit_root) */
 } cp_typeinfo;
 
 enum { BUF_NONE, BUF_LIST, BUF_SET, BUF_DICT };
+enum { CP_WATCH_NONE, CP_WATCH_DIRECT, CP_WATCH_DICTS };
 
 /* Instances of such a type run code when they are freed (io objects flush and close, __del__,
  * generators run their finally blocks): an immortal one would never run it. */
@@ -322,7 +323,7 @@ typedef struct {
     cp_stack stack;
     cp_stack finalizable;     /* objects with a finalizer left mortal (borrowed; no Python code runs) */
     cp_ptrset seen;           /* without immortalize: everything visited; with it: objects left mortal */
-    int watch;                /* 1 while the direct referents of a tracked root are visited */
+    int watch;                /* CP_WATCH_*: while the direct referents of a tracked root are visited */
     int holds_finalizable;    /* ... and one of them is a mortal object with a finalizer */
     cp_typeinfo *types;
     size_t types_cap, types_len;
@@ -403,7 +404,9 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
     else if (PyType_IsSubtype(tp, &PyDict_Type)) ti->buffers = BUF_DICT;
     else ti->buffers = BUF_NONE;
     ti->finalizer = (uint8_t)cp_has_finalizer(tp);
-    ti->may_hold = (uint8_t)(ti->buffers == BUF_DICT || (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) || tp == &PyCell_Type);
+    ti->may_hold = (uint8_t)((tp->tp_flags & Py_TPFLAGS_HEAPTYPE) && !PyType_IsSubtype(tp, &PyType_Type)
+                                 ? CP_WATCH_DICTS
+                                 : ti->buffers == BUF_DICT || tp == &PyCell_Type ? CP_WATCH_DIRECT : CP_WATCH_NONE);
     int inline_values = 0;
 #ifdef Py_TPFLAGS_INLINE_VALUES
     inline_values = (tp->tp_flags & Py_TPFLAGS_INLINE_VALUES) != 0;
@@ -548,12 +551,35 @@ static inline int is_container(PyObject *op) {
     return PyCode_Check(op) || (Py_TYPE(op)->tp_traverse != NULL && PyObject_IS_GC(op));
 }
 
+static inline int mortal_finalizable(PyObject *op) {
+    return cp_has_finalizer(Py_TYPE(op)) && !_Py_IsImmortal(op);
+}
+
+/* A direct referent of the tracked root being visited: does the root hold an object with a
+ * finalizer? An instance of a class also counts what a small dict it holds holds (its own __dict__
+ * when that is a separate dict, as for NamedTemporaryFile's wrapper on 3.15, or a dict attribute). */
+#define CP_PEEK_MAX 64
+static void watch_edge(cp_walk *w, PyObject *op) {
+    if (mortal_finalizable(op)) {
+        w->holds_finalizable = 1;
+    } else if (w->watch == CP_WATCH_DICTS && PyDict_CheckExact(op) && PyDict_GET_SIZE(op) <= CP_PEEK_MAX) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(op, &pos, &k, &v)) {
+            if (mortal_finalizable(v)) {
+                w->holds_finalizable = 1;
+                return;
+            }
+        }
+    }
+}
+
 /* Visit callback for every reference found: tracked objects are left to the GC-list pass (each is
  * a root there), untracked ones are processed here and their contents pushed on the stack. */
 static int visit_edge(PyObject *op, void *arg) {
     cp_walk *w = (cp_walk *)arg;
     if (op == NULL) return 0;
-    if (w->watch && cp_has_finalizer(Py_TYPE(op)) && !_Py_IsImmortal(op)) w->holds_finalizable = 1;
+    if (w->watch && !w->holds_finalizable) watch_edge(w, op);
     if (PyObject_GC_IsTracked(op)) return 0;
     int immortal = _Py_IsImmortal(op);
     if (w->immortalize && !immortal) {
@@ -634,16 +660,17 @@ static int visit_root(PyObject *op, void *arg) {
     cp_typeinfo *ti = typeinfo_get(w, Py_TYPE(op));
     if (ti == NULL || account(w, ti, op) < 0) goto fail;
     /* a tracked root is visited once by the GC-list pass whatever its refcount, so it can be
-     * settled after its direct referents were seen. Only dicts, instances of classes and cells
-     * are watched: the holders a program drops whole (a wrapper such as NamedTemporaryFile's, an
-     * object with a file attribute, a dict of files); looking at every referent of every list and
-     * tuple too would cost ~10% of the walk. */
-    int watch = w->immortalize && !immortal && !ti->finalizer && ti->may_hold;
+     * settled after its direct referents were seen (watch_edge). Only dicts, cells and instances of
+     * classes are watched: the holders a program drops whole (NamedTemporaryFile's wrapper, an
+     * object with a file attribute, a dict of files); watching every list and tuple too would cost
+     * ~10% of the walk. */
+    int watch = w->immortalize && !immortal && !ti->finalizer ? ti->may_hold : CP_WATCH_NONE;
     w->watch = watch;
     w->holds_finalizable = 0;
     int rc = descend(w, op);
-    w->watch = 0;
-    if (rc < 0 || settle(w, ti, op, immortal, watch && w->holds_finalizable) < 0 || drain(w) < 0) goto fail;
+    w->watch = CP_WATCH_NONE;
+    if (rc < 0 || settle(w, ti, op, immortal, watch != CP_WATCH_NONE && w->holds_finalizable) < 0 || drain(w) < 0)
+        goto fail;
     return 1;
 fail:
     w->failed = 1;

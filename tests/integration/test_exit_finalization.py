@@ -38,7 +38,7 @@ def run_case(case: str, mode: str, where: str, d: Path, env: dict | None = None)
                           capture_output=True, text=True, timeout=120, cwd=TESTS_DIR,
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, f"{case} {mode} {where}: exit {proc.returncode}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr or case == "gzip_over_file", proc.stderr
+    assert "Traceback" not in proc.stderr or (mode == "baseline" and case in BASELINE_MAY_TRUNCATE), proc.stderr
     state: dict[str, object] = {}
     for path in sorted(d.iterdir()):
         data = path.read_bytes()
@@ -72,11 +72,19 @@ EXPECTED = {
     "atexit_writes": lambda w: {"atexit.txt": both(["atexit case from {tag}\n", "atexit handler in {tag}\n"], w)},
     "generator_finally": lambda w: {"generator.txt": both(["finally in {tag}\n"], w)},
     "hook_replaced": lambda w: {"audit.txt": both(["audit from {tag}, open\n"], w)},
+    "gzip_over_file": lambda w: {"out.gz": both(["gzip over a file from {tag}\n"] * 50, w)},
 }
+# gzip.GzipFile at CPython's own exit: 3.12/3.13 free a GzipFile and its write buffer, which hold
+# each other, in an order that closes the buffer first when only a dict holds the GzipFile; 3.14+
+# fail in GzipFile.__del__ (a function-level import during module teardown) and lose the buffer
+BASELINE_MAY_TRUNCATE = {"gzip_file", "gzip_over_file"}
 # kept alive by module globals only: module teardown frees them, so the walk leaving them mortal is
-# enough (gzip's GzipFile is in a reference cycle with its write buffer, which the frozen heap's GC
-# never collects: that one needs exit finalization too)
-FREED_BY_TEARDOWN = ["text_file", "binary_file", "temporary_file", "buffered_before_prepare", "atexit_writes"]
+# enough. Not gzip_file: on 3.12/3.13 its GzipFile and write buffer hold each other, a cycle the
+# frozen heap's GC never collects. Not temporary_file: prepared modules are not freed when teardown
+# drops them from sys.modules, only wiped later in reverse import order, so on 3.14+
+# _TemporaryFileCloser.__del__ finds tempfile's globals wiped (it deletes the file, then fails to
+# warn); exit finalization runs it before teardown.
+FREED_BY_TEARDOWN = ["text_file", "binary_file", "buffered_before_prepare", "atexit_writes"]
 
 
 @pytest.mark.parametrize("where", ["master", "child"])
@@ -87,24 +95,19 @@ def test_exit_leaves_what_baseline_leaves(case, where, tmp_path):
     expected = EXPECTED[case](where)
     if case == "temporary_file":
         assert base == prepared == {}, (base, prepared)
+        return
+    assert prepared == expected
+    if case in BASELINE_MAY_TRUNCATE and base != expected:
+        # CPython itself loses this one: a truncated stream, where cowprof's is complete
+        assert all(str(v).startswith("CORRUPT") for v in base.values()), base
     else:
         assert base == expected, "baseline does not do what the case expects"
-        assert prepared == expected
 
 
 @pytest.mark.parametrize("case", FREED_BY_TEARDOWN)
 def test_mortal_finalizable_objects_alone_are_freed_by_module_teardown(case, tmp_path):
     prepared = run_case(case, "prepare", "child", tmp_path / "prepare", env={"EXIT_CASES_NO_EXIT_HOOK": "1"})
     assert prepared == EXPECTED[case]("child")
-
-
-@pytest.mark.parametrize("where", ["master", "child"])
-def test_gzip_over_a_file_is_complete_holder_first(where, tmp_path):
-    """GzipFile(fileobj=f) kept only by a prepared dict: finalized before f, so the stream is complete.
-    (Baseline CPython 3.12/3.13 loses this one: the GC frees the cycle GzipFile <-> its write buffer
-    at exit in an order that closes the buffer first, so the test does not compare with it.)"""
-    prepared = run_case("gzip_over_file", "prepare", where, tmp_path / "prepare")
-    assert prepared == {"out.gz": both(["gzip over a file from {tag}\n"] * 50, where)}
 
 
 @pytest.mark.parametrize("where", ["master", "child"])

@@ -517,14 +517,15 @@ static int account(cp_walk *w, cp_typeinfo *ti, PyObject *op) {
     return 0;
 }
 
-/* Then immortalize it, unless it has a finalizer or holds (directly) a mortal object with one. */
-static int settle(cp_walk *w, cp_typeinfo *ti, PyObject *op, int was_immortal, int holds_finalizable) {
+/* Then immortalize it, unless it has a finalizer or holds (directly) a mortal object with one.
+ * (Takes the type's facts by value: a typeinfo pointer does not survive the table growing.) */
+static int settle(cp_walk *w, PyObject *op, int was_immortal, int finalizer, int holds_finalizable) {
     if (was_immortal) {
         w->already_immortal++;
         return 0;
     }
     if (!w->immortalize) return 0;
-    if (ti->finalizer) {
+    if (finalizer) {
         w->left_mortal++;
         w->with_finalizer++;
         return stack_push(&w->finalizable, op);
@@ -540,8 +541,10 @@ static int settle(cp_walk *w, cp_typeinfo *ti, PyObject *op, int was_immortal, i
 
 static int process(cp_walk *w, PyObject *op, int was_immortal) {
     cp_typeinfo *ti = typeinfo_get(w, Py_TYPE(op));
-    if (ti == NULL || account(w, ti, op) < 0) return -1;
-    return settle(w, ti, op, was_immortal, 0);
+    if (ti == NULL) return -1;
+    int finalizer = ti->finalizer;
+    if (account(w, ti, op) < 0) return -1;
+    return settle(w, op, was_immortal, finalizer, 0);
 }
 
 /* May this untracked object hold references we must follow? Only GC-capable objects may be
@@ -658,18 +661,21 @@ static int visit_root(PyObject *op, void *arg) {
         if (added == 0) return 1;
     }
     cp_typeinfo *ti = typeinfo_get(w, Py_TYPE(op));
-    if (ti == NULL || account(w, ti, op) < 0) goto fail;
+    if (ti == NULL) goto fail;
+    int finalizer = ti->finalizer, may_hold = ti->may_hold; /* ti is not used past account() */
+    if (account(w, ti, op) < 0) goto fail;
     /* a tracked root is visited once by the GC-list pass whatever its refcount, so it can be
      * settled after its direct referents were seen (watch_edge). Only dicts, cells and instances of
      * classes are watched: the holders a program drops whole (NamedTemporaryFile's wrapper, an
      * object with a file attribute, a dict of files); watching every list and tuple too would cost
      * ~10% of the walk. */
-    int watch = w->immortalize && !immortal && !ti->finalizer ? ti->may_hold : CP_WATCH_NONE;
+    int watch = w->immortalize && !immortal && !finalizer ? may_hold : CP_WATCH_NONE;
     w->watch = watch;
     w->holds_finalizable = 0;
     int rc = descend(w, op);
     w->watch = CP_WATCH_NONE;
-    if (rc < 0 || settle(w, ti, op, immortal, watch != CP_WATCH_NONE && w->holds_finalizable) < 0 || drain(w) < 0)
+    if (rc < 0 || settle(w, op, immortal, finalizer, watch != CP_WATCH_NONE && w->holds_finalizable) < 0 ||
+        drain(w) < 0)
         goto fail;
     return 1;
 fail:

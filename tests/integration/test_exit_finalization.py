@@ -8,7 +8,6 @@ finalization and mortal finalizable objects, every prepared run leaves the files
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pyrun import TESTS_DIR, run_json
+from pyrun import TESTS_DIR, run_json, run_script_json
 
 from cowprof.demo import QUICK, GunicornProcess, ModeSpec, free_port
 from cowprof.prepare import immortalize_unavailable
@@ -158,10 +157,7 @@ def test_dropped_objects_are_finalized_at_once_as_in_baseline(tmp_path):
     runs = []
     for mode in ("baseline", "prepare"):
         (tmp_path / mode).mkdir()
-        proc = subprocess.run([sys.executable, "exit_cases.py", "drop_at_runtime", mode, "master", str(tmp_path / mode)],
-                              capture_output=True, text=True, timeout=120, cwd=TESTS_DIR)
-        assert proc.returncode == 0, proc.stderr
-        runs.append(json.loads(proc.stdout.splitlines()[-1]))
+        runs.append(run_script_json("exit_cases.py", "drop_at_runtime", mode, "master", str(tmp_path / mode)))
     assert runs[0] == runs[1] == {"dropped": "dropped\n", "held": "held\n", "temporary_exists": False}
 
 

@@ -3,13 +3,14 @@
 CPython runs an object's finalizer when it frees the object: io objects flush and close (and so
 write what they buffered), ``__del__`` methods run (``NamedTemporaryFile`` deletes its file),
 suspended generators run their ``finally`` blocks. An immortal object is never freed. So the heap
-walk of :func:`cowprof.prepare_fork` leaves mortal every object whose type has a finalizer and every
-tracked object that holds one directly (a dict, list or instance holding a file): those are freed
-and finalized exactly when they would be without cowprof, during the run or at exit.
+walk of :func:`cowprof.prepare_fork` leaves mortal every object whose type has a finalizer and the
+dicts, cells and class instances that hold one directly (a module's globals, a dict of files, an
+object with a file attribute): those are freed and finalized exactly when they would be without
+cowprof, during the run or at exit.
 
-What remains is an object with a finalizer that an immortal object keeps alive: a file in a dict
-that is itself in a dict, an attribute of a wrapper whose ``__dict__`` is a separate dict, or a file
-a worker creates after the fork and stores into a prepared container. Without cowprof it would be
+What remains is an object with a finalizer that an immortal object keeps alive: a file in a list,
+in a dict that is itself in a dict, in a cycle the frozen heap never collects, or a file a worker
+creates after the fork and stores into a prepared container. Without cowprof it would be
 freed at exit, when the modules are torn down. This module finalizes, at exit, every object with a
 finalizer that is still alive (those the walk saw, held here by weak reference where the type allows
 it, and the GC-tracked ones created since), so that none of them is lost:
@@ -137,7 +138,8 @@ def _interpreter_streams() -> set[int]:
 def _candidates() -> list[Any]:
     skip = _interpreter_streams()
     out = []
-    for obj in _registered() + _native.young_finalizable():
+    young = gc.get_objects()  # the tracked objects created since the walk (not the frozen heap)
+    for obj in _registered() + _native.unfinalized(young):
         if id(obj) in skip or type(obj) is _ExitHook:
             continue
         skip.add(id(obj))

@@ -68,8 +68,9 @@ class PrepareReport:
     """Unreachable objects found by the ``gc.collect()`` before the walk."""
     already_immortal: int = 0
     left_mortal: int = 0
-    """Objects the walk left mortal: those with a finalizer (``with_finalizer``) and the tracked
-    objects holding one directly, so that they are freed and finalized as without cowprof."""
+    """Objects the walk left mortal: those with a finalizer (``with_finalizer``) and the dicts, cells
+    and class instances holding one directly, so that they are freed and finalized as without
+    cowprof."""
     with_finalizer: int = 0
     """Objects with a finalizer (io objects, ``__del__``, generators) the walk saw; those still alive
     at exit are finalized then (:mod:`cowprof.finalize`)."""

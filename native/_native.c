@@ -9,10 +9,10 @@
  *            - assigns the version tag of its type (PyUnstable_Type_AssignVersionTag);
  *            - optionally records (address, size, type) into a heap map, streamed to a file.
  *          Objects whose type has a finalizer (tp_finalize: every io object, classes with __del__,
- *          generators and coroutines; legacy tp_del) stay mortal, and so do the GC-tracked objects
- *          that hold one of them directly (a dict, list or instance holding a file): those are
- *          freed, and finalized, exactly when they would be without cowprof. Their referents are
- *          still walked. The walk returns the objects with a finalizer it left mortal, so that
+ *          generators and coroutines; legacy tp_del) stay mortal, and so do the dicts, cells and
+ *          instances of classes that hold one directly (an instance also through a small dict it
+ *          holds): those are freed, and finalized, exactly when they would be without cowprof.
+ *          Their referents are still walked. The walk returns the objects with a finalizer it left mortal, so that
  *          cowprof can finalize at exit those that an immortal object keeps alive.
  *          It descends into containers the GC does not track (dicts and tuples of atomic values),
  *          into dict keys (dict_traverse skips str keys) and into code objects (not reachable by
@@ -21,7 +21,7 @@
  *          write()s them to the file descriptor Python opened: the walk touches no fresh memory for
  *          them, and the file is written on another core while the walk goes on. The thread runs no
  *          Python code, blocks all signals, and is joined before walk() returns.
- * young_finalizable(), call_finalizer(): exit finalization (see cowprof/finalize.py).
+ * unfinalized(), call_finalizer(): exit finalization (see cowprof/finalize.py).
  * trim():  malloc_trim(0) where glibc has it.
  * info():  what this build can do, and why not.
  *
@@ -848,27 +848,25 @@ error:
 
 /* ---- exit finalization (policy and order: cowprof/finalize.py) ----------------------------- */
 
-static int collect_finalizable(PyObject *op, void *arg) {
-    if (Py_TYPE(op)->tp_finalize != NULL && Py_REFCNT(op) > 0 && !PyObject_GC_IsFinalized(op) &&
-        PyList_Append((PyObject *)arg, op) < 0) {
-        return 0; /* stop; the error is reported by the caller */
+PyDoc_STRVAR(unfinalized_doc,
+"unfinalized(objects: list) -> list\n\n"
+"The objects of the list whose type has a finalizer (tp_finalize) and that were not finalized yet.\n"
+"(gc.get_objects() gives the tracked objects outside the permanent generation; the GC's own visit,\n"
+"PyUnstable_GC_VisitObjects, also lists the permanent generation on 3.14+: the whole prepared heap.)");
+
+static PyObject *cp_unfinalized(PyObject *self, PyObject *objects) {
+    if (!PyList_Check(objects)) {
+        PyErr_SetString(PyExc_TypeError, "unfinalized() takes a list");
+        return NULL;
     }
-    return 1;
-}
-
-PyDoc_STRVAR(young_finalizable_doc,
-"young_finalizable() -> list\n\n"
-"The GC-tracked objects outside the permanent generation whose type has a finalizer (tp_finalize)\n"
-"and that were not finalized yet.");
-
-static PyObject *cp_young_finalizable(PyObject *self, PyObject *unused) {
     PyObject *found = PyList_New(0);
     if (found == NULL) return NULL;
-    /* appending only grows the list's item array: no GC object is created during the visit */
-    PyUnstable_GC_VisitObjects(collect_finalizable, found);
-    if (PyErr_Occurred()) {
-        Py_DECREF(found);
-        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objects); i++) {
+        PyObject *op = PyList_GET_ITEM(objects, i);
+        if (Py_TYPE(op)->tp_finalize != NULL && !PyObject_GC_IsFinalized(op) && PyList_Append(found, op) < 0) {
+            Py_DECREF(found);
+            return NULL;
+        }
     }
     return found;
 }
@@ -960,7 +958,7 @@ static PyMethodDef cp_methods[] = {
 #if CP_CAN_WALK
     {"walk", (PyCFunction)(void (*)(void))cp_walk_fn, METH_VARARGS | METH_KEYWORDS, walk_doc},
     {"is_immortal", cp_is_immortal, METH_O, is_immortal_doc},
-    {"young_finalizable", cp_young_finalizable, METH_NOARGS, young_finalizable_doc},
+    {"unfinalized", cp_unfinalized, METH_O, unfinalized_doc},
     {"call_finalizer", cp_call_finalizer, METH_O, call_finalizer_doc},
 #endif
     {"trim", cp_trim, METH_NOARGS, trim_doc},

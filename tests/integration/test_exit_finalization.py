@@ -161,6 +161,25 @@ def test_dropped_objects_are_finalized_at_once_as_in_baseline(tmp_path):
     assert runs[0] == runs[1] == {"dropped": "dropped\n", "held": "held\n", "temporary_exists": False}
 
 
+def test_objects_prepared_by_a_repeat_call_are_finalized_once(tmp_path):
+    path = tmp_path / "between.txt"
+    out = run_json(f"""
+        import json, cowprof
+        from cowprof import _native, finalize
+        STRANDED = {{}}
+        cowprof.prepare_fork(heapmap=False)
+        STRANDED["x"] = {{"f": open({str(path)!r}, "w")}}   # between the two calls
+        STRANDED["x"]["f"].write("between\\n")
+        cowprof.prepare_fork(heapmap=False)
+        cowprof.prepare_fork(heapmap=False)
+        f = STRANDED["x"]["f"]
+        print(json.dumps({{"mortal": not _native.is_immortal(f),
+                           "registered": sum(1 for o in finalize._registered() if o is f)}}))
+    """)
+    assert out == {"mortal": True, "registered": 1}
+    assert path.read_text() == "between\n"
+
+
 def test_interactive_hook_still_calls_the_one_it_replaced():
     out = run_json("""
         import json, sys, cowprof

@@ -147,35 +147,44 @@ def _candidates() -> list[Any]:
     return out
 
 
-def _held(obj: Any, index: dict[int, int]) -> list[int]:
-    """Indexes (in ``index``) of the objects ``obj`` holds, directly or through plain containers."""
+def _held(obj: Any, index: dict[int, int], opaque: dict[type, bool]) -> list[int]:
+    """Indexes (in ``index``) of the objects ``obj`` holds, directly or through plain containers.
+    ``opaque`` caches, per type, whether its instances are not looked through."""
     found: list[int] = []
     seen = {id(obj)}
     frontier = [obj]
     budget = EDGE_BUDGET
     for _ in range(EDGE_DEPTH):
         deeper = []
-        for holder in frontier:
-            for ref in gc.get_referents(holder):
-                key = id(ref)
-                if key in seen:
-                    continue
-                seen.add(key)
-                if key in index:
-                    found.append(index[key])  # its own holdings are its own edges
-                elif _see_through(ref):
+        for ref in gc.get_referents(*frontier):
+            key = id(ref)
+            if key in seen:
+                continue
+            seen.add(key)
+            if key in index:
+                found.append(index[key])  # its own holdings are its own edges
+            else:
+                tp = type(ref)
+                closed = opaque.get(tp)
+                if closed is None:
+                    closed = opaque[tp] = _opaque(tp)
+                if not closed and (tp not in _CONTAINERS or len(ref) <= EDGE_BUDGET):
                     deeper.append(ref)
-                budget -= 1
-                if budget <= 0:
-                    return found
+            budget -= 1
+            if budget <= 0:
+                return found
+        if not deeper:
+            break
         frontier = deeper
     return found
 
 
-def _see_through(obj: Any) -> bool:
-    if isinstance(obj, _CONTAINERS):
-        return len(obj) <= EDGE_BUDGET
-    return not isinstance(obj, _OPAQUE) and bool(type(obj).__flags__ & _HEAPTYPE)
+def _opaque(tp: type) -> bool:
+    """Not looked through: anything but plain containers and instances of classes (types, modules,
+    functions, code, frames: what leads to everything)."""
+    if tp in _CONTAINERS:
+        return False
+    return issubclass(tp, _OPAQUE) or not tp.__flags__ & _HEAPTYPE
 
 
 def exit_order(objects: Sequence[Any]) -> list[Any]:
@@ -183,7 +192,8 @@ def exit_order(objects: Sequence[Any]) -> list[Any]:
     order (about the order they were created in). Objects holding each other (a cycle: gzip's
     GzipFile and its write buffer) come in the given order: the outer object first."""
     index = {id(o): i for i, o in enumerate(objects)}
-    holds = [sorted({j for j in _held(o, index) if j != i}) for i, o in enumerate(objects)]
+    opaque: dict[type, bool] = {}
+    holds = [sorted({j for j in _held(o, index, opaque) if j != i}) for i, o in enumerate(objects)]
     components = _strongly_connected(holds)
     component_of = [0] * len(objects)
     for c, members in enumerate(components):

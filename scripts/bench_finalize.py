@@ -18,7 +18,8 @@
 
 Each measurement runs in a fresh interpreter (the walk immortalizes the heap it runs in).
 
-    .venv/py3.12/bin/python scripts/bench_finalize.py [--repeat 3] [--json] [--peer DIR]
+    .venv/py3.12/bin/python scripts/bench_finalize.py [--repeat 3] [--json] [--peer DIR [--walk-runs N]
+                                                      [--walk-only]]
 """
 from __future__ import annotations
 
@@ -155,16 +156,18 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--peer", help="a checkout whose in-place build is the walk's peer (section 3)")
+    ap.add_argument("--walk-runs", type=int, default=5, help="walks per build in section 3")
+    ap.add_argument("--walk-only", action="store_true", help="only section 3")
     args = ap.parse_args()
     if sys.version_info < (3, 12):
         print("bench_finalize: needs CPython 3.12+", file=sys.stderr)
         return 2
     rows = []
-    for mode, n_final, n_young, f_young in [("baseline", 0, 0, 0), ("prepare", 0, 0, 0),
-                                            ("baseline", 3000, 0, 0), ("prepare", 3000, 0, 0),
-                                            ("baseline", 0, 200_000, 0), ("prepare", 0, 200_000, 0),
-                                            ("baseline", 3000, 200_000, 1000),
-                                            ("prepare", 3000, 200_000, 1000)]:
+    cases = [] if args.walk_only else [("baseline", 0, 0, 0), ("prepare", 0, 0, 0),
+                                       ("baseline", 3000, 0, 0), ("prepare", 3000, 0, 0),
+                                       ("baseline", 0, 200_000, 0), ("prepare", 0, 200_000, 0),
+                                       ("baseline", 3000, 200_000, 1000), ("prepare", 3000, 200_000, 1000)]
+    for mode, n_final, n_young, f_young in cases:
         runs = [run(mode, n_final, n_young, f_young) for _ in range(args.repeat)]
         rows.append({"mode": mode, "finalizable_at_prepare": n_final, "young": n_young,
                      "young_finalizable": f_young, "child_grown_kib": median(runs, "child_grown") / 1024,
@@ -175,24 +178,27 @@ def main() -> int:
     result: dict = {"python": platform.python_version(), "repeat": args.repeat, "rows": rows}
     if args.peer:
         walks: dict[str, list[dict]] = {"this": [], "peer": []}
-        for _ in range(max(args.repeat, 5)):
+        for _ in range(args.walk_runs):
             walks["peer"].append(walk_cpu(os.path.abspath(args.peer)))
             walks["this"].append(walk_cpu(None))
         result["walk"] = {k: {"objects": v[0]["objects"], "cpu_s": [w["cpu_s"] for w in v],
-                              "cpu_s_median": median(v, "cpu_s")} for k, v in walks.items()}
+                              "cpu_s_median": median(v, "cpu_s"), "cpu_s_min": min(w["cpu_s"] for w in v)}
+                          for k, v in walks.items()}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"Python {result['python']} (median of {args.repeat}); heap: 1M objects")
-    print("mode      final@prep    young  young-final  child copied  prepare_fork       exit  finalize_all"
-          "    ran  left mortal")
+    if rows:
+        print("mode      final@prep    young  young-final  child copied  prepare_fork       exit  finalize_all"
+              "    ran  left mortal")
     for r in rows:
         print(f"{r['mode']:9} {r['finalizable_at_prepare']:10,} {r['young']:8,} {r['young_finalizable']:12,} "
               f"{r['child_grown_kib']:8,.0f} KiB {r['prepare_s']:11.3f} s {r['exit_s'] * 1000:7.0f} ms "
               f"{r['finalize_s'] * 1000:10.1f} ms {r['finalizers_run']:6,} {r['left_mortal']:11,}")
     if "walk" in result:
         for k, w in result["walk"].items():
-            print(f"walk CPU, {k} build: {w['objects']:,} objects, median {w['cpu_s_median']:.3f} s "
+            print(f"walk CPU, {k} build: {w['objects']:,} objects, median {w['cpu_s_median']:.3f} s, "
+                  f"min {w['cpu_s_min']:.3f} s "
                   f"({', '.join(f'{x:.3f}' for x in w['cpu_s'])})")
     return 0
 

@@ -70,7 +70,7 @@ class PrepareReport:
     left_mortal: int = 0
     """Objects the walk left mortal: those with a finalizer (``with_finalizer``) and the dicts, cells
     and class instances holding one directly, so that they are freed and finalized as without
-    cowprof."""
+    cowprof (and, on debug builds of 3.14+, the strings that are not interned)."""
     with_finalizer: int = 0
     """Objects with a finalizer (io objects, ``__del__``, generators) the walk saw; those still alive
     at exit are finalized then (:mod:`cowprof.finalize`)."""

@@ -334,9 +334,9 @@ typedef struct {
     PyObject *sizeof_name;
     int failed;
     /* counts */
-    uint64_t objects, immortalized, already_immortal, tracked, untracked, bytes;
+    uint64_t objects, immortalized, already_immortal, left_mortal, tracked, untracked, bytes;
     uint64_t strings_hashed, types_tagged, containers_descended;
-    uint64_t left_mortal, with_finalizer;
+    uint64_t with_finalizer;
 } cp_walk;
 
 static PyObject *first_c_sizeof(cp_walk *w, PyTypeObject *tp) {
@@ -500,6 +500,18 @@ static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
     return 0;
 }
 
+/* Objects the walk must leave mortal. Debug builds of 3.14+ check that every immortal str that is
+ * not static is interned (_PyUnicode_CheckConsistency, _Py_SetImmortalUntracked); interning the
+ * heap's strings is not ours to do, so there the strings that are not interned stay mortal. */
+static inline int keep_mortal(PyObject *op) {
+#if defined(Py_DEBUG) && PY_VERSION_HEX >= 0x030E0000
+    return PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op) == SSTATE_NOT_INTERNED;
+#else
+    (void)op;
+    return 0;
+#endif
+}
+
 /* Count, size, record, hash and tag one object seen for the first time. */
 static int account(cp_walk *w, cp_typeinfo *ti, PyObject *op) {
     PyTypeObject *tp = ti->tp;
@@ -530,12 +542,17 @@ static int settle(cp_walk *w, PyObject *op, int was_immortal, int finalizer, int
         w->with_finalizer++;
         return stack_push(&w->finalizable, op);
     }
-    if (holds_finalizable) {
+    if (holds_finalizable || keep_mortal(op)) {
         w->left_mortal++;
         return 0;
     }
     cp_set_immortal(op);
     w->immortalized++;
+    /* An interned str made immortal is interned-immortal, the state CPython's own
+     * immortalize_interned() gives it: interning it again must not find an immortal string
+     * marked mortal (debug builds assert on that), and shutdown treats it as immortal. */
+    if (Py_IS_TYPE(op, &PyUnicode_Type) && PyUnicode_CHECK_INTERNED(op) == SSTATE_INTERNED_MORTAL)
+        ((PyASCIIObject *)op)->state.interned = SSTATE_INTERNED_IMMORTAL;
     return 0;
 }
 
@@ -586,9 +603,9 @@ static int visit_edge(PyObject *op, void *arg) {
     if (PyObject_GC_IsTracked(op)) return 0;
     int immortal = _Py_IsImmortal(op);
     if (w->immortalize && !immortal) {
-        /* first time: immortalizing it is also what marks it visited; one left mortal is marked
-         * in the seen set */
-        if (cp_has_finalizer(Py_TYPE(op))) {
+        /* first time: immortalizing it is also what marks it visited; what stays mortal is
+         * marked in the visited set instead */
+        if (cp_has_finalizer(Py_TYPE(op)) || keep_mortal(op)) {
             int added = ptrset_add(&w->seen, op);
             if (added < 0) goto fail;
             if (added == 0) return 0;
@@ -711,9 +728,9 @@ PyDoc_STRVAR(walk_doc,
 "new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
-"Returns counts (objects, immortalized, already_immortal, tracked, untracked, bytes,\n"
-"strings_hashed, types_tagged, left_mortal, with_finalizer, seconds) and 'finalizable' (list of\n"
-"the objects with a finalizer it left mortal). With heapmap_fd (an open file, written from its current\n"
+"Returns counts (objects, immortalized, already_immortal, left_mortal, with_finalizer, tracked,\n"
+"untracked, bytes, strings_hashed, types_tagged, seconds) and 'finalizable' (list of the objects with\n"
+"a finalizer it left mortal). With heapmap_fd (an open file, written from its current\n"
 "offset) the heap map records <u8 addr, <u4 size, <u4 type index> are written there, and the result\n"
 "has 'heapmap_records' (count), 'heapmap_error' (None or the OSError of a failed write),\n"
 "'heapmap_types' (tuple of types by index) and\n"
@@ -774,13 +791,13 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     SET_U64(result, "objects", w.objects);
     SET_U64(result, "immortalized", w.immortalized);
     SET_U64(result, "already_immortal", w.already_immortal);
+    SET_U64(result, "left_mortal", w.left_mortal);
     SET_U64(result, "tracked", w.tracked);
     SET_U64(result, "untracked", w.untracked);
     SET_U64(result, "bytes", w.bytes);
     SET_U64(result, "strings_hashed", w.strings_hashed);
     SET_U64(result, "types_tagged", w.types_tagged);
     SET_U64(result, "containers_descended", w.containers_descended);
-    SET_U64(result, "left_mortal", w.left_mortal);
     SET_U64(result, "with_finalizer", w.with_finalizer);
     {
         /* still alive: no Python code ran since the walk saw them */

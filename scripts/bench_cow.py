@@ -7,7 +7,7 @@ and collects; the child's growth in private dirty memory over the heap's size is
 Modes, measured in the same run: ``cowprof`` (prepare_fork), ``baseline`` (nothing) and ``gc.freeze``
 (the gc module's recipe). Target (issue: CPython versions): cowprof <= 3%, baseline > 30%.
 
-    .venv/py3.12/bin/python scripts/bench_cow.py [--objects 3000000] [--repeat 3]
+    .venv/py3.12/bin/python scripts/bench_cow.py [--objects 4000000] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def run(mode: str, objects: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--objects", type=int, default=3_000_000, help="heap size in objects (3M: ~230 MB)")
+    ap.add_argument("--objects", type=int, default=4_000_000, help="heap size in objects (4M: ~225 MB)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode, interleaved")
     args = ap.parse_args()
     shares: dict[str, list[float]] = {m: [] for m in MODES}

@@ -167,7 +167,8 @@ ensure_venv() {
         py=/usr/bin/python$want
     fi
     venv="$COWPROF_VENVS/py$want"
-    if [ ! -x "$venv/bin/python" ] || ! in_python_env "$want" "$venv/bin/python" -c "" 2>/dev/null; then
+    # (asked where the version lives: a venv in the Debian root points at an interpreter the host lacks)
+    if ! in_python_env "$want" "$venv/bin/python" -c "" 2>/dev/null; then
         _cowprof_log "creating virtual env $venv with $py"
         rm -rf "$venv"
         in_python_env "$want" "$py" -m venv "$venv" >&2 || return 1

@@ -225,9 +225,10 @@ def test_reattaches_to_the_master_named_by_the_pidfile(start_exporter, tmp_path)
         exp = start_exporter(None, pidfile=str(pidfile))
         assert _value(exp.scrape(), "cowprof_master_pid") == old.master_pid
         _kill_master(old)
-    down = exp.scrape_until(lambda f: _value(f, "cowprof_up") == 0, what="cowprof_up 0")
+    # a scan that the kill interrupts first logs "scan failed" (up 0 too); the detach follows
+    gone = f"master PID {old.master_pid} exited"
+    down = exp.scrape_until(lambda f: _value(f, "cowprof_up") == 0 and gone in exp.log(), what="the detach")
     assert not _all_pids(down) and _value(down, "cowprof_master_pid") is None
-    assert f"master PID {old.master_pid} exited" in exp.log()
     with ForkTree(workers=3, master_mb=8) as new:
         pidfile.write_text(f"{new.master_pid}\n")
         up = exp.scrape_until(lambda f: _value(f, "cowprof_master_pid") == new.master_pid

@@ -267,32 +267,30 @@ def make_post_fork(user_hook: Callable | None = None) -> Callable:
     return _mark(post_fork, user_hook)
 
 
-def make_on_dirty_starting(user_hook: Callable | None = None) -> Callable:
-    """An ``on_dirty_starting(arbiter)`` hook (in the dirty arbiter, right after the master forked
-    it): :func:`cowprof.after_fork` first, then ``user_hook``."""
+def _after_fork_then(user_hook: Callable | None, name: str) -> Callable:
+    """A one-argument hook named ``name``: :func:`cowprof.after_fork`, then ``user_hook(arg)``."""
     if _is_ours(user_hook):
         return user_hook  # type: ignore[return-value]
 
-    def on_dirty_starting(arbiter: Any) -> None:
+    def hook(arg: Any) -> None:
         after_fork()
         if user_hook is not None:
-            user_hook(arbiter)
+            user_hook(arg)
 
-    return _mark(on_dirty_starting, user_hook)
+    hook.__name__ = hook.__qualname__ = name
+    return _mark(hook, user_hook)
+
+
+def make_on_dirty_starting(user_hook: Callable | None = None) -> Callable:
+    """An ``on_dirty_starting(arbiter)`` hook (in the dirty arbiter, right after the master forked
+    it): :func:`cowprof.after_fork` first, then ``user_hook``."""
+    return _after_fork_then(user_hook, "on_dirty_starting")
 
 
 def make_dirty_worker_init(user_hook: Callable | None = None) -> Callable:
     """A ``dirty_worker_init(worker)`` hook (in each dirty worker, once its dirty apps are loaded):
     :func:`cowprof.after_fork` first, then ``user_hook``."""
-    if _is_ours(user_hook):
-        return user_hook  # type: ignore[return-value]
-
-    def dirty_worker_init(worker: Any) -> None:
-        after_fork()
-        if user_hook is not None:
-            user_hook(worker)
-
-    return _mark(dirty_worker_init, user_hook)
+    return _after_fork_then(user_hook, "dirty_worker_init")
 
 
 def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str | None = None,

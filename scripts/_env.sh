@@ -76,3 +76,21 @@ ensure_venv() {
     fi
     printf '%s\n' "$venv/bin/python"
 }
+
+# ---- services the test suite starts itself ---------------------------------------------------------
+
+# ensure_test_services: installs Debian's redis-server when it is missing (tests/integration/
+# test_servers.py starts one per Celery test on a free 127.0.0.1 port); as root with apt-get,
+# otherwise it says what to install and returns 1.
+ensure_test_services() {
+    command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        _cowprof_log "installing redis-server (the Celery tests start it on a free loopback port)"
+        if { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ||
+             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }; } >&2; then
+            return 0
+        fi
+    fi
+    _cowprof_log "redis-server is missing; install it (Debian: apt-get install redis-server)"
+    return 1
+}

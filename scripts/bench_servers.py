@@ -48,7 +48,7 @@ TARGET_PCT_OF_MASTER = 1.0
 TARGET_OF_BASELINE = 1 / 5
 TARGET_CPU_RATIO = 1.03
 #: load units per mode: web requests, Celery tasks, multiprocessing tasks (each reads all its data)
-DEFAULT_LOAD = {"celery": 1000, "mp-pool": 200}
+DEFAULT_LOAD = {"celery": 1000, "mp-pool": 1000}
 
 
 def _parse_env(items: list[str]) -> dict[str, dict[str, str]]:

@@ -63,19 +63,22 @@ _REFCOUNT, _GC, _STR_HASH, _OTHER, _ALLOC, _IDENTICAL, _UNKNOWN = range(len(CAUS
 _NC = len(CAUSES)
 _SRC_MASTER, _SRC_SIBLING, _SRC_ASSUMED, _SRC_NONE = range(len(ORIGINALS))
 
+# The object layout comes from the map (cowprof.heapmap.object_layout: the master's own headers and
+# measurements); these are the values of maps written before it was recorded (64-bit 3.12/3.13).
 #: byte offset of the cached hash in an exact str (PyASCIIObject: refcnt, type, length, hash)
-STR_HASH_OFFSET = 24
+STR_HASH_OFFSET = _heapmap.DEFAULT_LAYOUT["str_hash_offset"]
 #: bytes of the GC header (PyGC_Head: two words) at the end of a GC object's pre-header
-GC_HEAD_SIZE = 16
+GC_HEAD_SIZE = _heapmap.DEFAULT_LAYOUT["gc_head"]
 #: allocation granularity of CPython's allocators on 64-bit: a record is widened to its block
-BLOCK_ALIGN = 16
+BLOCK_ALIGN = _heapmap.DEFAULT_LAYOUT["block_align"]
 #: pages per chunk: bounds memory (two copies of the chunk, 2 x 16 MiB with 4 KiB pages)
 CHUNK_PAGES = 4096
 #: pagemap reads of sparse addresses merge gaps up to this many pages into one read
 _PAGEMAP_GAP = 512
 # Builtin containers whose separately allocated buffers (list items, set table, dict keys) the
-# heap map records under the container's type; their object records have this fixed size
-# (pre-header excluded, 64-bit CPython 3.11-3.13), every other record of the type is a buffer.
+# heap map records under the container's type; their object records have the master's basic size
+# (pre-header excluded; from the map's layout, else this interpreter's), every other record of the
+# type is a buffer.
 _FIXED_OBJECT_SIZE = {"list": list.__basicsize__, "dict": dict.__basicsize__, "set": set.__basicsize__,
                       "frozenset": frozenset.__basicsize__}
 # Subclasses (C or Python) known to have such buffers: object records have the modal size.
@@ -201,12 +204,16 @@ class _Layout:
     type: np.ndarray  # intp type index per record
     buffer: np.ndarray  # bool per record: a container's separately allocated buffer, not an object
     preheader: np.ndarray  # uint64 per type: bytes of the record before the object start
-    gc: np.ndarray  # bool per type: the last 16 bytes of the pre-header are a GC header
+    gc: np.ndarray  # bool per type: the last gc_head bytes of the pre-header are a GC header
     is_str: np.ndarray  # bool per type: exact str
     names: list[str]
+    refcount_offset: int = 0  # the refcount word: [offset, offset + size)
+    refcount_size: int = 8
+    str_hash_offset: int = STR_HASH_OFFSET
+    gc_head: int = GC_HEAD_SIZE
 
 
-def _buffer_records(hm: HeapMap, names: list[str], pre: np.ndarray) -> np.ndarray:
+def _buffer_records(hm: HeapMap, names: list[str], pre: np.ndarray, fixed: dict[str, int]) -> np.ndarray:
     """Which records are container buffers rather than objects.
 
     Uses ``hm.is_buffer`` when the heap map carries it; otherwise infers it: the object records of
@@ -219,7 +226,7 @@ def _buffer_records(hm: HeapMap, names: list[str], pre: np.ndarray) -> np.ndarra
     if isinstance(flag, np.ndarray) and flag.shape == hm.addr.shape:
         return flag.astype(bool, copy=False)
     buf = np.zeros(hm.addr.size, dtype=bool)
-    for name, basic in _FIXED_OBJECT_SIZE.items():
+    for name, basic in fixed.items():
         for t in [i for i, n in enumerate(names) if n == name]:
             sel = hm.type == t
             buf[sel] = hm.size[sel] != np.uint32(basic + int(pre[t]))
@@ -237,19 +244,22 @@ def _layout(hm: HeapMap) -> _Layout:
     pre = hm.type_preheader
     if pre is None or pre.size != len(names):
         pre = np.zeros(len(names), dtype=np.uint8)
+    layout = {**_heapmap.DEFAULT_LAYOUT, **(hm.layout or {})}
+    fixed = {**_FIXED_OBJECT_SIZE, **{k: int(v) for k, v in layout["basicsize"].items() if k in _FIXED_OBJECT_SIZE}}
     start = np.asarray(hm.addr, dtype=np.uint64)
     if start.size > 1 and not bool(np.all(start[1:] >= start[:-1])):
         raise BadInput("heap map addresses are not sorted (use cowprof.heapmap.load/read)")
     # an object occupies its whole allocation block: pymalloc (and malloc) round sizes up to 16 bytes
-    align = np.uint64(BLOCK_ALIGN - 1)
+    align = np.uint64(int(layout["block_align"]) - 1)
     end = (start + np.asarray(hm.size, dtype=np.uint64) + align) & ~align
     if start.size > 1:
         np.minimum(end[:-1], start[1:], out=end[:-1])
     return _Layout(
         start=start, end=end, type=np.asarray(hm.type, dtype=np.intp),
-        buffer=_buffer_records(hm, names, pre), preheader=pre.astype(np.uint64),
-        gc=pre.astype(np.int64) >= GC_HEAD_SIZE, is_str=np.array([n == "str" for n in names], dtype=bool),
-        names=names,
+        buffer=_buffer_records(hm, names, pre, fixed), preheader=pre.astype(np.uint64),
+        gc=pre.astype(np.int64) >= int(layout["gc_head"]), is_str=np.array([n == "str" for n in names], dtype=bool),
+        names=names, refcount_offset=int(layout["refcount_offset"]), refcount_size=int(layout["refcount_size"]),
+        str_hash_offset=int(layout["str_hash_offset"]), gc_head=int(layout["gc_head"]),
     )
 
 
@@ -317,9 +327,10 @@ def _classify_words(lay: _Layout, addrs: np.ndarray) -> np.ndarray:
     obj_start = lay.start[r] + np.where(obj_rec, lay.preheader[t], np.uint64(0))
     off = addrs[idx].astype(np.int64) - obj_start.astype(np.int64)
     c = np.full(idx.size, _OTHER, dtype=np.int8)
-    c[obj_rec & (off == 0)] = _REFCOUNT
-    c[obj_rec & lay.gc[t] & (off >= -GC_HEAD_SIZE) & (off < 0)] = _GC
-    c[obj_rec & lay.is_str[t] & (off == STR_HASH_OFFSET)] = _STR_HASH
+    # the refcount word (3.14+: ob_refcnt, ob_overflow and ob_flags share it: all count as refcount)
+    c[obj_rec & (off >= lay.refcount_offset) & (off < lay.refcount_offset + lay.refcount_size)] = _REFCOUNT
+    c[obj_rec & lay.gc[t] & (off >= -lay.gc_head) & (off < 0)] = _GC
+    c[obj_rec & lay.is_str[t] & (off == lay.str_hash_offset)] = _STR_HASH
     cause[idx] = c
     return cause
 

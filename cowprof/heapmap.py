@@ -130,6 +130,7 @@ class HeapMap:
     type: np.ndarray  # uint32 index into type_names
     type_names: np.ndarray  # str
     type_preheader: np.ndarray | None = None  # uint8 per type: bytes before the object in a record
+    layout: dict[str, Any] | None = None  # the master's object layout (see object_layout); None in old maps
 
     def __len__(self) -> int:
         return int(self.addr.size)
@@ -185,16 +186,60 @@ def merge_maps(old: HeapMap, new: HeapMap) -> HeapMap:
 # ----------------------------------------------------------------------------------- writing
 
 
+#: what a map without a ``layout`` (written before it was recorded: 64-bit CPython 3.12/3.13) means
+DEFAULT_LAYOUT: dict[str, Any] = {"refcount_offset": 0, "refcount_size": 8, "str_hash_offset": 24,
+                                  "gc_head": 16, "block_align": 16, "basicsize": {}}
+_LAYOUT_INTS = ("refcount_offset", "refcount_size", "str_hash_offset", "gc_head", "block_align")
+
+
+def object_layout(gc_head: int, managed_preheader: int) -> dict[str, Any]:
+    """The object layout of this interpreter that attribution needs to classify a changed word: the
+    refcount word (on 3.14+ it also holds ob_overflow and ob_flags), the cached hash of a str, the GC
+    header, the allocators' block alignment, and the basic sizes of the containers whose buffers the
+    map records separately. From the headers the native module was compiled against and from
+    measurements of the running interpreter, not from a table of versions."""
+    import platform
+    import sys
+
+    from cowprof import _native
+
+    info = _native.info()
+    return {
+        "python": platform.python_version(), "debug_build": bool(info["debug_build"]),
+        "refcount_offset": int(info["refcount_offset"]), "refcount_size": int(info["refcount_size"]),
+        "str_hash_offset": int(info["str_hash_offset"]), "type_offset": int(info["type_offset"]),
+        "gc_head": gc_head, "managed_preheader": managed_preheader,
+        "block_align": 16 if sys.maxsize > 2**32 else 8,
+        "basicsize": {t.__name__: t.__basicsize__ for t in (list, dict, set, frozenset)},
+    }
+
+
 def _meta(pid: int, seq: int, type_names: list[str], type_preheader: list[int], start_ticks: int | None = None,
-          boot_id: str | None = None, created_at: float | None = None) -> bytes:
-    return json.dumps({
+          boot_id: str | None = None, created_at: float | None = None,
+          layout: dict[str, Any] | None = None) -> bytes:
+    meta: dict[str, Any] = {
         "pid": pid,
         "start_ticks": (process_start_ticks(pid) or 0) if start_ticks is None else start_ticks,
         "boot_id": _boot_id() if boot_id is None else boot_id,
         "created_at": time.time() if created_at is None else created_at,
         "seq": seq, "type_names": type_names, "type_preheader": type_preheader,
         "record": "addr <u8, size <u4, type <u4",
-    }, separators=(",", ":")).encode()
+    }
+    if layout is not None:
+        meta["layout"] = layout
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
+def _checked_layout(path: str, layout: Any) -> dict[str, Any] | None:
+    """A map's layout, validated (None when the map has none)."""
+    if layout is None:
+        return None
+    ok = isinstance(layout, dict) and all(
+        isinstance(layout.get(k), int) and not isinstance(layout.get(k), bool) and 0 <= layout[k] <= 256
+        for k in _LAYOUT_INTS) and isinstance(layout.get("basicsize", {}), dict)
+    if not ok:
+        raise BadInput(f"{path}: corrupt heap map layout")
+    return layout
 
 
 def _unlink(path: str) -> None:
@@ -263,7 +308,7 @@ def save(hm: HeapMap, directory: str | None = None, seq: int = 0) -> str:
         raise
     return seg.finish(int(records.size), _meta(hm.pid, seq, [str(n) for n in hm.type_names],
                                                [int(p) for p in _preheaders(hm)], hm.start_ticks, hm.boot_id,
-                                               hm.created_at))
+                                               hm.created_at, hm.layout))
 
 
 def walk_into(seg: Segment, walk_fn: Any, **walk_kwargs: Any) -> tuple[dict[str, Any], str | None]:
@@ -282,9 +327,10 @@ def walk_into(seg: Segment, walk_fn: Any, **walk_kwargs: Any) -> tuple[dict[str,
     pre = list(bytes(walk.get("heapmap_preheaders", b"")))
     pre += [0] * (len(types) - len(pre))
     try:
+        layout = object_layout(int(walk_kwargs.get("gc_head", 16)), int(walk_kwargs.get("managed_preheader", 16)))
         path = seg.finish(int(walk["heapmap_records"]), _meta(seg.pid, seq=seg.seq,
                                                               type_names=[_type_name(t) for t in types],
-                                                              type_preheader=pre))
+                                                              type_preheader=pre, layout=layout))
     except OSError as exc:
         walk["heapmap_error"] = exc
         return walk, None
@@ -361,7 +407,8 @@ def _read_segment(path: str) -> HeapMap:
         pre = np.array(meta.get("type_preheader") or [], dtype=np.uint8)
         hm = HeapMap(pid=int(meta["pid"]), start_ticks=int(meta["start_ticks"]), boot_id=str(meta["boot_id"]),
                      created_at=float(meta.get("created_at", 0.0)), addr=recs["addr"], size=recs["size"],
-                     type=recs["type"], type_names=names, type_preheader=pre)
+                     type=recs["type"], type_names=names, type_preheader=pre,
+                     layout=_checked_layout(path, meta.get("layout")))
     except (OSError, ValueError, TypeError) as exc:
         raise BadInput(f"{path}: unreadable heap map ({exc.__class__.__name__})") from None
     if recs.size != n or (n and int(recs["type"].max()) >= names.size):

@@ -186,7 +186,8 @@ def prepare_fork(
             # (Objects someone else froze between two calls are not: documented.)
             full_walk = False
         gc_head, managed = _preheader_sizes()
-        kwargs = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head, managed_preheader=managed)
+        kwargs = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head, managed_preheader=managed,
+                      new_only=not full_walk)
         segment = _heapmap_segment(heapmap, full_walk) if record else None
         if segment is not None:
             walk, heapmap_path = _heapmap_module.walk_into(segment, _native.walk, **kwargs)

@@ -81,6 +81,16 @@ def read_bytes(pid: int | None, name: str, procfs_root: str = "/proc") -> bytes:
     return b"".join(chunks)
 
 
+def check_access(pid: int, procfs_root: str = "/proc") -> None:
+    """Raise AccessDenied unless we may read ``pid``'s memory layout (ptrace read access, which the
+    kernel checks when ``maps`` is opened), ProcessGone if it is gone. Reads nothing."""
+    path = _proc_path(procfs_root, pid, "maps")
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as err:
+        raise _oserror(err, pid, path) from None
+
+
 # ---------------------------------------------------------------------------------------- maps
 
 

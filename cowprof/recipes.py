@@ -9,6 +9,8 @@ right after it. What differs is where a server lets you run code at those two mo
 - plain ``os.fork()``, ``multiprocessing`` with the ``fork`` start method, Celery's prefork pool
   (billiard forks with ``os.fork``): :func:`prepare_parent` prepares and registers ``after_fork``
   with :func:`os.register_at_fork`, which runs in every child forked from Python code;
+- ``multiprocessing`` with the ``forkserver`` start method (the Linux default since 3.14): the fork
+  server forks the children, so it must be the process prepared: :func:`forkserver_context`;
 - :func:`warm_up` calls a WSGI app in-process for a few paths before preparing, so that what the
   first requests import, cache or specialize happens once in the parent (gunicorn's hook uses it);
 - uWSGI forks from C, where ``os.register_at_fork`` callbacks do not run by default: use
@@ -28,7 +30,8 @@ from urllib.parse import unquote, urlsplit
 
 from cowprof.prepare import PrepareReport, after_fork, prepare_fork
 
-__all__ = ["WarmupResult", "prepare_parent", "register_after_fork", "uwsgi_postfork", "warm_up"]
+__all__ = ["WarmupResult", "forkserver_context", "prepare_parent", "register_after_fork", "uwsgi_postfork",
+           "warm_up"]
 
 _registered = False
 
@@ -133,6 +136,17 @@ def prepare_parent(*, register_child_hook: bool = True, **prepare_kwargs: Any) -
     if register_child_hook:
         register_after_fork()
     return report
+
+
+def forkserver_context(preload: Sequence[str]) -> Any:
+    """A ``multiprocessing`` ``forkserver`` context whose fork server imports ``preload`` (the
+    modules holding what the children share) and then :mod:`cowprof.forkserver`, which prepares the
+    server before it forks any child. Create pools and processes from the returned context."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([m for m in preload if m != "cowprof.forkserver"] + ["cowprof.forkserver"])
+    return ctx
 
 
 def uwsgi_postfork() -> bool:

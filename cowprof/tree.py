@@ -94,7 +94,8 @@ def find_tree(pid: int, *, procfs_root: str = "/proc") -> Tree:
             if procfs.read_stat(pid, procfs_root).zombie:
                 raise ProcessGone(pid, f"process {pid} has exited (zombie)")
             aslr = _aslr_enabled(procfs_root)
-            proc.exe()  # checks we may read it at all
+            # psutil's exe() guesses from the command line when it may not read the link: ask the kernel
+            procfs.check_access(pid, procfs_root)
             workers = _forked_children(proc, procfs_root, aslr)
             if workers:
                 return Tree(pid, tuple(workers))

@@ -24,6 +24,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -53,17 +54,23 @@
 #  define CP_CAN_WALK 1
 #  define CP_UNTESTED 0
 #  define CP_SCHEME "ob_refcnt = _Py_IMMORTAL_REFCNT"
+#  define CP_IMMORTAL_VALUE ((unsigned long long)_Py_IMMORTAL_REFCNT)
 static inline void cp_set_immortal(PyObject *op) { op->ob_refcnt = _Py_IMMORTAL_REFCNT; }
-#elif PY_VERSION_HEX < 0x030F0000 && defined(_Py_IMMORTAL_INITIAL_REFCNT) && defined(_Py_IMMORTAL_FLAGS)
-/* 3.14: Py_INCREF skips at >= _Py_IMMORTAL_INITIAL_REFCNT (only the minimum would still let INCREF
- * write) and immortality also lives in ob_flags. Compiles only against real 3.14 headers; it was not
- * run by cowprof's test suite, so prepare.py enables it only on request. */
+#elif defined(_Py_IMMORTAL_INITIAL_REFCNT) && defined(_Py_IMMORTAL_MINIMUM_REFCNT) && defined(_Py_IMMORTAL_FLAGS)
+/* 3.14 and later, 64-bit: the refcount word is {uint32 ob_refcnt, uint16 ob_overflow, uint16 ob_flags}.
+ * _Py_IsImmortal tests the 32-bit count for >= _Py_IMMORTAL_MINIMUM_REFCNT, but Py_INCREF skips only
+ * at >= _Py_IMMORTAL_INITIAL_REFCNT (below it, it still writes), and immortality is also flagged in
+ * ob_flags: set both the way CPython's own _Py_SetImmortalUntracked (Objects/object.c) does. The 3.15
+ * API PyUnstable_SetImmortal cannot serve a heap walk: it refuses every object with more than one
+ * reference, and every str. Versions after 3.15 compile with the constants of their headers but
+ * have not been run by cowprof's test suite: prepare.py enables them only on request. */
 #  define CP_CAN_WALK 1
-#  define CP_UNTESTED 1
+#  define CP_UNTESTED (PY_VERSION_HEX >= 0x03100000)
 #  define CP_SCHEME "ob_refcnt = _Py_IMMORTAL_INITIAL_REFCNT, ob_flags |= _Py_IMMORTAL_FLAGS"
+#  define CP_IMMORTAL_VALUE ((unsigned long long)_Py_IMMORTAL_INITIAL_REFCNT)
 static inline void cp_set_immortal(PyObject *op) {
-    op->ob_refcnt = (uint32_t)_Py_IMMORTAL_INITIAL_REFCNT;
     op->ob_flags |= _Py_IMMORTAL_FLAGS;
+    op->ob_refcnt = (uint32_t)_Py_IMMORTAL_INITIAL_REFCNT;
 }
 #else
 #  define CP_CAN_WALK 0
@@ -291,6 +298,7 @@ enum { BUF_NONE, BUF_LIST, BUF_SET, BUF_DICT };
 
 typedef struct {
     int immortalize;
+    int new_only;             /* a repeat walk: skip tracked objects that are already immortal */
     int record;
     int hash_strings;
     int tag_types;
@@ -307,7 +315,7 @@ typedef struct {
     PyObject *sizeof_name;
     int failed;
     /* counts */
-    uint64_t objects, immortalized, already_immortal, tracked, untracked, bytes;
+    uint64_t objects, immortalized, already_immortal, left_mortal, tracked, untracked, bytes;
     uint64_t strings_hashed, types_tagged, containers_descended;
 } cp_walk;
 
@@ -468,6 +476,18 @@ static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
     return 0;
 }
 
+/* Objects the walk must leave mortal. Debug builds of 3.14+ check that every immortal str that is
+ * not static is interned (_PyUnicode_CheckConsistency, _Py_SetImmortalUntracked); interning the
+ * heap's strings is not ours to do, so there the strings that are not interned stay mortal. */
+static inline int keep_mortal(PyObject *op) {
+#if defined(Py_DEBUG) && PY_VERSION_HEX >= 0x030E0000
+    return PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op) == SSTATE_NOT_INTERNED;
+#else
+    (void)op;
+    return 0;
+#endif
+}
+
 /* Count, size, record, hash, tag, and immortalize one object seen for the first time. */
 static int process(cp_walk *w, PyObject *op, int was_immortal) {
     PyTypeObject *tp = Py_TYPE(op);
@@ -486,9 +506,16 @@ static int process(cp_walk *w, PyObject *op, int was_immortal) {
     }
     if (was_immortal) {
         w->already_immortal++;
+    } else if (w->immortalize && keep_mortal(op)) {
+        w->left_mortal++;
     } else if (w->immortalize) {
         cp_set_immortal(op);
         w->immortalized++;
+        /* An interned str made immortal is interned-immortal, the state CPython's own
+         * immortalize_interned() gives it: interning it again must not find an immortal string
+         * marked mortal (debug builds assert on that), and shutdown treats it as immortal. */
+        if (tp == &PyUnicode_Type && PyUnicode_CHECK_INTERNED(op) == SSTATE_INTERNED_MORTAL)
+            ((PyASCIIObject *)op)->state.interned = SSTATE_INTERNED_IMMORTAL;
     }
     return 0;
 }
@@ -507,7 +534,13 @@ static int visit_edge(PyObject *op, void *arg) {
     if (op == NULL || PyObject_GC_IsTracked(op)) return 0;
     int immortal = _Py_IsImmortal(op);
     if (w->immortalize && !immortal) {
-        /* first time: immortalizing it is also what marks it visited */
+        /* first time: immortalizing it is also what marks it visited; what stays mortal is
+         * marked in the visited set instead */
+        if (keep_mortal(op)) {
+            int added = ptrset_add(&w->seen, op);
+            if (added < 0) goto fail;
+            if (added == 0) return 0;
+        }
         if (process(w, op, 0) < 0) goto fail;
         w->untracked++;
         if (is_container(op) && stack_push(&w->stack, op) < 0) goto fail;
@@ -565,8 +598,11 @@ static int drain(cp_walk *w) {
 
 static int visit_root(PyObject *op, void *arg) {
     cp_walk *w = (cp_walk *)arg;
-    w->tracked++;
     int immortal = _Py_IsImmortal(op);
+    /* A repeat walk is for objects created since the last one. 3.12/3.13 visit no frozen object;
+     * 3.14+ also visit the permanent generation, whose objects the previous walk already did. */
+    if (w->new_only && immortal) return 1;
+    w->tracked++;
     if (!w->immortalize) {
         int added = ptrset_add(&w->seen, op);
         if (added < 0) goto fail;
@@ -602,10 +638,12 @@ static void walk_free(cp_walk *w) {
 
 PyDoc_STRVAR(walk_doc,
 "walk(*, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16, hash_strings=True,\n"
-"     tag_types=True) -> dict\n\n"
+"     tag_types=True, new_only=False) -> dict\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
+"new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
+"visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
-"Returns counts (objects, immortalized, already_immortal, tracked, untracked, bytes,\n"
+"Returns counts (objects, immortalized, already_immortal, left_mortal, tracked, untracked, bytes,\n"
 "strings_hashed, types_tagged, seconds). With heapmap_fd (an open file, written from its current\n"
 "offset) the heap map records <u8 addr, <u4 size, <u4 type index> are written there, and the result\n"
 "has 'heapmap_records' (count), 'heapmap_error' (None or the OSError of a failed write),\n"
@@ -615,11 +653,11 @@ PyDoc_STRVAR(walk_doc,
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
-                             "tag_types", NULL};
-    int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1;
+                             "tag_types", "new_only", NULL};
+    int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1, new_only = 0;
     Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpp:walk", kwlist, &immortalize, &heapmap_fd,
-                                     &gc_head, &managed_pre, &hash_strings, &tag_types))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnppp:walk", kwlist, &immortalize, &heapmap_fd,
+                                     &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only))
         return NULL;
     int heapmap = heapmap_fd >= 0;
     if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
@@ -629,6 +667,7 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     cp_walk w;
     memset(&w, 0, sizeof(w));
     w.immortalize = immortalize;
+    w.new_only = new_only && immortalize;
     w.record = heapmap;
     w.hash_strings = hash_strings;
     w.tag_types = tag_types;
@@ -666,6 +705,7 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     SET_U64(result, "objects", w.objects);
     SET_U64(result, "immortalized", w.immortalized);
     SET_U64(result, "already_immortal", w.already_immortal);
+    SET_U64(result, "left_mortal", w.left_mortal);
     SET_U64(result, "tracked", w.tracked);
     SET_U64(result, "untracked", w.untracked);
     SET_U64(result, "bytes", w.bytes);
@@ -747,8 +787,11 @@ static PyObject *cp_trim(PyObject *self, PyObject *unused) {
 #endif
 }
 
-PyDoc_STRVAR(info_doc, "info() -> dict\n\nWhat this build can do: can_walk, reason (why not), scheme, untested, "
-                       "compiled_for, has_malloc_trim.");
+PyDoc_STRVAR(info_doc, "info() -> dict\n\nWhat this build can do: can_walk, reason (why not), scheme, untested,\n"
+                       "compiled_for, debug_build, has_malloc_trim, immortal_refcnt (what the walk writes, or\n"
+                       "None), and the object layout of the headers it was compiled against: refcount_offset,\n"
+                       "refcount_size (the word holding the count, and on 3.14+ ob_overflow and ob_flags),\n"
+                       "type_offset, str_hash_offset (the cached hash of an exact str).");
 
 static PyObject *cp_info(PyObject *self, PyObject *unused) {
     char compiled[16];
@@ -758,15 +801,35 @@ static PyObject *cp_info(PyObject *self, PyObject *unused) {
 #else
     int has_trim = 0;
 #endif
-#if CP_CAN_WALK
-    return Py_BuildValue("{s:O,s:O,s:s,s:O,s:s,s:O}", "can_walk", Py_True, "reason", Py_None, "scheme",
-                         CP_SCHEME, "untested", CP_UNTESTED ? Py_True : Py_False, "compiled_for", compiled,
-                         "has_malloc_trim", has_trim ? Py_True : Py_False);
+#ifdef Py_DEBUG
+    int debug = 1;
 #else
-    return Py_BuildValue("{s:O,s:s,s:O,s:O,s:s,s:O}", "can_walk", Py_False, "reason", CP_REASON, "scheme",
-                         Py_None, "untested", Py_False, "compiled_for", compiled, "has_malloc_trim",
-                         has_trim ? Py_True : Py_False);
+    int debug = 0;
 #endif
+#if CP_CAN_WALK
+    PyObject *immortal = PyLong_FromUnsignedLongLong(CP_IMMORTAL_VALUE);
+    PyObject *reason = Py_NewRef(Py_None), *scheme = PyUnicode_FromString(CP_SCHEME);
+    int can_walk = 1, untested = CP_UNTESTED;
+#else
+    PyObject *immortal = Py_NewRef(Py_None);
+    PyObject *reason = PyUnicode_FromString(CP_REASON), *scheme = Py_NewRef(Py_None);
+    int can_walk = 0, untested = 0;
+#endif
+    PyObject *r = NULL;
+    if (immortal && reason && scheme) {
+        r = Py_BuildValue("{s:O,s:O,s:O,s:O,s:s,s:O,s:O,s:O,s:n,s:n,s:n,s:n}", "can_walk", can_walk ? Py_True : Py_False,
+                          "reason", reason, "scheme", scheme, "untested", untested ? Py_True : Py_False,
+                          "compiled_for", compiled, "debug_build", debug ? Py_True : Py_False,
+                          "has_malloc_trim", has_trim ? Py_True : Py_False, "immortal_refcnt", immortal,
+                          "refcount_offset", (Py_ssize_t)offsetof(PyObject, ob_refcnt),
+                          "refcount_size", (Py_ssize_t)sizeof(Py_ssize_t),
+                          "type_offset", (Py_ssize_t)offsetof(PyObject, ob_type),
+                          "str_hash_offset", (Py_ssize_t)offsetof(PyASCIIObject, hash));
+    }
+    Py_XDECREF(immortal);
+    Py_XDECREF(reason);
+    Py_XDECREF(scheme);
+    return r;
 }
 
 static PyMethodDef cp_methods[] = {

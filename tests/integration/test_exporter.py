@@ -132,6 +132,12 @@ def _close(a: float, b: float, *, rel: float = 0.02, abs_: float = 256 * 1024) -
     return abs(a - b) <= max(abs_, rel * max(abs(a), abs(b)))
 
 
+def _rel(attr: str) -> float:
+    """PSS also divides the library pages the tree shares with every other process on the machine,
+    so it moves between two scans as unrelated processes start and exit: give it more room."""
+    return 0.05 if attr == "pss_bytes" else 0.02
+
+
 # ---------------------------------------------------------------------------------------------
 
 def test_two_scrapes_match_a_direct_page_report(start_exporter):
@@ -173,11 +179,11 @@ def test_two_scrapes_match_a_direct_page_report(start_exporter):
                                      ("cowprof_worker_uss_bytes", "uss_bytes"),
                                      ("cowprof_worker_shared_bytes", "shared_bytes")):
                     got = _by_pid(fams, metric)[pid]
-                    assert _close(got, getattr(w, attr)), (metric, pid, got, getattr(w, attr))
+                    assert _close(got, getattr(w, attr), rel=_rel(attr)), (metric, pid, got, getattr(w, attr))
                 assert _by_pid(fams, "cowprof_worker_start_time_seconds")[pid] == pytest.approx(
                     w.started_at, abs=1.0)
             assert _close(_value(fams, "cowprof_master_rss_bytes"), direct.master.rss_bytes)
-            assert _close(_value(fams, "cowprof_master_pss_bytes"), direct.master.pss_bytes)
+            assert _close(_value(fams, "cowprof_master_pss_bytes"), direct.master.pss_bytes, rel=_rel("pss_bytes"))
         # baseline for the bars above: shared is far from copied, so a swapped field fails them
         assert all(abs(w.shared_bytes - w.copied_bytes) > 2 * 1024 * 1024 + SLACK
                    for w in workers.values())

@@ -80,7 +80,8 @@ def test_walk_reaches_untracked_containers_dict_keys_and_code_objects():
         }))
     """)
     assert out["before"] == [False, False]
-    assert out["untracked"] == [False, False]  # these containers are invisible to gc's lists
+    # these containers are invisible to gc's lists (3.14 no longer untracks dicts of atomic values)
+    assert out["untracked"] == [sys.version_info >= (3, 14), False]
     assert all(out["after"].values()), out["after"]
 
 

@@ -124,22 +124,67 @@ def test_buffer_records_inferred_or_taken_from_the_heap_map():
     assert att._layout(flagged).buffer.tolist() == [False, False, False, False, True, True]
 
 
+needs_native = pytest.mark.skipif(sys.version_info < (3, 12), reason="the object layout comes from cowprof._native, "
+                                  "which walks only on CPython 3.12+ (the 3.11 run is the profiler side)")
+
+
+@needs_native
 def test_object_layout_facts_hold_in_this_interpreter():
-    """The offsets the classification assumes, read back with ctypes from live objects."""
+    """The layout a map records (from the native module's headers and measurements), read back with
+    ctypes from live objects of this interpreter."""
+    from cowprof import _native, heapmap
+    from cowprof.prepare import _preheader_sizes
+
+    lay = heapmap.object_layout(*_preheader_sizes())
     s = "attribution-%d" % os.getpid()
     h = hash(s)
-    assert ctypes.c_ssize_t.from_address(id(s) + att.STR_HASH_OFFSET).value == h
+    assert ctypes.c_ssize_t.from_address(id(s) + lay["str_hash_offset"]).value == h
     f = float(os.getpid()) + 0.25
-    assert ctypes.c_ssize_t.from_address(id(f)).value == sys.getrefcount(f) - 1  # ob_refcnt at 0
-    assert ctypes.c_void_p.from_address(id(f) + 8).value == id(float)  # ob_type at 8
-    assert sys.getsizeof([]) - [].__sizeof__() == att.GC_HEAD_SIZE
-    tracked, untracked = [[]], {"a": 1.5}
-    assert gc.is_tracked(tracked) and not gc.is_tracked(untracked)
-    # the GC header is the 16 bytes before the object: _gc_next is set only while tracked
-    assert ctypes.c_uint64.from_address(id(tracked) - att.GC_HEAD_SIZE).value != 0
-    assert ctypes.c_uint64.from_address(id(untracked) - att.GC_HEAD_SIZE).value == 0
+    word = ctypes.c_uint64.from_address(id(f) + lay["refcount_offset"])
+    before = word.value
+    g = [f, f, f]  # three more references: the refcount word counts them
+    assert word.value - before == 3 and len(g) == 3
+    assert ctypes.c_void_p.from_address(id(f) + lay["type_offset"]).value == id(float)
+    assert sys.getsizeof([]) - [].__sizeof__() == lay["gc_head"]
+    assert lay["basicsize"]["dict"] == dict.__basicsize__
+    tracked = [[]]
+    assert gc.is_tracked(tracked)
+    # the GC header is the gc_head bytes before the object: _gc_next is set only while tracked
+    assert ctypes.c_uint64.from_address(id(tracked) - lay["gc_head"]).value != 0
+    untracked = (1.5, "x")
+    gc.collect()
+    assert not gc.is_tracked(untracked)
     floats = [float(i) + 0.5 for i in range(64)]
-    assert all(id(x) % att.BLOCK_ALIGN == 0 for x in floats)
+    assert all(id(x) % lay["block_align"] == 0 for x in floats)
+    info = _native.info()
+    if sys.version_info >= (3, 14):  # the immortal scheme: 32-bit count + ob_flags in the same word
+        assert info["immortal_refcnt"] == 3 << 30 and "ob_flags" in info["scheme"]
+    else:
+        assert info["immortal_refcnt"] == 0xFFFFFFFF
+
+
+@needs_native
+def test_immortalizing_writes_only_the_refcount_word():
+    """What the walk writes into an object lies inside the layout's refcount word, so a worker page
+    changed there is attributed to "refcount"."""
+    out = subprocess.run([sys.executable, "-c", """
+import ctypes, json, sys
+from cowprof import _native, heapmap
+from cowprof.prepare import _preheader_sizes
+lay = heapmap.object_layout(*_preheader_sizes())
+obj = [float(i) + 0.5 for i in range(3)]
+x = obj[1]
+before = ctypes.string_at(id(x), sys.getsizeof(x))
+_native.walk(hash_strings=False, tag_types=False)
+after = ctypes.string_at(id(x), sys.getsizeof(x))
+changed = [i for i in range(len(before)) if before[i] != after[i]]
+print(json.dumps({"changed": changed, "lo": lay["refcount_offset"], "hi": lay["refcount_offset"] + lay["refcount_size"],
+                  "immortal": _native.is_immortal(x)}))
+"""], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["immortal"] and r["changed"]
+    assert all(r["lo"] <= i < r["hi"] for i in r["changed"]), r
 
 
 # ---------------------------------------------------------------------------------- by cause

@@ -9,9 +9,9 @@ COWPROF_CACHE=${COWPROF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cowprof}
 COWPROF_SID_ROOT="$COWPROF_CACHE/debian-sid"
 COWPROF_SID_VERSIONS="3.14 3.15"
 # what the Debian root holds: interpreters with headers and venv, the debug build of 3.14, a compiler
-# for cowprof's extension (and uWSGI), and the servers the test suite starts
+# for cowprof's extension (and uWSGI, which also links libcrypt), and the servers the test suite starts
 COWPROF_SID_PACKAGES="python3.14 python3.14-dev python3.14-venv python3.14-dbg python3.15 python3.15-dev
-python3.15-venv gcc libc6-dev ca-certificates"
+python3.15-venv gcc libc6-dev libcrypt-dev ca-certificates"
 COWPROF_SID_SERVICES="redis-server"
 
 _cowprof_log() { printf '[cowprof setup] %s\n' "$*" >&2; }

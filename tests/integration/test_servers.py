@@ -31,14 +31,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_immortal,
               pytest.mark.skipif(NO_IMMORTAL is not None, reason=f"{NO_IMMORTAL}")]
 
 #: per app: the worst worker's copied bytes, in % of the master's RSS after the load
-BAR_PCT = {"django": 24.0, "flask": 22.0, "fastapi": 16.5, "celery": 25.0, "mp": 8.0}
-REQUESTS = {"celery": 200, "mp": 20}  # tasks; the web cells get 400 requests
+BAR_PCT = {"django": 24.0, "flask": 22.0, "fastapi": 16.5, "celery": 25.0}
+REQUESTS = {"celery": 200}  # tasks; the web cells get 400 requests
 
 CELLS = [Cell("gunicorn-sync", "django"), Cell("gunicorn-sync", "flask"),
          Cell("gunicorn-gthread", "django"), Cell("gunicorn-gthread", "flask"),
          Cell("gunicorn-uvicorn", "fastapi"), Cell("gunicorn-asgi", "fastapi"),
          Cell("uwsgi", "django"), Cell("uwsgi", "flask"),
-         Cell("celery", "celery"), Cell("mp-pool", "mp")]
+         Cell("celery", "celery")]
+# the multiprocessing fork Pool (and forkserver) recipes have their own tests: test_multiprocessing.py
 
 
 @pytest.fixture(scope="module")

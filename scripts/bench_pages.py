@@ -4,8 +4,9 @@
 Starts tests/forktree_prog.py (a master that fills an anonymous buffer of ``--master-mb`` MiB, then
 forks ``--workers`` workers that each copy ``--write-pages`` pages and touch ``--new-pages`` fresh
 ones), then times ``scan()`` ``--repeat`` times in each mode. Prints one line per mode with the
-best and median seconds and the seconds per GiB resident scanned (the RSS of all processes of the
-tree; target: at most 0.25 s/GiB). Needs root for the PFN mode (it is skipped otherwise).
+best and median seconds (wall and, for a loaded machine, CPU time of this process) and the seconds
+per GiB resident scanned (the RSS of all processes of the tree; target: at most 0.25 s/GiB). Needs
+root for the PFN mode (it is skipped otherwise).
 
     .venv/py3.12/bin/python scripts/bench_pages.py [--master-mb 1024 --workers 4 --repeat 5]
 """
@@ -50,14 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         if procfs.kpagecount_readable() and procfs.pfns_visible():
             modes.insert(0, True)
         for priv in modes:
-            times = []
+            times, cpu = [], []
             for _ in range(args.repeat):
+                c0 = time.process_time()
                 rep = scan(tree, privileged=priv)
+                cpu.append(time.process_time() - c0)
                 times.append(rep.scan_seconds)
             best, med = min(times), statistics.median(times)
             w = rep.workers[0]
             print(f"mode {rep.mode:13s}: best {best:.3f} s, median {med:.3f} s for {1 + len(rep.workers)} processes; "
                   f"{best / (rss / GIB):.3f} s/GiB resident (median {med / (rss / GIB):.3f}); "
+                  f"CPU best {min(cpu):.3f} s, median {statistics.median(cpu):.3f} s "
+                  f"= {min(cpu) / (rss / GIB):.3f} s/GiB; "
                   f"worker copied {w.copied_bytes >> 20} MiB, new {w.new_bytes >> 20} MiB, "
                   f"shared {w.shared_bytes >> 20} MiB")
     return 0

@@ -30,7 +30,7 @@ import select
 import signal
 import sys
 
-from forktree_prog import die_with_parent, kill_children_and_exit
+from forktree_prog import die_with_parent, fork_workers, kill_children_and_exit
 
 PAGE = mmap.PAGESIZE
 MAP_FIXED_NOREPLACE = 0x100000  # Linux 4.17+
@@ -142,22 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     master = os.getpid()
     children: set[int] = set()
     signal.signal(signal.SIGTERM, lambda *_a: kill_children_and_exit(children))
-    ready_r, ready_w = os.pipe()
-    sys.stdout.flush()
-    for _ in range(args.workers):
-        pid = os.fork()
-        if pid == 0:
-            os.close(ready_r)
-            die_with_parent(master)
-            _touch(bss, bss_size, 2)
-            _touch(adjacent, size, 2)
-            os.write(ready_w, b"x")
-            while True:
-                select.select([], [], [], 0.5)
-                if os.getppid() != master:
-                    os._exit(0)
-        children.add(pid)
-    os.close(ready_w)
+
+    def worker(ready_w: int) -> None:
+        die_with_parent(master)
+        _touch(bss, bss_size, 2)
+        _touch(adjacent, size, 2)
+        os.write(ready_w, b"x")
+        while True:
+            select.select([], [], [], 0.5)
+            if os.getppid() != master:
+                os._exit(0)
+
+    ready_r = fork_workers(args.workers, children, worker)
     got = b""
     while len(got) < args.workers:
         r, _, _ = select.select([ready_r], [], [], args.timeout)

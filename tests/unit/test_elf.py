@@ -7,6 +7,7 @@ symlinks, FIFOs, replaced and deleted files.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import mmap
 import os
 import stat
@@ -111,6 +112,14 @@ def test_real_libraries_bss_ends_where_the_headers_say():
             os.close(fd)
         end = first.start - ext.first_vaddr + ext.end_vaddr
         assert m.start <= end <= m.end, (prev.path, hex(end), hex(m.start), hex(m.end))
+        # without map_files (no such range there: as for a user without CAP_SYS_ADMIN), the path
+        # under /proc/PID/root opens the same file
+        fd = procfs.open_mapped_file(os.getpid(), dataclasses.replace(prev, start=prev.start + P))
+        assert fd is not None
+        try:
+            assert elf.read_extent(fd, P) == ext
+        finally:
+            os.close(fd)
         checked.append((os.path.basename(prev.path), end > m.start))
     assert ("libc.so.6", True) in checked, checked  # libc has a .bss past its file
 

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LoadExtent", "NOT_AN_IMAGE", "cached_extent", "clear_cache", "read_extent"]
+__all__ = ["LoadExtent", "NOT_AN_IMAGE", "Unsupported", "cached_extent", "clear_cache", "read_extent"]
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
 _PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr

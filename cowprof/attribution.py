@@ -25,27 +25,31 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from . import heapmap as _heapmap
 from . import procfs
-from .errors import BadInput, CowprofError, ProcessGone
+from .errors import AccessDenied, BadInput, CowprofError, ProcessGone
 from .heapmap import HeapMap
 from .memreader import MemReader, MemoryAccessDenied
 from .pages import PageReport, scan
 from .tree import Tree, find_tree
 
 __all__ = [
-    "CAUSES", "CAUSE_LABELS", "NO_OBJECT", "ORIGINALS", "VERSION", "Attribution", "NoHeapMap",
-    "WorkerAttribution", "attribute", "by_cause", "by_type", "find_heapmap", "snapshot", "top_causes",
+    "CAUSES", "CAUSE_LABELS", "NO_OBJECT", "ORIGINALS", "UNKNOWN_MEMORY", "VERSION", "Attribution", "NoAttribution",
+    "NoHeapMap",
+    "WorkerAttribution", "attribute", "by_cause", "by_type", "find_heapmap", "heapmap_or_memory", "record_bytes",
+    "snapshot", "top_causes",
     "top_types",
 ]
 
 VERSION = 1
 NO_OBJECT = "no object"
+#: allocated memory in which attribution from outside (no heap map) found no verifiable object
+UNKNOWN_MEMORY = "unknown"
 CAUSES: tuple[str, ...] = ("refcount", "gc_header", "str_hash", "other_field", "allocator", "identical",
                            "unknown")
 CAUSE_LABELS: dict[str, str] = {
@@ -89,6 +93,10 @@ class NoHeapMap(BadInput):
     """No current heap map for this master: attribution cannot name types."""
 
 
+class NoAttribution(AccessDenied):
+    """No heap map, and the master's memory cannot be read to find the objects from outside."""
+
+
 # ---------------------------------------------------------------------------------- results
 
 
@@ -107,6 +115,9 @@ class WorkerAttribution:
     """Changed 64-bit words per cause (``identical`` and ``unknown`` have none)."""
     originals: dict[str, int] | None = None
     """Bytes per source of the original page (keys: :data:`ORIGINALS`)."""
+    unknown_bytes: int = 0
+    """Allocated bytes holding no verifiable object (only from outside: a saved heap map has none);
+    ``types``, ``no_object_bytes`` and ``unknown_bytes`` add up to ``copied_bytes``."""
 
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         types = self.types if top is None else self.types[:top]
@@ -114,7 +125,7 @@ class WorkerAttribution:
             "pid": self.pid, "copied_bytes": self.copied_bytes,
             "types": [{"type": t, "bytes": b} for t, b in types],
             "other_types_bytes": sum(b for _t, b in self.types[len(types):]),
-            "no_object_bytes": self.no_object_bytes,
+            "no_object_bytes": self.no_object_bytes, "unknown_bytes": self.unknown_bytes,
             "causes": self.causes, "changed_words": self.changed_words, "originals": self.originals,
         }
         return d
@@ -125,7 +136,8 @@ class WorkerAttribution:
         if d.get("other_types_bytes"):
             types.append(("(other types)", int(d["other_types_bytes"])))
         return cls(pid=int(d["pid"]), copied_bytes=int(d["copied_bytes"]), types=types,
-                   no_object_bytes=int(d["no_object_bytes"]), causes=d.get("causes"),
+                   no_object_bytes=int(d["no_object_bytes"]), unknown_bytes=int(d.get("unknown_bytes", 0)),
+                   causes=d.get("causes"),
                    changed_words=d.get("changed_words"), originals=d.get("originals"))
 
 
@@ -144,6 +156,9 @@ class Attribution:
     causes_error: str | None = None
     """Why there is no by-cause view (missing ptrace rights, not asked for), or None."""
     seconds: float = 0.0
+    source: str = "heapmap"
+    """Where the objects came from: ``"heapmap"`` (saved by the master) or ``"memory (CPython X.Y.Z,
+    read from outside)"`` (:mod:`cowprof.remote`)."""
 
     @property
     def has_causes(self) -> bool:
@@ -156,6 +171,7 @@ class Attribution:
             for t, b in w.types:
                 acc[t] = acc.get(t, 0) + b
             acc[NO_OBJECT] = acc.get(NO_OBJECT, 0) + w.no_object_bytes
+            acc[UNKNOWN_MEMORY] = acc.get(UNKNOWN_MEMORY, 0) + w.unknown_bytes
         return sorted(((t, b) for t, b in acc.items() if b), key=lambda tb: (-tb[1], tb[0]))
 
     def total_causes(self) -> list[tuple[str, int]] | None:
@@ -171,7 +187,7 @@ class Attribution:
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         return {
             "version": self.version, "master": self.master, "taken_at": self.taken_at,
-            "page_size": self.page_size, "mode": self.mode, "seconds": self.seconds,
+            "page_size": self.page_size, "mode": self.mode, "seconds": self.seconds, "source": self.source,
             "heapmap": {"records": self.heapmap_records, "created_at": self.heapmap_created_at},
             "causes_error": self.causes_error,
             "workers": [w.to_dict(top) for w in self.workers],
@@ -187,7 +203,8 @@ class Attribution:
                        heapmap_records=int(d["heapmap"]["records"]),
                        heapmap_created_at=float(d["heapmap"]["created_at"]),
                        workers=[WorkerAttribution.from_dict(w) for w in d["workers"]],
-                       causes_error=d.get("causes_error"), seconds=float(d.get("seconds", 0.0)))
+                       causes_error=d.get("causes_error"), seconds=float(d.get("seconds", 0.0)),
+                       source=str(d.get("source", "heapmap")))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise BadInput(f"not a cowprof attribution: {type(err).__name__}: {err}") from None
 
@@ -266,9 +283,9 @@ def _layout(hm: HeapMap) -> _Layout:
 # ----------------------------------------------------------------------------------- by type
 
 
-def _type_bytes(lay: _Layout, pages: np.ndarray, page_size: int) -> np.ndarray:
-    """Bytes of each type on the given (sorted, unique) pages: int64 array indexed by type."""
-    out = np.zeros(len(lay.names), dtype=np.float64)
+def _record_bytes(lay: _Layout, pages: np.ndarray, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per chunk of the given (sorted, unique) pages: the records on them and the bytes of each on
+    each page (a record spanning pages appears once per page)."""
     ps = np.uint64(page_size)
     for c in range(0, pages.size, CHUNK_PAGES):
         p = pages[c : c + CHUNK_PAGES]
@@ -283,7 +300,23 @@ def _type_bytes(lay: _Layout, pages: np.ndarray, page_size: int) -> np.ndarray:
         page_lo = np.repeat(p, cnt)
         lo = np.maximum(lay.start[rec], page_lo)
         hi = np.minimum(lay.end[rec], page_lo + ps)
-        out += np.bincount(lay.type[rec], weights=(hi - lo).astype(np.float64), minlength=out.size)
+        yield rec, (hi - lo).astype(np.float64)
+
+
+def record_bytes(hm: HeapMap, pages: np.ndarray, page_size: int, *, _lay: _Layout | None = None) -> np.ndarray:
+    """Bytes of each record of ``hm`` (in address order) on the given pages: float64 array."""
+    lay = _lay or _layout(hm)
+    out = np.zeros(lay.start.size, dtype=np.float64)
+    for rec, nbytes in _record_bytes(lay, np.unique(np.asarray(pages, dtype=np.uint64)), page_size):
+        out += np.bincount(rec, weights=nbytes, minlength=out.size)
+    return out
+
+
+def _type_bytes(lay: _Layout, pages: np.ndarray, page_size: int) -> np.ndarray:
+    """Bytes of each type on the given (sorted, unique) pages: int64 array indexed by type."""
+    out = np.zeros(len(lay.names), dtype=np.float64)
+    for rec, nbytes in _record_bytes(lay, pages, page_size):
+        out += np.bincount(lay.type[rec], weights=nbytes, minlength=out.size)
     return np.rint(out).astype(np.int64)
 
 
@@ -460,24 +493,55 @@ def by_cause(report: PageReport, hm: HeapMap, *, procfs_root: str = "/proc",
     lay = _lay or _layout(hm)
     results = _types if _types is not None else by_type(report, hm, _lay=lay)
     open_reader = open_reader or _default_reader(procfs_root)
+    master = report.master.pid
     live = [w.pid for w in report.workers]
     addrs = {w.pid: _pages_of(w) for w in report.workers}
-    sources = _sources(report.master.pid, live, addrs, report.page_size, procfs_root)
+    master_ticks = _master_start_ticks(master, procfs_root)
     readers: dict[int, MemReader] = {}
     try:
+        sources = _sources(master, live, addrs, report.page_size, procfs_root)
         for res in results:
             kind, src = sources[res.pid]
             try:
                 res.causes, res.changed_words, res.originals = _causes_of_worker(
                     lay, res.pid, addrs[res.pid], kind, src, report.page_size, open_reader, readers)
-            except ProcessGone:  # the worker exited: its pages can no longer be read
+            except ProcessGone as err:  # the worker exited: its pages can no longer be read
+                if err.pid == master:
+                    raise
                 res.causes = {c: 0 for c in CAUSES} | {"unknown": res.copied_bytes}
                 res.changed_words = dict.fromkeys(CAUSES, 0)
                 res.originals = dict.fromkeys(ORIGINALS, 0) | {"none": res.copied_bytes}
+    except ProcessGone as err:
+        if err.pid == master:
+            raise _master_exited(master) from None
+        raise
     finally:
         for r in readers.values():
             r.close()
+    # the originals read from a master that exited meanwhile are not its pages (reads of a dead
+    # process return nothing): the whole by-cause view would be made up
+    if _master_start_ticks(master, procfs_root, required=False) != master_ticks:
+        raise _master_exited(master)
     return results
+
+
+def _master_start_ticks(master: int, procfs_root: str, *, required: bool = True) -> int | None:
+    """Start time of the master while it lives; once it is gone (or a zombie) ProcessGone, or
+    None when not ``required``."""
+    try:
+        st = procfs.read_stat(master, procfs_root)
+        if not st.zombie:
+            return st.starttime_ticks
+    except ProcessGone:
+        pass
+    if required:
+        raise _master_exited(master)
+    return None
+
+
+def _master_exited(master: int) -> ProcessGone:
+    return ProcessGone(master, f"process {master} (the master) exited while the originals of the copied "
+                               "pages were read from it: no attribution by cause without it")
 
 
 def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_root: str = "/proc",
@@ -490,10 +554,17 @@ def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_ro
     t0 = time.perf_counter()
     lay = _layout(hm)
     workers = by_type(report, hm, _lay=lay)
+    unknown_name = getattr(hm, "unknown_name", None)  # maps read from outside (cowprof.remote)
+    if unknown_name is not None:
+        for w in workers:
+            w.unknown_bytes = dict(w.types).get(unknown_name, 0)
+            w.types = [(t, b) for t, b in w.types if t != unknown_name]
     error = None if causes else "not requested"
     if causes:
         try:
-            workers = by_cause(report, hm, procfs_root=procfs_root, open_reader=open_reader, _lay=lay,
+            # a changed word in memory holding no verifiable object counts as outside any record
+            cause_lay = _layout(hm.for_causes()) if hasattr(hm, "for_causes") else lay
+            workers = by_cause(report, hm, procfs_root=procfs_root, open_reader=open_reader, _lay=cause_lay,
                                _types=workers)
         except MemoryAccessDenied as err:
             error = str(err)
@@ -502,7 +573,7 @@ def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_ro
     return Attribution(version=VERSION, master=report.master.pid, taken_at=report.taken_at,
                        page_size=report.page_size, mode=report.mode, heapmap_records=len(hm),
                        heapmap_created_at=float(hm.created_at), workers=workers, causes_error=error,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, source=getattr(hm, "source", "heapmap"))
 
 
 # ------------------------------------------------------------------- finding the heap map
@@ -512,11 +583,14 @@ _ENV_LINE = (b"COWPROF_HEAPMAP_DIR=", b"XDG_RUNTIME_DIR=", b"HOME=")
 
 
 def _candidate_dirs(pid: int, procfs_root: str) -> list[str]:
-    """Directories where master ``pid`` would have saved its map: ours, then its environment's."""
+    """Directories where master ``pid`` would have saved its map: ours, then its environment's.
+    Raises ProcessGone when the master is gone (its environment then says nothing)."""
     dirs = [_heapmap.default_directory()]
     try:
         env = procfs.read_bytes(pid, "environ", procfs_root).split(b"\0")
-    except CowprofError:
+    except ProcessGone:
+        raise
+    except CowprofError:  # not allowed to read it: only our own directory is known
         return dirs
     found = {k: line[len(k):].decode(errors="surrogateescape") for line in env for k in _ENV_LINE
              if line.startswith(k)}
@@ -533,33 +607,64 @@ def _candidate_dirs(pid: int, procfs_root: str) -> list[str]:
 def find_heapmap(master: int, *, procfs_root: str = "/proc", directory: str | None = None) -> HeapMap:
     """The current heap map of ``master``: in ``directory`` if given, else in this user's heap map
     directory or the one the master's environment points to (a root profiler finds a server user's
-    map). Only a file owned by us or by the master's user is read. Raises :class:`NoHeapMap`."""
+    map). Only a file owned by us or by the master's user is read. Raises :class:`NoHeapMap` when
+    there is none, :class:`~cowprof.heapmap.CorruptHeapMap` when the master's map is unreadable
+    and :class:`ProcessGone` when the master exited meanwhile."""
     try:
         master_uid = os.stat(os.path.join(procfs_root, str(master))).st_uid
     except OSError:
         raise ProcessGone(master) from None
     dirs = [directory] if directory else _candidate_dirs(master, procfs_root)
+    corrupt: _heapmap.CorruptHeapMap | None = None
     for d in dirs:
-        paths = _heapmap.segment_paths(master, d)
         try:
-            if not paths or any(os.stat(p).st_uid not in (os.getuid(), master_uid) for p in paths):
-                continue
-        except OSError:
+            hm = _heapmap.load(master, d, procfs_root, owners={os.geteuid(), master_uid})
+        except _heapmap.CorruptHeapMap as err:
+            corrupt = corrupt or err
             continue
-        hm = _heapmap.load(master, d, procfs_root)
         if hm is not None:
             return hm
+    if _master_start_ticks(master, procfs_root, required=False) is None:  # it exited: its map is stale now
+        raise ProcessGone(master, f"process {master} (the master) exited while its heap map was looked up")
+    if corrupt is not None:
+        raise corrupt
     raise NoHeapMap(f"no current heap map for master {master} (looked in {', '.join(dirs)}): call "
                     "cowprof.prepare_fork() in the master before it forks (heapmap=True is the default)")
 
 
+def heapmap_or_memory(report: PageReport, *, procfs_root: str = "/proc", heapmap_dir: str | None = None,
+                      from_memory: bool | None = None) -> HeapMap:
+    """The master's saved heap map, else (``from_memory`` None) or instead (True) the records read
+    from its memory by :func:`cowprof.remote.heapmap_from_memory`. Raises :class:`NoAttribution`
+    when there is no map and the memory cannot be read, :class:`NoHeapMap` with ``from_memory=False``."""
+    master = report.master.pid
+    no_map: NoHeapMap | None = None
+    if not from_memory:
+        try:
+            return find_heapmap(master, procfs_root=procfs_root, directory=heapmap_dir)
+        except NoHeapMap as err:
+            if from_memory is False:
+                raise
+            no_map = err
+    from .remote import heapmap_from_memory
+
+    try:
+        return heapmap_from_memory(report, procfs_root=procfs_root)
+    except MemoryAccessDenied as err:
+        why = "no heap map (the master never called cowprof.prepare_fork()) and " if no_map else ""
+        raise NoAttribution(master, f"{why}finding the objects from outside needs to read the master's "
+                                    f"memory: {err}") from None
+
+
 def snapshot(pid: int, *, causes: bool = False, procfs_root: str = "/proc",
-             heapmap_dir: str | None = None, privileged: bool | None = None) -> Attribution:
-    """Everything ``cowprof snapshot PID --by type|cause`` needs, in one call: find the tree and its
-    heap map, scan the pages (keeping the copied addresses) and attribute them."""
+             heapmap_dir: str | None = None, privileged: bool | None = None,
+             from_memory: bool | None = None) -> Attribution:
+    """Everything ``cowprof snapshot PID --by type|cause`` needs, in one call: find the tree, scan
+    the pages (keeping the copied addresses), find the heap map or read the objects from the
+    master's memory (:func:`heapmap_or_memory`) and attribute them."""
     tree = find_tree(pid, procfs_root=procfs_root)
-    hm = find_heapmap(tree.master, procfs_root=procfs_root, directory=heapmap_dir)
     report = scan(tree, privileged=privileged, procfs_root=procfs_root, keep_addresses=True)
+    hm = heapmap_or_memory(report, procfs_root=procfs_root, heapmap_dir=heapmap_dir, from_memory=from_memory)
     return attribute(report, hm, causes=causes, procfs_root=procfs_root)
 
 

@@ -9,6 +9,7 @@ code, never a traceback.
 from __future__ import annotations
 
 import enum
+import errno
 import importlib.util
 import math
 import os
@@ -27,7 +28,7 @@ import typer
 from typer.core import TyperGroup
 
 from cowprof import __version__
-from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
+from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, OutputError, ProcessGone
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _click_exc
@@ -167,6 +168,23 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+def _path(value: Any) -> Path:
+    """Parser of file options and arguments: a non-empty path (``Path("")`` would be ``.``)."""
+    if isinstance(value, Path):
+        return value
+    if not str(value).strip():
+        raise typer.BadParameter("the path is empty")
+    return Path(value)
+
+
+def _check_new_output(path: Path, force: bool) -> None:
+    """Fail before touching the target when ``path`` cannot become the new output file."""
+    if path.is_dir():
+        raise BadInput(f"{path} is a directory")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise BadInput(f"{path} already exists (use --force to overwrite it)")
+
+
 class By(str, enum.Enum):
     """``snapshot --by`` groupings."""
 
@@ -174,6 +192,7 @@ class By(str, enum.Enum):
     region = "region"
     type = "type"
     cause = "cause"
+    function = "function"
 
 
 PidArg = Annotated[int, typer.Argument(min=1, show_default=False,
@@ -245,10 +264,11 @@ def snapshot(
                                            "(README.md) instead of a table.")] = False,
     by: Annotated[By, typer.Option("--by", case_sensitive=False,
                                    help="Group by worker, memory region, Python type of the copied "
-                                        "bytes (needs the master's heap map from prepare_fork), or "
-                                        "cause of the copies (also needs to read process memory: root "
-                                        "or ptrace rights).")] = By.worker,
-    top_n: Annotated[int, typer.Option("--top", min=1, help="Rows per worker for --by type/cause.")] = 10,
+                                        "bytes (from the master's heap map, else read from its memory: "
+                                        "root or ptrace rights), cause of the copies (reads process "
+                                        "memory), or function of the copied code objects and module "
+                                        "of the copied instances (reads the master's memory).")] = By.worker,
+    top_n: Annotated[int, typer.Option("--top", min=1, help="Rows for --by type/cause/function.")] = 10,
 ) -> int:
     """One-shot report: per worker, how much memory is shared with the master, copied, or new.
 
@@ -258,16 +278,8 @@ def snapshot(
     from cowprof.pages import scan
     from cowprof.tree import find_tree
 
-    if by in (By.type, By.cause):
-        from cowprof import attribution
-        from cowprof.reporters import attribution as attr_rep
-
-        attr = attribution.snapshot(pid, causes=(by == By.cause))
-        if json_out:
-            attr_rep.render_json(attr, top=top_n, file=sys.stdout)
-        else:
-            attr_rep.render(attr, by=by.value, top=top_n, file=sys.stdout)
-        return 0
+    if by in (By.type, By.cause, By.function):
+        return _snapshot_attribution(pid, by, json_out, top_n)
     report = scan(find_tree(pid))
     if json_out:
         from cowprof.reporters import jsonout
@@ -277,6 +289,42 @@ def snapshot(
         from cowprof.reporters import table
 
         table.render(report, file=sys.stdout, by=by.value)
+    return 0
+
+
+def _snapshot_attribution(pid: int, by: By, json_out: bool, top_n: int) -> int:
+    """``snapshot --by type|cause|function``. Without a heap map and without the rights to read the
+    master's memory: the by-region view, then one line saying what is needed (exit code 4)."""
+    from cowprof import attribution
+    from cowprof.reporters import attribution as attr_rep
+
+    try:
+        if by == By.function:
+            from cowprof import functions
+
+            fattr = functions.snapshot(pid, top=top_n)
+            if json_out:
+                attr_rep.render_functions_json(fattr, top=top_n, file=sys.stdout)
+            else:
+                attr_rep.render_functions(fattr, top=top_n, file=sys.stdout)
+            return 0
+        attr = attribution.snapshot(pid, causes=(by == By.cause))
+    except attribution.NoAttribution as exc:
+        from cowprof.pages import scan
+        from cowprof.reporters import jsonout, table
+        from cowprof.tree import find_tree
+
+        report = scan(find_tree(pid))
+        if json_out:
+            jsonout.render(report, file=sys.stdout)
+        else:
+            table.render(report, file=sys.stdout, by="region")
+        _err(f"{exc}; showing copied bytes by region")
+        return exc.exit_code
+    if json_out:
+        attr_rep.render_json(attr, top=top_n, file=sys.stdout)
+    else:
+        attr_rep.render(attr, by=by.value, top=top_n, file=sys.stdout)
     return 0
 
 
@@ -330,7 +378,7 @@ def top(
                     "600[/bold]  then  [bold]cowprof report run.jsonl --html run.html[/bold]")
 def record(
     pid: PidArg,
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", show_default=False,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", show_default=False, parser=_path,
                                          help="Record file to create (JSON Lines).")],
     interval: IntervalOpt = 1.0,
     duration: Annotated[float | None, typer.Option(parser=_seconds, metavar="SECONDS",
@@ -355,8 +403,7 @@ def record(
     from cowprof.reporters import fmt_bytes
     from cowprof.sampler import Sampler
 
-    if output.exists() and not force:  # fail before touching the target
-        raise BadInput(f"{output} already exists (use --force to overwrite it)")
+    _check_new_output(output, force)  # fail before touching the target
     sampler = Sampler(pid, interval=interval, duration=duration, count=count)
     console = Console(stderr=True, highlight=False)
     failed = 0
@@ -392,9 +439,9 @@ def record(
 
 @app.command(epilog="Example: [bold]cowprof report run.jsonl --html run.html[/bold]")
 def report(
-    file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False,
+    file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False, parser=_path,
                                          help="A record file from `cowprof record`.")],
-    html: Annotated[Path | None, typer.Option("--html", metavar="OUT",
+    html: Annotated[Path | None, typer.Option("--html", metavar="OUT", parser=_path,
                                               help="Also write a self-contained HTML report with "
                                                    "charts (needs cowprof\\[html]).")] = None,
 ) -> int:
@@ -422,7 +469,8 @@ def report(
         try:
             html.write_text(html_text, encoding="utf-8")
         except OSError as exc:
-            raise BadInput(f"cannot write {html}: {exc.strerror or exc}") from None
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+            raise (OutputError if full else BadInput)(f"cannot write {html}: {exc.strerror or exc}") from None
         _err(f"wrote {html}")
     return 0
 
@@ -546,7 +594,7 @@ def run(
     no_prepare: Annotated[bool, typer.Option("--no-prepare",
                                              help="Hook only; skip the heap preparation before "
                                                   "fork (a baseline to compare with).")] = False,
-    record_file: Annotated[Path | None, typer.Option("--record", metavar="FILE",
+    record_file: Annotated[Path | None, typer.Option("--record", metavar="FILE", parser=_path,
                                                      help="Record the server's tree to FILE until "
                                                           "it exits.")] = None,
     interval: IntervalOpt = 1.0,
@@ -563,8 +611,8 @@ def run(
     cmd, env_updates = gunicorn_command(command, cwd=os.getcwd(), environ=os.environ,
                                         prepare=not no_prepare)
     cmd = _resolve_executable(cmd)
-    if record_file is not None and record_file.exists() and not force:
-        raise BadInput(f"{record_file} already exists (use --force to overwrite it)")
+    if record_file is not None:
+        _check_new_output(record_file, force)
     try:
         proc = subprocess.Popen(cmd, env={**os.environ, **env_updates})
     except OSError as exc:
@@ -632,7 +680,7 @@ def export(
     interval: Annotated[float, typer.Option("--interval", "-i", parser=_seconds, metavar="SECONDS",
                                             help="Seconds between scans.")] = 5.0,
     bind: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    pidfile: Annotated[Path | None, typer.Option(metavar="FILE",
+    pidfile: Annotated[Path | None, typer.Option(metavar="FILE", parser=_path,
                                                  help="gunicorn pidfile: where the master is, "
                                                       "also after a restart.")] = None,
     cmdline: Annotated[str | None, typer.Option(metavar="TEXT",

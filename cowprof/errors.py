@@ -5,6 +5,8 @@ anything else is a bug and may show a traceback.
 """
 from __future__ import annotations
 
+import os
+
 
 class CowprofError(Exception):
     """Base error: ``str(err)`` is a one-line message for the user."""
@@ -40,11 +42,16 @@ class AccessDenied(CowprofError):
 
     def __init__(self, pid: int | None, message: str | None = None) -> None:
         who = f"process {pid}" if pid is not None else "this file"
-        super().__init__(
-            message
-            or f"permission denied reading {who}: run cowprof as the same user as the server, or as root"
-        )
+        super().__init__(message or f"permission denied reading {who}{_denied_hint()}")
         self.pid = pid
+
+
+def _denied_hint() -> str:
+    """What to do about a denied /proc read, for the user we run as: root cannot be told to run as root."""
+    if os.geteuid() == 0:
+        return (" even as root: it may belong to another user namespace or container, be protected by "
+                "a security module, or this process may lack CAP_SYS_PTRACE")
+    return ": run cowprof as the same user as the server, or as root"
 
 
 class NotAPreforkTree(CowprofError):
@@ -57,3 +64,10 @@ class RecordFileError(CowprofError):
     """A record file that is corrupt, truncated, or of an unknown version."""
 
     exit_code = 6
+
+
+class OutputError(CowprofError):
+    """An output file could not be written (disk full, quota, I/O error); what was completely
+    written before stays."""
+
+    exit_code = 7

@@ -20,18 +20,29 @@ writes the next segment. ``load`` merges a master's segments (the newer record w
 The walk streams the records straight into ``<name>.writing`` (a writer thread in the native
 module writes them on another core while the walk goes on); the metadata and header follow and the
 file is renamed into place, so a reader sees a map complete or not at all.
+
+The directory is private and proven so before anything is written (:func:`_open_dir`): missing
+components are created 0700, the directory is opened without following a symlink and must be ours
+and writable by nobody else (else BadInput: ``prepare_fork`` warns and skips the map); a directory
+cowprof did not create is never changed. Files are created, renamed and removed relative to its
+descriptor; cleanup removes only provable maps of ours; readers take regular files only and never
+follow a symlink. A segment that cannot be read is :class:`CorruptHeapMap`, never "no map".
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
+import errno
 import json
 import os
 import re
+import stat
 import struct
 import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from cowprof import untrusted
 from cowprof.errors import BadInput
 
 if TYPE_CHECKING:
@@ -49,7 +60,15 @@ DIR_ENV = "COWPROF_HEAPMAP_DIR"
 SUFFIX = ".hmap"
 WRITING = ".writing"  # appended to a segment's name until it is complete
 _NAME = re.compile(r"^heapmap-(\d+)\.(\d+)\.hmap$")
+_WRITING_NAME = re.compile(r"^heapmap-(\d+)\.(\d+)\.hmap\.writing$")
 _MAX_META = 64 << 20
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# a reader never blocks on a FIFO planted under a map's name, nor follows a symlink
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class CorruptHeapMap(BadInput):
+    """A heap map file that cannot be read: truncated, garbled, or of another format."""
 
 
 def default_directory() -> str:
@@ -62,14 +81,70 @@ def default_directory() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "cowprof", "heapmaps")
 
 
-def _private_dir(directory: str) -> str:
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    st = os.stat(directory)
-    if st.st_uid != os.getuid():
-        raise BadInput(f"heap map directory {directory} belongs to another user")
-    if st.st_mode & 0o077:
-        os.chmod(directory, 0o700)
-    return directory
+def _refuse(directory: str, why: str) -> BadInput:
+    return BadInput(f"heap map directory {directory} {why}: not using it")
+
+
+def _open_dir(directory: str, *, create: bool) -> int:
+    """A descriptor of ``directory`` once it is proven private: a real directory (not a symlink),
+    owned by us, that neither group nor others may write to. With ``create``, each missing
+    component is made here with mode 0700, whatever the umask; an existing directory is never
+    changed. BadInput (or OSError) when it cannot be used."""
+    path = os.path.abspath(directory)
+    head, names = path, []
+    while head != os.path.dirname(head):  # up to the deepest component that exists
+        try:
+            os.lstat(head)
+            break
+        except FileNotFoundError:
+            if not create:
+                raise BadInput(f"heap map directory {directory} does not exist") from None
+            head, name = os.path.split(head)
+            names.append(name)
+    names.reverse()
+    missing = bool(names)  # then every name is created here
+    if not names:  # it exists: open its parent (symlinks above it are followed), then it
+        head, last = os.path.split(path)
+        names = [last] if last else []
+    fd = os.open(head, _O_DIR)
+    try:
+        for name in names:
+            made = False
+            if missing:
+                try:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                    made = True
+                except FileExistsError:  # created meanwhile by someone: checked like any other
+                    pass
+            try:
+                sub = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
+                        os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise _refuse(directory, f"has a symbolic link at {name!r}") from None
+                raise
+            os.close(fd)
+            fd = sub
+            if made and stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
+                os.fchmod(fd, 0o700)  # ours, just made: a umask such as 0o700 must not leave it unusable
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise _refuse(directory, f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})")
+        if st.st_mode & 0o022:
+            raise _refuse(directory, f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextmanager
+def _private_dir(directory: str, *, create: bool = True) -> Iterator[int]:
+    fd = _open_dir(directory, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def path_for(pid: int, directory: str | None = None, seq: int = 0) -> str:
@@ -77,14 +152,35 @@ def path_for(pid: int, directory: str | None = None, seq: int = 0) -> str:
     return os.path.join(directory or default_directory(), f"heapmap-{pid}.{seq}{SUFFIX}")
 
 
-def segment_paths(pid: int, directory: str | None = None) -> list[str]:
-    """Complete segment files of master ``pid`` in ``directory``, oldest (lowest seq) first."""
+def _segment_names(dir_fd: int | str, pid: int | None = None) -> list[tuple[int, int, str]]:
+    """(pid, seq, name) of the complete segments in a directory (of master ``pid`` only when
+    given) that are regular files, not symlinks, in (pid, seq) order."""
     found = []
-    for path in glob.glob(os.path.join(glob.escape(directory or default_directory()), f"heapmap-{pid}.*{SUFFIX}")):
-        m = _NAME.match(os.path.basename(path))
-        if m and int(m.group(1)) == pid:
-            found.append((int(m.group(2)), path))
-    return [p for _, p in sorted(found)]
+    for name in os.listdir(dir_fd):
+        m = _NAME.match(name)
+        if m is None or (pid is not None and int(m.group(1)) != pid):
+            continue
+        try:
+            if isinstance(dir_fd, int):
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            else:
+                st = os.lstat(os.path.join(dir_fd, name))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append((int(m.group(1)), int(m.group(2)), name))
+    return sorted(found)
+
+
+def segment_paths(pid: int, directory: str | None = None) -> list[str]:
+    """Complete segment files of master ``pid`` in ``directory``, oldest (lowest seq) first.
+    Only regular files count: a symlink under a map's name is never followed."""
+    directory = directory or default_directory()
+    try:
+        names = _segment_names(directory, pid)
+    except OSError:
+        return []
+    return [os.path.join(directory, name) for _pid, _seq, name in names]
 
 
 def _boot_id(procfs_root: str = "/proc") -> str:
@@ -238,13 +334,17 @@ def _checked_layout(path: str, layout: Any) -> dict[str, Any] | None:
         isinstance(layout.get(k), int) and not isinstance(layout.get(k), bool) and 0 <= layout[k] <= 256
         for k in _LAYOUT_INTS) and isinstance(layout.get("basicsize", {}), dict)
     if not ok:
-        raise BadInput(f"{path}: corrupt heap map layout")
+        raise CorruptHeapMap(f"{path}: corrupt heap map layout")
     return layout
 
 
-def _unlink(path: str) -> None:
+def _unlink_own(dir_fd: int, name: str) -> None:
+    """Remove ``name`` from the directory when it is one of our regular files (never a symlink,
+    never another user's file)."""
     try:
-        os.unlink(path)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
 
@@ -258,21 +358,33 @@ def _write(fd: int, data: Any) -> None:
 class Segment:
     """A segment file being written: ``<path>.writing`` (mode 0600) until :meth:`finish` renames it.
 
-    Creating one removes the stale maps of dead masters in the directory and, for a full map
-    (seq 0), this master's older segments. The records go to :attr:`fd` from offset 32 on."""
+    Creating one opens (or creates) the private directory (see :func:`_open_dir`: BadInput when it
+    is not private), removes the stale maps of dead masters there and, for a full map (seq 0),
+    this master's older segments. Every file is created, renamed and removed relative to the
+    directory's descriptor, never through a symlink. The records go to :attr:`fd` from offset 32 on."""
 
     def __init__(self, pid: int, directory: str | None = None, seq: int = 0):
         self.pid, self.seq = pid, seq
-        directory = _private_dir(directory or default_directory())
-        if seq == 0:
-            for old in segment_paths(pid, directory):
-                _unlink(old)
-        remove_stale(directory)
-        self.path = path_for(pid, directory, seq)
+        directory = directory or default_directory()
+        self.name = f"heapmap-{pid}.{seq}{SUFFIX}"
+        self.path = os.path.join(directory, self.name)
         self.tmp = self.path + WRITING
-        _unlink(self.tmp)
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-        os.lseek(self.fd, HEADER.size, os.SEEK_SET)
+        self.fd = -1
+        self._dir = _open_dir(directory, create=True)
+        try:
+            if seq == 0:
+                for _pid, _seq, old in _segment_names(self._dir, pid):
+                    _unlink_own(self._dir, old)
+            _remove_stale(self._dir)
+            _unlink_own(self._dir, self.name + WRITING)
+            self.fd = os.open(self.name + WRITING, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o600, dir_fd=self._dir)
+            if stat.S_IMODE(os.fstat(self.fd).st_mode) != 0o600:  # ours, just made: the umask removed bits
+                os.fchmod(self.fd, 0o600)
+            os.lseek(self.fd, HEADER.size, os.SEEK_SET)
+        except BaseException:
+            self.abort()
+            raise
 
     def finish(self, n_records: int, meta: bytes) -> str:
         """Append the metadata, write the header, rename into place; returns the final path."""
@@ -281,17 +393,27 @@ class Segment:
             os.pwrite(self.fd, HEADER.pack(MAGIC, FORMAT_VERSION, len(meta), n_records, HEADER.size), 0)
             os.close(self.fd)
             self.fd = -1
-            os.replace(self.tmp, self.path)
+            os.replace(self.name + WRITING, self.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
         except BaseException:
             self.abort()
             raise
+        self._close_dir()
         return self.path
 
     def abort(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        _unlink(self.tmp)
+            try:
+                os.unlink(self.name + WRITING, dir_fd=self._dir)
+            except OSError:
+                pass
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dir >= 0:
+            os.close(self._dir)
+            self._dir = -1
 
 
 def save(hm: HeapMap, directory: str | None = None, seq: int = 0) -> str:
@@ -339,96 +461,147 @@ def walk_into(seg: Segment, walk_fn: Any, **walk_kwargs: Any) -> tuple[dict[str,
 
 def remove_stale(directory: str | None = None, procfs_root: str = "/proc") -> list[str]:
     """Remove the maps of masters that are gone (or whose PID now names another process), and
-    writer leftovers older than an hour. Only files this user owns are touched. Returns what was removed."""
+    writer leftovers older than an hour, from a private directory (BadInput when it is not one).
+    Only what is provably one of our maps is removed: a regular file (not a symlink) that this
+    user owns, named like a map, whose first bytes are a map header (or, for a leftover, the hole
+    where the header goes). Returns what was removed."""
     directory = directory or default_directory()
+    with _private_dir(directory, create=False) as fd:
+        return [os.path.join(directory, name) for name in _remove_stale(fd, procfs_root)]
+
+
+def _remove_stale(dir_fd: int, procfs_root: str = "/proc") -> list[str]:
     removed = []
     now = time.time()
-    for path in glob.glob(os.path.join(glob.escape(directory), f"heapmap-*{SUFFIX}*")):
+    for name in os.listdir(dir_fd):
+        writing = _WRITING_NAME.match(name) is not None
+        if not writing and _NAME.match(name) is None:
+            continue
         try:
-            st = os.stat(path)
-        except OSError:
+            with _open_map(name, dir_fd, {os.geteuid()}) as f:
+                st = os.fstat(f.fileno())
+                head = f.read(8)
+                if writing:
+                    stale = head in (b"", bytes(8), MAGIC) and now - st.st_mtime > 3600
+                elif head != MAGIC:
+                    continue  # not provably a heap map: not ours to remove
+                else:
+                    f.seek(0)
+                    try:
+                        meta = _read_meta(f, name)[0]
+                        stale = not _is_current(meta["pid"], meta["start_ticks"], meta["boot_id"], procfs_root)
+                    except CorruptHeapMap:
+                        stale = True
+            if stale:
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(name)
+        except (OSError, BadInput):
             continue
-        if st.st_uid != os.getuid():
-            continue
-        if path.endswith(WRITING):
-            stale = now - st.st_mtime > 3600
-        elif _NAME.match(os.path.basename(path)):
-            try:
-                meta = _read_meta(path)[0]
-                stale = not _is_current(int(meta["pid"]), int(meta["start_ticks"]), str(meta["boot_id"]),
-                                        procfs_root)
-            except BadInput:
-                stale = True
-        else:
-            continue
-        if stale:
-            _unlink(path)
-            removed.append(path)
     return removed
 
 
 # ----------------------------------------------------------------------------------- reading
 
 
-def _read_meta(path: str) -> tuple[dict[str, Any], int, int]:
-    """(metadata, number of records, records offset) of a segment; BadInput if it is not one."""
+def _open_map(name: str, dir_fd: int | None, owners: Collection[int] | None) -> Any:
+    """A map file opened for reading (binary file object) without following a symlink: a regular
+    file owned by one of ``owners`` (anyone when None), else BadInput; OSError when it cannot be
+    opened."""
+    f = os.fdopen(os.open(name, _O_READ, dir_fd=dir_fd), "rb")
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode) or (owners is not None and st.st_uid not in owners):
+        f.close()
+        raise BadInput(f"{name}: not a regular file of ours" if stat.S_ISREG(st.st_mode)
+                       else f"{name}: not a regular file")
+    return f
+
+
+def _check_meta(meta: Any) -> dict[str, Any]:
+    """The metadata when it has the documented keys and types; ValueError otherwise."""
+    meta = untrusted.obj(meta, "the metadata")
+    untrusted.integer(meta, "pid", minimum=1)
+    untrusted.integer(meta, "start_ticks", minimum=0)
+    untrusted.string(meta, "boot_id")
+    untrusted.number(meta, "created_at", optional=True)
+    untrusted.integer(meta, "seq", minimum=0, optional=True)
+    names = untrusted.string_list(meta, "type_names")
+    pre = meta.get("type_preheader")
+    if pre is not None and (not isinstance(pre, list) or len(pre) not in (0, len(names or ())) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 255 for p in pre)):
+        raise ValueError("'type_preheader' is not one byte per type")
+    return meta
+
+
+def _read_meta(f: Any, path: str) -> tuple[dict[str, Any], int, int]:
+    """(metadata, number of records, records offset) of the segment open as ``f``; CorruptHeapMap
+    if it is not one."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(HEADER.size)
-            if len(raw) < HEADER.size or raw[:8] != MAGIC:
-                raise BadInput(f"{path}: not a cowprof heap map")
-            _, version, meta_len, n, offset = HEADER.unpack(raw)
-            if version != FORMAT_VERSION:
-                raise BadInput(f"{path}: heap map format {version} is not supported (this cowprof reads "
-                               f"{FORMAT_VERSION})")
-            size = os.fstat(f.fileno()).st_size
-            expected = offset + n * RECORD_SIZE + meta_len
-            if offset < HEADER.size or meta_len > _MAX_META or size != expected:
-                raise BadInput(f"{path}: heap map is truncated or corrupt ({size} bytes, its header says "
-                               f"{expected})")
-            f.seek(offset + n * RECORD_SIZE)
-            meta = json.loads(f.read(meta_len))
-    except BadInput:
+        raw = f.read(HEADER.size)
+        if len(raw) < HEADER.size or raw[:8] != MAGIC:
+            raise CorruptHeapMap(f"{path}: not a cowprof heap map")
+        _, version, meta_len, n, offset = HEADER.unpack(raw)
+        if version != FORMAT_VERSION:
+            raise CorruptHeapMap(f"{path}: heap map format {version} is not supported (this cowprof reads "
+                                 f"{FORMAT_VERSION})")
+        size = os.fstat(f.fileno()).st_size
+        expected = offset + n * RECORD_SIZE + meta_len
+        if offset < HEADER.size or meta_len > _MAX_META or size != expected:
+            raise CorruptHeapMap(f"{path}: heap map is truncated or corrupt ({size} bytes, its header says "
+                                 f"{expected})")
+        f.seek(offset + n * RECORD_SIZE)
+        meta = _check_meta(untrusted.loads(f.read(meta_len)))
+    except CorruptHeapMap:
         raise
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"{path}: not a cowprof heap map ({exc.__class__.__name__})") from None
-    if not isinstance(meta, dict) or not {"pid", "start_ticks", "boot_id", "type_names"} <= meta.keys():
-        raise BadInput(f"{path}: heap map metadata is incomplete")
+    except ValueError as exc:
+        raise CorruptHeapMap(f"{path}: corrupt heap map metadata ({exc})") from None
+    except OSError as exc:
+        raise CorruptHeapMap(f"{path}: unreadable heap map ({exc.strerror or exc})") from None
     return meta, n, offset
 
 
-def _read_segment(path: str) -> HeapMap:
+def _read_segment(path: str, owners: Collection[int] | None = None) -> HeapMap:
     import numpy as np
 
-    meta, n, offset = _read_meta(path)
     try:
-        recs = np.fromfile(path, dtype=_RECORD_FIELDS, count=n, offset=offset)
-        names = np.array(meta["type_names"] or [""], dtype=str)
-        pre = np.array(meta.get("type_preheader") or [], dtype=np.uint8)
-        hm = HeapMap(pid=int(meta["pid"]), start_ticks=int(meta["start_ticks"]), boot_id=str(meta["boot_id"]),
-                     created_at=float(meta.get("created_at", 0.0)), addr=recs["addr"], size=recs["size"],
-                     type=recs["type"], type_names=names, type_preheader=pre,
-                     layout=_checked_layout(path, meta.get("layout")))
-    except (OSError, ValueError, TypeError) as exc:
-        raise BadInput(f"{path}: unreadable heap map ({exc.__class__.__name__})") from None
-    if recs.size != n or (n and int(recs["type"].max()) >= names.size):
-        raise BadInput(f"{path}: corrupt heap map records")
-    return hm
+        f = _open_map(path, None, owners)
+    except OSError as exc:  # removed meanwhile (a new full map), a symlink swapped in, no access
+        raise BadInput(f"{path}: cannot open it ({exc.strerror or exc})") from None
+    with f:
+        meta, n, offset = _read_meta(f, path)
+        recs = np.empty(n, dtype=_RECORD_FIELDS)
+        try:
+            f.seek(offset)
+            got = f.readinto(memoryview(recs).cast("B"))
+        except OSError as exc:
+            raise CorruptHeapMap(f"{path}: unreadable heap map ({exc.strerror or exc})") from None
+    names = np.array(meta["type_names"] or [""], dtype=str)
+    pre = np.array(meta.get("type_preheader") or [], dtype=np.uint8)
+    if got != recs.nbytes or (n and int(recs["type"].max()) >= names.size):
+        raise CorruptHeapMap(f"{path}: corrupt heap map records")
+    return HeapMap(pid=meta["pid"], start_ticks=meta["start_ticks"], boot_id=meta["boot_id"],
+                   created_at=float(meta.get("created_at") or 0.0), addr=recs["addr"], size=recs["size"],
+                   type=recs["type"], type_names=names, type_preheader=pre,
+                   layout=_checked_layout(path, meta.get("layout")))
 
 
 def read(path: str) -> HeapMap:
-    """Read one saved segment, sorted by address; a file that is not one gives BadInput."""
+    """Read one saved segment, sorted by address; a file that is not one gives CorruptHeapMap
+    (a BadInput)."""
     return _sorted(_read_segment(path))
 
 
-def load(pid: int, directory: str | None = None, procfs_root: str = "/proc") -> HeapMap | None:
+def load(pid: int, directory: str | None = None, procfs_root: str = "/proc",
+         owners: Collection[int] | None = None) -> HeapMap | None:
     """The current heap map of master ``pid`` (all its segments merged), or None if there is none
-    or it is stale."""
+    or it is stale. Segments owned by a user not in ``owners`` (when given) are ignored; a segment
+    that cannot be read raises :class:`CorruptHeapMap`."""
     merged: HeapMap | None = None
     for path in segment_paths(pid, directory):
         try:
-            seg = _read_segment(path)
-        except BadInput:
+            seg = _read_segment(path, owners)
+        except CorruptHeapMap:
+            raise
+        except BadInput:  # not a regular file, or someone else's: not a map of this master
             continue
         if seg.pid != pid or not seg.is_current(procfs_root):
             continue
@@ -452,6 +625,10 @@ def record(directory: str | None = None) -> str | None:
     from cowprof.prepare import _preheader_sizes
 
     gc_head, managed = _preheader_sizes()
-    _, path = walk_into(Segment(os.getpid(), directory), _native.walk, immortalize=False, gc_head=gc_head,
+    try:
+        seg = Segment(os.getpid(), directory)
+    except (OSError, BadInput):
+        return None
+    _, path = walk_into(seg, _native.walk, immortalize=False, gc_head=gc_head,
                         managed_preheader=managed, hash_strings=False, tag_types=False)
     return path

@@ -31,6 +31,11 @@ def ptrace_requirement(procfs_root: str = "/proc") -> str:
             scope = int(f.read().strip() or b"0")
     except (OSError, ValueError):
         pass
+    if os.geteuid() == 0:  # root was refused: telling root to run as root would not help
+        if scope == 3:
+            return "kernel.yama.ptrace_scope is 3, which forbids it even to root"
+        return ("denied even as root: this process may lack CAP_SYS_PTRACE (a container dropping it?) "
+                "or a security module forbids it")
     need = "run as root, or as the server's user with CAP_SYS_PTRACE"
     if scope is None or scope == 0:
         return need

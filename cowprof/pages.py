@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from . import elf, procfs
+from . import elf, procfs, untrusted
 from .errors import AccessDenied, BadInput, ProcessGone
 from .tree import Tree, find_tree
 
@@ -64,7 +64,8 @@ class RegionPages:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RegionPages:
-        return cls(int(d.get("shared_bytes", 0)), int(d.get("copied_bytes", 0)), int(d.get("new_bytes", 0)))
+        d = untrusted.obj(d, "a region")
+        return cls(*(_bytes(d, k) for k in ("shared_bytes", "copied_bytes", "new_bytes")))
 
 
 def _regions_to_dict(regions: dict[str, RegionPages]) -> dict[str, dict[str, int]]:
@@ -72,7 +73,16 @@ def _regions_to_dict(regions: dict[str, RegionPages]) -> dict[str, dict[str, int
 
 
 def _regions_from_dict(d: dict[str, Any]) -> dict[str, RegionPages]:
-    return {k: RegionPages.from_dict(v) for k, v in d.items()}
+    return {k: RegionPages.from_dict(v) for k, v in untrusted.obj(d, "'regions'").items()}
+
+
+def _bytes(d: dict[str, Any], key: str, *, optional: bool = True) -> int:
+    """A byte count of a report read back: a non-negative integer (0 when optional and absent)."""
+    return untrusted.integer(d, key, minimum=0, optional=optional) or 0
+
+
+def _pid(d: dict[str, Any]) -> int:
+    return untrusted.integer(d, "pid", minimum=1) or 0
 
 
 @dataclass
@@ -108,12 +118,14 @@ class MasterPages:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MasterPages:
+        d = untrusted.obj(d, "'master'")
         return cls(
-            pid=int(d["pid"]), started_at=float(d.get("started_at", 0.0)), rss_bytes=int(d["rss_bytes"]),
-            pss_bytes=int(d["pss_bytes"]), uss_bytes=int(d["uss_bytes"]), swap_bytes=int(d.get("swap_bytes", 0)),
-            diverged_bytes=int(d.get("diverged_bytes", 0)), regions=_regions_from_dict(d.get("regions", {})),
-            ambiguous_bytes=int(d.get("ambiguous_bytes", 0)), shared_bytes=int(d.get("shared_bytes", 0)),
-            new_bytes=int(d.get("new_bytes", 0)),
+            pid=_pid(d), started_at=untrusted.timestamp(d, "started_at", optional=True) or 0.0,
+            rss_bytes=_bytes(d, "rss_bytes", optional=False), pss_bytes=_bytes(d, "pss_bytes", optional=False),
+            uss_bytes=_bytes(d, "uss_bytes", optional=False), swap_bytes=_bytes(d, "swap_bytes"),
+            diverged_bytes=_bytes(d, "diverged_bytes"), regions=_regions_from_dict(d.get("regions", {})),
+            ambiguous_bytes=_bytes(d, "ambiguous_bytes"), shared_bytes=_bytes(d, "shared_bytes"),
+            new_bytes=_bytes(d, "new_bytes"),
         )
 
 
@@ -148,15 +160,21 @@ class WorkerPages:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkerPages:
-        swm = d.get("shared_with_master_bytes")
+        d = untrusted.obj(d, "a worker")
         sharers = d.get("sharers")
+        if sharers is not None:
+            if not all(k.isdecimal() and len(k) < 4 for k in untrusted.obj(sharers, "'sharers'")):
+                raise ValueError("'sharers' keys are not mapping counts")
+            sharers = {int(k): _bytes(sharers, k, optional=False) for k in sharers}
         return cls(
-            pid=int(d["pid"]), started_at=float(d.get("started_at", 0.0)), rss_bytes=int(d["rss_bytes"]),
-            pss_bytes=int(d["pss_bytes"]), uss_bytes=int(d["uss_bytes"]), swap_bytes=int(d.get("swap_bytes", 0)),
-            shared_bytes=int(d["shared_bytes"]), copied_bytes=int(d["copied_bytes"]), new_bytes=int(d["new_bytes"]),
-            regions=_regions_from_dict(d.get("regions", {})), ambiguous_bytes=int(d.get("ambiguous_bytes", 0)),
-            shared_with_master_bytes=None if swm is None else int(swm),
-            sharers=None if sharers is None else {int(k): int(v) for k, v in sharers.items()},
+            pid=_pid(d), started_at=untrusted.timestamp(d, "started_at", optional=True) or 0.0,
+            rss_bytes=_bytes(d, "rss_bytes", optional=False), pss_bytes=_bytes(d, "pss_bytes", optional=False),
+            uss_bytes=_bytes(d, "uss_bytes", optional=False), swap_bytes=_bytes(d, "swap_bytes"),
+            shared_bytes=_bytes(d, "shared_bytes", optional=False),
+            copied_bytes=_bytes(d, "copied_bytes", optional=False), new_bytes=_bytes(d, "new_bytes", optional=False),
+            regions=_regions_from_dict(d.get("regions", {})), ambiguous_bytes=_bytes(d, "ambiguous_bytes"),
+            shared_with_master_bytes=untrusted.integer(d, "shared_with_master_bytes", minimum=0, optional=True),
+            sharers=sharers,
         )
 
 
@@ -186,17 +204,27 @@ class PageReport:
     def from_dict(cls, d: dict[str, Any]) -> PageReport:
         """Rebuild a report from its JSON form; a wrong version or missing key raises BadInput."""
         try:
-            version = int(d["version"])
+            d = untrusted.obj(d, "the report")
+            version = untrusted.integer(d, "version")
             if version != VERSION:
                 raise BadInput(f"unsupported page report version {version} (this cowprof reads {VERSION})")
+            privileged = d.get("privileged")
+            if not isinstance(privileged, bool):
+                raise ValueError("'privileged' is not true or false")
+            workers, gone = d.get("workers"), d.get("gone", [])
+            if not isinstance(workers, list):
+                raise ValueError("'workers' is not a list")
+            if not isinstance(gone, list) or any(isinstance(p, bool) or not isinstance(p, int) for p in gone):
+                raise ValueError("'gone' is not a list of PIDs")
             return cls(
-                version=version, taken_at=float(d["taken_at"]), privileged=bool(d["privileged"]),
-                mode=str(d["mode"]), page_size=int(d["page_size"]), scan_seconds=float(d.get("scan_seconds", 0.0)),
-                master=MasterPages.from_dict(d["master"]),
-                workers=[WorkerPages.from_dict(w) for w in d["workers"]], gone=[int(p) for p in d.get("gone", [])],
+                version=VERSION, taken_at=untrusted.timestamp(d, "taken_at") or 0.0, privileged=privileged,
+                mode=untrusted.string(d, "mode") or "", page_size=untrusted.integer(d, "page_size", minimum=1) or 1,
+                scan_seconds=untrusted.number(d, "scan_seconds", minimum=0.0, optional=True) or 0.0,
+                master=MasterPages.from_dict(d.get("master")),
+                workers=[WorkerPages.from_dict(w) for w in workers], gone=list(gone),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise BadInput(f"not a cowprof page report: {type(err).__name__}: {err}") from None
+            raise BadInput(f"not a cowprof page report: {err}") from None
 
 
 # ------------------------------------------------------------------------------ reading

@@ -47,6 +47,8 @@ _MAPS_LINE = re.compile(
     re.MULTILINE,
 )
 _KB_FIELD = re.compile(rb"^([A-Za-z_]+):[ \t]+(\d+) kB$", re.MULTILINE)
+#: PF_KTHREAD in the flags of /proc/PID/stat (include/linux/sched.h)
+PF_KTHREAD = 0x00200000
 _BTIME = re.compile(rb"^btime (\d+)$", re.MULTILINE)
 
 
@@ -289,6 +291,12 @@ class Stat:
     majflt: int = 0  # page faults that needed I/O (swap-in, file reads)
     vsize: int = 0  # bytes of address space
     rss_pages: int = 0  # resident pages
+    flags: int = 0  # the kernel's PF_* flags of the task
+
+    @property
+    def kernel_thread(self) -> bool:
+        """A kernel thread (kthreadd and its children): no user memory, never a Python server."""
+        return bool(self.flags & PF_KTHREAD)
 
     @property
     def memory_state(self) -> tuple[int, int, int, int, int]:
@@ -318,7 +326,7 @@ def parse_stat(pid: int, data: bytes) -> Stat:
             return 0
 
     return Stat(pid, data[lpar + 1 : rpar].decode(errors="replace"), rest[0].decode(errors="replace"),
-                f(4), f(22), f(28), f(47), f(10), f(12), f(23), f(24))
+                f(4), f(22), f(28), f(47), f(10), f(12), f(23), f(24), f(9))
 
 
 def read_stat(pid: int, procfs_root: str = "/proc") -> Stat:

@@ -82,17 +82,20 @@ def _forked_children(proc: psutil.Process, procfs_root: str, aslr: bool) -> list
 def find_tree(pid: int, *, procfs_root: str = "/proc") -> Tree:
     """The pre-fork tree that ``pid`` (master or worker) belongs to.
 
-    Raises :class:`ProcessGone` (no such PID, or a zombie), :class:`AccessDenied` (another
-    user's process, without root) and :class:`NotAPreforkTree` (no forked children and no
-    forking parent).
+    Raises :class:`ProcessGone` (no such PID, a zombie, or it or its parent exited while the tree
+    was being read), :class:`AccessDenied` (another user's process, without root) and
+    :class:`NotAPreforkTree` (a kernel thread, or no forked children and no forking parent).
     """
     if pid <= 0:
         raise NotAPreforkTree(f"{pid} is not a process ID")
+    st = procfs.read_stat(pid, procfs_root)
+    if st.zombie:
+        raise ProcessGone(pid, f"process {pid} has exited (zombie)")
+    if st.kernel_thread:
+        raise NotAPreforkTree(f"process {pid} is a kernel thread ({st.comm}), not a Python pre-fork server")
     with _psutil_root(procfs_root):
         try:
             proc = psutil.Process(pid)
-            if procfs.read_stat(pid, procfs_root).zombie:
-                raise ProcessGone(pid, f"process {pid} has exited (zombie)")
             aslr = _aslr_enabled(procfs_root)
             # psutil's exe() guesses from the command line when it may not read the link: ask the kernel
             procfs.check_access(pid, procfs_root)
@@ -106,10 +109,30 @@ def find_tree(pid: int, *, procfs_root: str = "/proc") -> Tree:
             raise ProcessGone(pid) from None
         except psutil.AccessDenied:
             raise AccessDenied(pid) from None
+    _raise_if_exited(st, procfs_root)
     raise NotAPreforkTree(
         f"process {pid} is not part of a pre-fork tree: it has no forked children and its parent "
         "did not fork it (give the PID of the server's master or of one of its workers)"
     )
+
+
+def _raise_if_exited(before: procfs.Stat, procfs_root: str) -> None:
+    """A search that found no tree may have raced with an exit (the master's, or the worker's
+    parent's): raise ProcessGone for that instead of calling the process no part of a tree."""
+    pid = before.pid
+    now = procfs.read_stat(pid, procfs_root)  # ProcessGone when it is gone
+    if now.zombie or now.starttime_ticks != before.starttime_ticks:
+        raise ProcessGone(pid, f"process {pid} exited while its process tree was being read")
+    parent = before.ppid
+    if parent <= 1:
+        return
+    try:
+        gone = now.ppid != parent or procfs.read_stat(parent, procfs_root).zombie
+    except ProcessGone:
+        gone = True
+    if gone:
+        raise ProcessGone(parent, f"process {parent}, the parent of process {pid}, exited while the "
+                                  "process tree was being read")
 
 
 def _children_state(master: int, procfs_root: str) -> tuple[tuple[int, int, int, int], ...] | None:

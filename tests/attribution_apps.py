@@ -3,7 +3,7 @@
 The apps run as scripts, never inside the pytest process (their heap preparation would change
 pytest's own heap); tests import only the ``App`` launcher at the bottom:
 
-    python attribution_apps.py SCENARIO [--workers 2] [--n N] [--active K] [--timeout 30]
+    python attribution_apps.py SCENARIO [--workers 2] [--n N] [--active K] [--timeout 30] [--no-cowprof]
 
 The master builds a heap for the scenario, calls ``cowprof.prepare_fork`` (which saves the heap
 map), forks ``--workers`` workers that each commit the scenario's culprit (only the first ``--active``
@@ -22,9 +22,16 @@ Scenarios (the culprit each test expects to hold >= 80% of the copied bytes):
   objects the collector finds in the opposite order from the master's last collection; no
   ``gc.freeze`` (``prepare_fork(immortalize=False, freeze=False)``); the workers call
   ``gc.collect()``, which relinks every object: cause "GC header".
+* ``functions``: ``--n`` is ignored; the master compiles a few big functions (``hot_0`` ... ``hot_3``,
+  never run there) and each worker runs ``hot_0`` and ``hot_1`` a few thousand times: the
+  specializing interpreter writes their code objects' inline caches (``--by function``).
 * ``strhash``: immortal str objects (``prepare_fork()``) whose cached hash is cleared after the walk
   (the walk hashes every str; clearing the cache recreates strs never hashed in the master); the
   workers hash them: type ``str``, cause "str hash".
+
+``--no-cowprof``: the master never imports cowprof (no heap map, nothing prepared: ``floats`` calls
+``gc.freeze()``, ``gc`` ``gc.collect()``, ``strhash`` leaves its strings unhashed), for attribution
+from outside (cowprof.remote).
 
 ``App`` (below) runs one scenario for a test as a context manager.
 """
@@ -43,7 +50,9 @@ import time
 
 from forktree_prog import die_with_parent, kill_children_and_exit
 
-SCENARIOS = ("floats", "gc", "strhash")
+SCENARIOS = ("floats", "gc", "strhash", "functions")
+HOT_FUNCTIONS = 4  # hot_0 .. hot_3; the workers run the first two
+HOT_RUN = 2
 STR_HASH_OFFSET = 24  # PyASCIIObject: ob_refcnt, ob_type, length, hash (checked at run time below)
 
 
@@ -59,10 +68,47 @@ class Node:
         self.prev = None
 
 
+def hot_functions() -> list:
+    """Functions with big code objects (a few KiB of bytecode each), defined in this module."""
+    out = []
+    for i in range(HOT_FUNCTIONS):
+        body = "\n".join(f"    x = (x * {j + 3} + y) % 1000003\n    y = y ^ (x >> {j % 7 + 1})" for j in range(400))
+        src = f"def hot_{i}(x, y):\n{body}\n    return x + y\n"
+        exec(compile(src, f"<hot_{i}>", "exec"), globals())
+        out.append(globals()[f"hot_{i}"])
+    return out
+
+
+def build_without_cowprof(scenario: str, n: int) -> object:
+    """The scenario's data as an unprepared server has it (cowprof is never imported)."""
+    if scenario == "floats":
+        keys = [sys.intern(f"k{j}") for j in range(50)]
+        rows = [dict(zip(keys, [i * 50.0 + j + 0.5 for j in range(50)])) for i in range(max(n // 50, 1))]
+        gc.freeze()
+        return rows
+    if scenario == "gc":
+        nodes = [Node() for _ in range(n)]
+        gc.collect()
+        for i in range(1, n):
+            nodes[i].prev = nodes[i - 1]
+        last = nodes[-1]
+        nodes.clear()
+        return last
+    if scenario == "strhash":
+        return [("s%07d-" % i) * 3 for i in range(n)]
+    if scenario == "functions":
+        return hot_functions()
+    raise SystemExit(f"unknown scenario {scenario!r}")
+
+
 def build(scenario: str, n: int) -> object:
     """The scenario's data, prepared (heap map saved) and ready to be shared with the workers."""
     import cowprof
 
+    if scenario == "functions":
+        funcs = hot_functions()
+        cowprof.prepare_fork()
+        return funcs
     if scenario == "floats":
         keys = [sys.intern(f"k{j}") for j in range(50)]
         rows = [dict(zip(keys, [i * 50.0 + j + 0.5 for j in range(50)])) for i in range(max(n // 50, 1))]
@@ -107,6 +153,10 @@ def culprit(scenario: str, data: object) -> None:
     elif scenario == "strhash":
         for w in data:  # type: ignore[attr-defined]
             hash(w)
+    elif scenario == "functions":
+        for f in data[:HOT_RUN]:  # type: ignore[index]
+            for i in range(3000):
+                f(i, 7)
 
 
 def _worker(master: int, scenario: str, data: object, done_w: int, active: bool) -> None:
@@ -128,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--active", type=int, default=None,
                     help="only the first ACTIVE workers commit the culprit (default: all)")
+    ap.add_argument("--no-cowprof", action="store_true", help="never import cowprof (nothing prepared)")
     args = ap.parse_args(argv)
     active = args.workers if args.active is None else args.active
 
-    data = build(args.scenario, args.n)
+    data = build_without_cowprof(args.scenario, args.n) if args.no_cowprof else build(args.scenario, args.n)
     children: set[int] = set()
 
     def shutdown(*_a: object) -> None:
@@ -197,7 +248,7 @@ class App:
     first ``active`` ones committed the culprit) once ready."""
 
     def __init__(self, scenario: str, *, n: int = 100_000, workers: int = 2, timeout: float = 30.0,
-                 active: int | None = None, python: str | None = None) -> None:
+                 active: int | None = None, python: str | None = None, cowprof: bool = True) -> None:
         python = python or app_python()
         if python is None:
             raise RuntimeError("no CPython 3.12+ interpreter to run the app")
@@ -205,7 +256,8 @@ class App:
         self.workers: list[int] = []
         self.proc = subprocess.Popen(
             [python, os.path.abspath(__file__), scenario, "--n", str(n), "--workers", str(workers),
-             "--timeout", str(timeout)] + ([] if active is None else ["--active", str(active)]),
+             "--timeout", str(timeout)] + ([] if active is None else ["--active", str(active)])
+            + ([] if cowprof else ["--no-cowprof"]),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         try:
             self._wait_ready(timeout + 10)

@@ -18,8 +18,10 @@ from cowprof.reporters import fmt_size
 
 if TYPE_CHECKING:
     from cowprof.attribution import Attribution, WorkerAttribution
+    from cowprof.functions import FunctionAttribution
 
-__all__ = ["MAX_WORKER_COLUMNS", "cause_table", "render", "render_json", "type_table"]
+__all__ = ["MAX_WORKER_COLUMNS", "cause_table", "function_tables", "render", "render_functions",
+           "render_functions_json", "render_json", "type_table"]
 
 #: at most this many per-worker columns (the workers with the most copied bytes); JSON has all
 MAX_WORKER_COLUMNS = 6
@@ -39,7 +41,9 @@ def _shown_workers(attr: Attribution) -> list[WorkerAttribution]:
 
 def _caption(attr: Attribution, extra: str = "") -> str:
     hidden = len(attr.workers) - min(len(attr.workers), MAX_WORKER_COLUMNS)
-    parts = [f"heap map: {attr.heapmap_records:,} records", f"mode {attr.mode}",
+    origin = (f"heap map: {attr.heapmap_records:,} records" if attr.source == "heapmap"
+              else f"objects from the master's {attr.source}: {attr.heapmap_records:,} allocations")
+    parts = [origin, f"mode {attr.mode}",
              f"attribution {attr.seconds:.2f}s"]
     if hidden:
         parts.append(f"{hidden} more worker{'s' if hidden != 1 else ''} in --json")
@@ -51,10 +55,10 @@ def _caption(attr: Attribution, extra: str = "") -> str:
 def type_table(attr: Attribution, *, top: int = 10, title: str | None = None) -> Table:
     """Top-``top`` types by copied bytes over all workers, then the other types and "no object";
     one column per worker (the largest :data:`MAX_WORKER_COLUMNS`)."""
-    from cowprof.attribution import NO_OBJECT
+    from cowprof.attribution import NO_OBJECT, UNKNOWN_MEMORY
 
     total_copied = sum(w.copied_bytes for w in attr.workers)
-    totals = [(t, b) for t, b in attr.total_types() if t != NO_OBJECT]
+    totals = [(t, b) for t, b in attr.total_types() if t not in (NO_OBJECT, UNKNOWN_MEMORY)]
     shown = totals[:top]
     rest = totals[top:]
     workers = _shown_workers(attr)
@@ -79,6 +83,9 @@ def type_table(attr: Attribution, *, top: int = 10, title: str | None = None) ->
             [sum(v for k, v in pw.items() if k in names) for pw in per_worker], style="dim")
     row(NO_OBJECT, sum(w.no_object_bytes for w in attr.workers), [w.no_object_bytes for w in workers],
         style="dim")
+    if any(w.unknown_bytes for w in attr.workers):
+        row(f"{UNKNOWN_MEMORY} (no verifiable object)", sum(w.unknown_bytes for w in attr.workers),
+            [w.unknown_bytes for w in workers], style="dim")
     return table
 
 
@@ -140,4 +147,49 @@ def render_json(attr: Attribution, *, top: int | None = None, file: IO[str] | No
     """Write ``attr.to_dict(top)`` (README.md) as JSON followed by a newline."""
     out = file if file is not None else sys.stdout
     out.write(json.dumps(attr.to_dict(top), indent=indent, allow_nan=False) + "\n")
+    out.flush()
+
+
+def function_tables(fa: FunctionAttribution, *, top: int = 10) -> list[Table]:
+    """Top-``top`` functions by copied bytes of their code objects, and top modules by copied bytes
+    of the objects whose type they define (all workers)."""
+    src = "heap map" if fa.source == "heapmap" else fa.source
+    fn = Table(title=f"cowprof: master {fa.master}, copied bytes of code objects by function",
+               title_justify="left", show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False,
+               caption=f"code objects {fmt_size(fa.code_bytes)} of {fmt_size(fa.copied_bytes)} copied "
+                       f"({_pct(fa.code_bytes, fa.copied_bytes)}); objects from the {src}; "
+                       f"{fa.seconds:.2f}s", caption_justify="left")
+    fn.add_column("Function", footer="code objects", no_wrap=True)
+    fn.add_column("File:line", footer="", overflow="fold")
+    fn.add_column("Copied", footer=fmt_size(fa.code_bytes), justify="right", style="bold")
+    fn.add_column("Of copied", footer=_pct(fa.code_bytes, fa.copied_bytes), justify="right")
+    for f, b in fa.functions[:top]:
+        fn.add_row(f.name, f.where, fmt_size(b), _pct(b, fa.copied_bytes))
+    rest = fa.functions[top:]
+    if rest:
+        b = sum(x for _f, x in rest)
+        fn.add_row(Text(f"(other functions: {len(rest)})", style="dim"), "", fmt_size(b), _pct(b, fa.copied_bytes))
+    if fa.unnamed_code_bytes:
+        fn.add_row(Text("(code objects not readable)", style="dim"), "", fmt_size(fa.unnamed_code_bytes),
+                   _pct(fa.unnamed_code_bytes, fa.copied_bytes))
+    mod = Table(title="copied bytes of objects by the module of their type", title_justify="left",
+                box=box.SIMPLE_HEAD, pad_edge=False)
+    mod.add_column("Module", no_wrap=True)
+    mod.add_column("Copied", justify="right", style="bold")
+    mod.add_column("Of copied", justify="right")
+    for m, b in fa.modules[:top]:
+        mod.add_row(m, fmt_size(b), _pct(b, fa.copied_bytes))
+    return [fn, mod]
+
+
+def render_functions(fa: FunctionAttribution, *, top: int = 10, file: IO[str] | None = None) -> None:
+    """Print the by-function and by-module tables."""
+    _console(file).print(Group(*function_tables(fa, top=top)))
+
+
+def render_functions_json(fa: FunctionAttribution, *, top: int | None = None, file: IO[str] | None = None,
+                          indent: int | None = 2) -> None:
+    """Write ``fa.to_dict(top)`` (README.md) as JSON followed by a newline."""
+    out = file if file is not None else sys.stdout
+    out.write(json.dumps(fa.to_dict(top), indent=indent, allow_nan=False) + "\n")
     out.flush()

@@ -241,6 +241,7 @@ def tree(monkeypatch):
         return np.array([pagemaps[pid].get(a, 0) for a in addrs.tolist()], dtype=np.uint64)
 
     monkeypatch.setattr(att, "_pagemap_at", fake_pagemap)
+    monkeypatch.setattr(att, "_master_start_ticks", lambda pid, root, required=True: 1)  # alive
     original = {P1: page(), P2: page(), P3: page(), P4: page()}
     memory = {
         100: {**original, P2: page({0: 99})},  # the master's own post-fork write on P2

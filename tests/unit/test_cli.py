@@ -132,8 +132,8 @@ def test_snapshot_by_region(fake):
 def test_by_choices_match_the_table_reporter():
     from cowprof.reporters.table import BY_CHOICES
 
-    # worker/region are page tables; type/cause go to the attribution reporter
-    assert tuple(b.value for b in cli.By) == BY_CHOICES + ("type", "cause")
+    # worker/region are page tables; type/cause/function go to the attribution reporter
+    assert tuple(b.value for b in cli.By) == BY_CHOICES + ("type", "cause", "function")
 
 
 # --- errors: one line, exit code, no traceback -------------------------------------------------

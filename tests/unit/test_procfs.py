@@ -54,15 +54,21 @@ def test_missing_pid_is_process_gone_with_pid():
     assert ei.value.pid == 999999 and ei.value.exit_code == 3
 
 
-def test_permission_error_is_access_denied_naming_what_is_needed(monkeypatch):
+@pytest.mark.parametrize("euid", [1000, 0])
+def test_permission_error_is_access_denied_naming_what_is_needed(monkeypatch, euid):
     def denied(*_a, **_k):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(procfs, "open", denied, raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
     with pytest.raises(AccessDenied) as ei:
         procfs.read_maps(4242, FIX)
     msg = str(ei.value)
-    assert "same user" in msg and "root" in msg and "\n" not in msg
+    assert "process 4242" in msg and "\n" not in msg
+    if euid:
+        assert "same user" in msg and "or as root" in msg
+    else:  # root is not told to run as root
+        assert "even as root" in msg and "run cowprof" not in msg and "or as root" not in msg
 
 
 def test_other_oserror_is_a_cowprof_error(monkeypatch):

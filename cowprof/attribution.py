@@ -616,6 +616,7 @@ def find_heapmap(master: int, *, procfs_root: str = "/proc", directory: str | No
         raise ProcessGone(master) from None
     dirs = [directory] if directory else _candidate_dirs(master, procfs_root)
     corrupt: _heapmap.CorruptHeapMap | None = None
+    gone = ProcessGone(master, f"process {master} (the master) exited while its heap map was looked up")
     for d in dirs:
         try:
             hm = _heapmap.load(master, d, procfs_root, owners={os.geteuid(), master_uid})
@@ -623,9 +624,12 @@ def find_heapmap(master: int, *, procfs_root: str = "/proc", directory: str | No
             corrupt = corrupt or err
             continue
         if hm is not None:
+            # a zombie keeps its start time, so its map still looks current: the master must live
+            if _master_start_ticks(master, procfs_root, required=False) is None:
+                raise gone
             return hm
     if _master_start_ticks(master, procfs_root, required=False) is None:  # it exited: its map is stale now
-        raise ProcessGone(master, f"process {master} (the master) exited while its heap map was looked up")
+        raise gone
     if corrupt is not None:
         raise corrupt
     raise NoHeapMap(f"no current heap map for master {master} (looked in {', '.join(dirs)}): call "

@@ -441,7 +441,7 @@ def stop_master(proc: subprocess.Popen, workers: Sequence[int], timeout: float =
                 pass
 
 
-def _cpu_seconds(tree: Tree) -> float:
+def tree_cpu_seconds(tree: Tree) -> float:
     """User + system CPU seconds used so far by the master and the workers of ``tree``."""
     total = 0.0
     for pid in (tree.master, *tree.workers):
@@ -486,7 +486,8 @@ def _start(spec: ModeSpec, cfg: DemoConfig, out: Path) -> _Running:
     return _Running(spec, server, tree, round(boot, 2), heap, info, report_path)
 
 
-def _batches(count: int, size: int) -> list[tuple[int, int]]:
+def split_batches(count: int, size: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` bounds cutting ``count`` items into near-equal batches of at most ``size``."""
     n = max(1, -(-count // size))
     bounds = [round(i * count / n) for i in range(n + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(n)]
@@ -539,17 +540,17 @@ def run_modes(modes: Sequence[str], cfg: DemoConfig, paths: Sequence[str], *,
             note(mode, f"starting gunicorn (building the {cfg.heap_mb:g} MB heap)", 0, len(paths))
             running.append(_start(specs[mode], cfg, out))
             note(mode, "ready", 0, len(paths))
-        batches = _batches(len(paths), cfg.batch)
+        batches = split_batches(len(paths), cfg.batch)
         per_batch_deadline = max(1.0, cfg.load_deadline / len(batches))
         for i, (lo, hi) in enumerate(batches):
             for k in range(len(running)):
                 run = running[(i + k) % len(running)]
                 mode = run.spec.name
-                before = _cpu_seconds(run.tree)
+                before = tree_cpu_seconds(run.tree)
                 load = run_load("127.0.0.1", run.server.port, paths[lo:hi], concurrency=cfg.concurrency,
                                 deadline=per_batch_deadline, timeout=cfg.request_timeout,
                                 on_progress=lambda d, t, _r=run, _m=mode: note(_m, "load", _r.done + d, len(paths)))
-                run.cpu_seconds += _cpu_seconds(run.tree) - before
+                run.cpu_seconds += tree_cpu_seconds(run.tree) - before
                 run.loads.append(load)
                 run.done += hi - lo
         for run in running:

@@ -13,6 +13,13 @@ kernel copies the pages, in every worker. The hooks here fix that at the right m
   logger. With ``preload_app`` off it warns instead: nothing would be shared.
 - ``post_fork(server, worker)`` — runs in each new worker: :func:`cowprof.after_fork`, then the
   user's own ``post_fork``.
+- gunicorn 25+'s dirty arbiter (``dirty_workers`` > 0 and ``dirty_apps``): the master forks it in
+  ``Arbiter.start()`` after ``on_starting`` and *before* ``when_ready``, so ``on_starting(server)``
+  (the user's own first) prepares instead of ``when_ready`` when one is configured: the dirty
+  arbiter and the dirty workers it forks then share the prepared heap too. ``on_dirty_starting``
+  (in the dirty arbiter, right after its fork) and ``dirty_worker_init`` (in each dirty worker,
+  after it loaded its dirty apps: gunicorn's ``dirty_post_fork`` runs in the dirty arbiter, not in
+  the new worker) run :func:`cowprof.after_fork` before the user's own.
 
 Two ways to use it (README.md has the details):
 
@@ -37,7 +44,7 @@ sync worker's request code;
 ``cowprof_warmup_rounds`` set the same things.
 
 Every module-level name here that gunicorn knows as a setting is applied by ``-c python:`` — so
-the module defines only ``when_ready`` and ``post_fork`` (plus the user's settings, when loaded).
+the module defines only its hooks (plus the user's settings, when loaded).
 """
 from __future__ import annotations
 
@@ -61,9 +68,10 @@ from cowprof.gunicorn_requests import worker_transport
 from cowprof.warmup import WarmupOptions, warm_up_app
 
 __all__ = [
-    "ENV_CONFIG", "HookOptions", "WarmupResult", "apply_user_config", "install", "load_user_config",
-    "make_post_fork", "make_when_ready", "options_from_env", "post_fork", "prepare_master", "warm_up",
-    "when_ready",
+    "ENV_CONFIG", "HookOptions", "WarmupResult", "apply_user_config", "dirty_worker_init", "install",
+    "load_user_config", "make_dirty_worker_init", "make_on_dirty_starting", "make_on_starting",
+    "make_post_fork", "make_when_ready", "on_dirty_starting", "on_starting", "options_from_env", "post_fork",
+    "prepare_master", "warm_up", "when_ready",
 ]
 
 ENV_CONFIG = "COWPROF_GUNICORN_CONFIG"
@@ -76,6 +84,7 @@ ENV_WARMUP_SERVER = "COWPROF_WARMUP_SERVER"
 ENV_HEAPMAP = "COWPROF_HEAPMAP"
 ENV_REPORT = "COWPROF_PREPARE_REPORT"
 _HOOK_MARK = "_cowprof_hook"
+_PREPARED_MARK = "_cowprof_prepared"  # set on the Arbiter once a hook prepared it
 _FALSE = ("0", "false", "no", "off")
 _TRUE = ("1", "true", "yes", "on")
 PRELOAD_OFF_WARNING = (
@@ -269,15 +278,43 @@ def _resolve_hook(hook: Any) -> Callable | None:
     raise BadInput(f"a gunicorn hook must be callable or a 'module.name' string, got {hook!r}")
 
 
+def _forks_dirty_arbiter(server: Any) -> bool:
+    """Whether gunicorn (25+) forks a dirty arbiter from this master (before ``when_ready``)."""
+    return bool(getattr(server.cfg, "dirty_workers", 0) and getattr(server.cfg, "dirty_apps", None))
+
+
+def _prepare_once(server: Any, options: HookOptions) -> None:
+    if getattr(server, _PREPARED_MARK, False):
+        return
+    setattr(server, _PREPARED_MARK, True)
+    prepare_master(server, options)
+
+
+def make_on_starting(user_hook: Callable | None = None, options: HookOptions = HookOptions()) -> Callable:
+    """An ``on_starting(server)`` hook: ``user_hook(server)`` first; then, when gunicorn will fork a
+    dirty arbiter (it does so after ``on_starting``, before ``when_ready``), :func:`prepare_master`."""
+    if _is_ours(user_hook):
+        return user_hook  # type: ignore[return-value]
+
+    def on_starting(server: Any) -> None:
+        if user_hook is not None:
+            user_hook(server)
+        if _forks_dirty_arbiter(server):
+            _prepare_once(server, options)
+
+    return _mark(on_starting, user_hook)
+
+
 def make_when_ready(user_hook: Callable | None = None, options: HookOptions = HookOptions()) -> Callable:
-    """A ``when_ready(server)`` hook: ``user_hook(server)`` first, then :func:`prepare_master`."""
+    """A ``when_ready(server)`` hook: ``user_hook(server)`` first, then :func:`prepare_master`
+    (unless ``on_starting`` already prepared, for a dirty arbiter)."""
     if _is_ours(user_hook):
         return user_hook  # type: ignore[return-value]
 
     def when_ready(server: Any) -> None:
         if user_hook is not None:
             user_hook(server)
-        prepare_master(server, options)
+        _prepare_once(server, options)
 
     return _mark(when_ready, user_hook)
 
@@ -295,13 +332,40 @@ def make_post_fork(user_hook: Callable | None = None) -> Callable:
     return _mark(post_fork, user_hook)
 
 
+def _after_fork_then(user_hook: Callable | None, name: str) -> Callable:
+    """A one-argument hook named ``name``: :func:`cowprof.after_fork`, then ``user_hook(arg)``."""
+    if _is_ours(user_hook):
+        return user_hook  # type: ignore[return-value]
+
+    def hook(arg: Any) -> None:
+        after_fork()
+        if user_hook is not None:
+            user_hook(arg)
+
+    hook.__name__ = hook.__qualname__ = name
+    return _mark(hook, user_hook)
+
+
+def make_on_dirty_starting(user_hook: Callable | None = None) -> Callable:
+    """An ``on_dirty_starting(arbiter)`` hook (in the dirty arbiter, right after the master forked
+    it): :func:`cowprof.after_fork` first, then ``user_hook``."""
+    return _after_fork_then(user_hook, "on_dirty_starting")
+
+
+def make_dirty_worker_init(user_hook: Callable | None = None) -> Callable:
+    """A ``dirty_worker_init(worker)`` hook (in each dirty worker, once its dirty apps are loaded):
+    :func:`cowprof.after_fork` first, then ``user_hook``."""
+    return _after_fork_then(user_hook, "dirty_worker_init")
+
+
 def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str | bool | None = None,
             warmup_rounds: int | None = None, prepare: bool | None = None,
             **prepare_kwargs: Any) -> None:
     """Installs cowprof's hooks into a gunicorn config namespace (call with ``globals()``).
 
-    Wraps the ``when_ready`` and ``post_fork`` already in ``namespace`` (so call it at the end of
-    the config file); other hooks are left alone. Arguments left ``None`` fall back to the names
+    Wraps the ``on_starting``, ``when_ready``, ``post_fork``, ``on_dirty_starting`` and
+    ``dirty_worker_init`` already in ``namespace`` (so call it at the end of the config file); other
+    hooks are left alone. Arguments left ``None`` fall back to the names
     ``cowprof_warmup``, ``cowprof_warmup_rounds``, ``cowprof_prepare`` in the namespace;
     ``warmup`` lists paths requested on top of the framework's warm-up (``False`` or ``""``: no
     warm-up at all); ``prepare_kwargs`` go to :func:`cowprof.prepare_fork`. Installing twice keeps
@@ -316,8 +380,11 @@ def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str 
     enabled, paths = _parse_warmup(warmup)
     options = HookOptions(prepare=prepare, warmup=paths, warmup_enabled=enabled, warmup_rounds=int(warmup_rounds),
                           prepare_kwargs=dict(prepare_kwargs))
+    namespace["on_starting"] = make_on_starting(_resolve_hook(namespace.get("on_starting")), options)
     namespace["when_ready"] = make_when_ready(_resolve_hook(namespace.get("when_ready")), options)
     namespace["post_fork"] = make_post_fork(_resolve_hook(namespace.get("post_fork")))
+    namespace["on_dirty_starting"] = make_on_dirty_starting(_resolve_hook(namespace.get("on_dirty_starting")))
+    namespace["dirty_worker_init"] = make_dirty_worker_init(_resolve_hook(namespace.get("dirty_worker_init")))
 
 
 def _gunicorn_settings() -> frozenset[str]:
@@ -387,6 +454,10 @@ def _load_from_env() -> None:
 
 
 # The hooks gunicorn picks up from this module (and ``from cowprof.gunicorn import when_ready``).
+# Gunicorn before 25 ignores the names it does not know (on_dirty_starting, dirty_worker_init).
+on_starting = make_on_starting()
 when_ready = make_when_ready()
 post_fork = make_post_fork()
+on_dirty_starting = make_on_dirty_starting()
+dirty_worker_init = make_dirty_worker_init()
 _load_from_env()

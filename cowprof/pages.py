@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from . import procfs, untrusted
+from . import elf, procfs, untrusted
 from .errors import AccessDenied, BadInput, ProcessGone
 from .tree import Tree, find_tree
 
@@ -230,21 +230,69 @@ class PageReport:
 # ------------------------------------------------------------------------------ reading
 
 
-def region_of(m: procfs.Mapping, prev: procfs.Mapping | None = None) -> int:
-    """Region code of a mapping. An anonymous mapping right after a writable file mapping is that
-    library's ``.bss`` (the loader maps the part past the file's end anonymous): ``file``."""
+def region_of(m: procfs.Mapping) -> int:
+    """Region code of a mapping by its name alone (an anonymous mapping is ``python``; see
+    :func:`region_ranges` for the ``.bss`` of a library in the anonymous mapping after it)."""
     p = m.path
     if p == "[heap]":
         return _R_HEAP
     if p.startswith("[stack"):
         return _R_STACK
     if p == "" or p.startswith("[anon:"):
-        if p == "" and prev is not None and prev.end == m.start and prev.file_backed and prev.writable:
-            return _R_FILE
         return _R_PYTHON
     if m.file_backed and not p.startswith(("/dev/", "/memfd:", "/SYSV")):
         return _R_FILE
     return _R_OTHER
+
+
+def region_ranges(maps: list[procfs.Mapping], pid: int, procfs_root: str = "/proc") -> list[tuple[int, int, int]]:
+    """``(start, end, region code)`` of the writable private mappings of ``pid``, in address order.
+
+    An unnamed anonymous mapping right after a file mapping starts with that file's ``.bss`` when
+    the file is a loaded ELF image: the part up to the end of its last ``PT_LOAD`` segment
+    (``p_vaddr + p_memsz`` from the program headers, past the load bias of the file's mapping
+    with offset 0) is ``file``, the rest (memory the kernel placed next to it: pymalloc arenas,
+    big allocations) ``python``. When the file's headers cannot be read, the whole mapping is
+    ``file`` if the file mapping before it is writable (a library's data), else ``python``.
+    """
+    out: list[tuple[int, int, int]] = []
+    prev: procfs.Mapping | None = None
+    offset_zero: dict[tuple[str, int], procfs.Mapping] = {}  # per file, its latest mapping at offset 0
+    for m in maps:
+        if m.offset == 0 and m.inode:
+            offset_zero[(m.dev, m.inode)] = m
+        if m.writable and m.private and not m.path.startswith(("[vvar", "[vsyscall", "[vdso")):
+            cut = m.start
+            if m.path == "" and prev is not None and prev.end == m.start and prev.file_backed:
+                bss_end = _image_end(prev, offset_zero.get((prev.dev, prev.inode)), pid, procfs_root)
+                if bss_end is None:
+                    cut = m.end if prev.writable else m.start
+                else:
+                    cut = min(max(bss_end, m.start), m.end)
+            if cut > m.start:
+                out.append((m.start, cut, _R_FILE))
+            if cut < m.end:
+                out.append((cut, m.end, region_of(m)))
+        prev = m
+    return out
+
+
+def _image_end(m: procfs.Mapping, first: procfs.Mapping | None, pid: int, procfs_root: str) -> int | None:
+    """Where the loaded image of the file ``m`` maps ends (its ``.bss`` included), ``m.end`` when
+    the file is no ELF image, None when that cannot be known (unreadable file, an ELF this reader
+    does not parse, no mapping at offset 0, or headers that do not describe ``m``)."""
+    if first is None:
+        return None
+    extent = elf.cached_extent(m.dev, m.inode, lambda: procfs.open_mapped_file(pid, m, procfs_root),
+                               procfs.PAGE_SIZE)
+    if extent is None:
+        return None
+    if not extent.image:
+        return m.end
+    bias = first.start - extent.first_vaddr
+    if not first.start <= m.start < m.end <= bias + extent.end_vaddr:
+        return None  # another copy of the file, or not loaded by its headers
+    return bias + extent.end_vaddr
 
 
 # The top byte of a pagemap entry (entry >> 56) holds every flag the classification needs: the
@@ -311,9 +359,11 @@ class _Layout:
     Kept (by :class:`Scanner`) while ``maps`` reads the same, together with the array the entries
     are read into, so a repeated scan allocates nothing for them."""
 
-    def __init__(self, raw: bytes, maps: list[procfs.Mapping]) -> None:
+    def __init__(self, raw: bytes, maps: list[procfs.Mapping], pid: int, procfs_root: str) -> None:
         self.raw = raw
-        ranges, regions = _writable_private(maps)
+        split = region_ranges(maps, pid, procfs_root)
+        ranges = [(s, e) for s, e, _r in split]
+        regions = [r for _s, _e, r in split]
         order = sorted(range(len(ranges)), key=lambda i: (regions[i], ranges[i][0]))
         self.ranges = [ranges[i] for i in order]
         self.starts = np.array([s >> procfs.PAGE_SHIFT for s, _e in self.ranges], dtype=np.int64)
@@ -385,17 +435,6 @@ class _Layout:
         return self.starts[j] + (idx - self.offsets[j])
 
 
-def _writable_private(maps: list[procfs.Mapping]) -> tuple[list[tuple[int, int]], list[int]]:
-    ranges, regions = [], []
-    prev = None
-    for m in maps:
-        if m.writable and m.private and not m.path.startswith(("[vvar", "[vsyscall", "[vdso")):
-            ranges.append((m.start, m.end))
-            regions.append(region_of(m, prev))
-        prev = m
-    return ranges, regions
-
-
 @dataclass
 class _Cache:
     """What repeated scans of one tree reuse while the inputs are byte-for-byte the same."""
@@ -431,7 +470,7 @@ def _read_pages(pid: int, procfs_root: str, cache: _Cache | None = None) -> _Pro
         maps = procfs.parse_maps(raw)
         if not maps:
             raise procfs._no_memory(pid)
-        layout = _Layout(raw, maps)
+        layout = _Layout(raw, maps, pid, procfs_root)
         if cache is not None:
             cache.layouts[pid] = layout
     with procfs.Pagemap(pid, procfs_root) as pm:

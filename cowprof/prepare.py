@@ -6,7 +6,9 @@
    half-dead objects whose pages they would write while reusing them;
 2. the native heap walk — every reachable object gets the immortal refcount (PEP 683), so the
    ``Py_INCREF``/``Py_DECREF`` a worker does on a read no longer writes to its page; exact ``str``
-   objects get their hash cached and types get their version tag (both otherwise written lazily);
+   objects get their hash cached and types get their version tag (both otherwise written lazily).
+   Objects with a finalizer (io objects, ``__del__``, generators) and the objects holding them
+   directly stay mortal; :mod:`cowprof.finalize` finalizes at exit those still alive;
 3. ``gc.freeze()`` — moves everything tracked to the permanent generation, so the workers'
    collections never write GC headers of the master's objects;
 4. filling the free blocks of partly used pymalloc pools (:mod:`cowprof.allocator`), so that the
@@ -67,6 +69,13 @@ class PrepareReport:
     collected: int = 0
     """Unreachable objects found by the ``gc.collect()`` before the walk."""
     already_immortal: int = 0
+    left_mortal: int = 0
+    """Objects the walk left mortal: those with a finalizer (``with_finalizer``) and the dicts, cells
+    and class instances holding one directly, so that they are freed and finalized as without
+    cowprof (and, on debug builds of 3.14+, the strings that are not interned)."""
+    with_finalizer: int = 0
+    """Objects with a finalizer (io objects, ``__del__``, generators) the walk saw; those still alive
+    at exit are finalized then (:mod:`cowprof.finalize`)."""
     strings_hashed: int = 0
     types_tagged: int = 0
     full_walk: bool = True
@@ -101,7 +110,8 @@ class PrepareReport:
         else:
             parts.append(
                 f"{self.immortalized:,} immortalized, {self.strings_hashed:,} str hashes cached, "
-                f"{self.types_tagged:,} type tags"
+                f"{self.types_tagged:,} type tags, {self.left_mortal:,} left mortal "
+                f"({self.with_finalizer:,} with a finalizer)"
             )
         parts.append(f"{self.frozen:,} objects frozen")
         if self.filler_bytes:
@@ -200,6 +210,8 @@ def prepare_fork(
             from cowprof import heapmap as _heapmap_module  # noqa: F401
         except ImportError:
             record = False
+    if immortalize and not skipped:
+        from cowprof import finalize as _finalize  # before the walk too
     if skipped:
         _warn_once(skipped)
     if (immortalize and not skipped) or record:
@@ -224,6 +236,11 @@ def prepare_fork(
                               stacklevel=2)
         else:
             walk = _native.walk(**kwargs)
+        if kwargs["immortalize"]:
+            # what the walk left mortal because of a finalizer, finalized at exit if still alive
+            _finalize.register(walk.pop("finalizable", ()))
+            _finalize.install()
+    walk.pop("finalizable", None)
     if freeze:
         gc.freeze()
         if immortalize and not skipped:
@@ -242,6 +259,8 @@ def prepare_fork(
         trimmed=trimmed,
         collected=collected,
         already_immortal=int(walk.get("already_immortal", 0)),
+        left_mortal=int(walk.get("left_mortal", 0)),
+        with_finalizer=int(walk.get("with_finalizer", 0)),
         strings_hashed=int(walk.get("strings_hashed", 0)),
         types_tagged=int(walk.get("types_tagged", 0)),
         full_walk=full_walk,

@@ -7,6 +7,7 @@ Races with a dying process become :class:`~cowprof.errors.ProcessGone`, missing 
 What is read, and why:
 
 * ``maps``: the mappings (cheap); the page classification only looks at writable private ones.
+  ``map_files`` (or ``root`` and the path) opens a mapped file, to read a library's ELF headers.
 * ``smaps_rollup``: RSS/PSS/USS/swap of a whole process in one cheap read (Linux 4.14+);
   ``smaps`` is the per-mapping fallback and the reference the tests compare against.
 * ``pagemap``: 8 bytes per virtual page, read with ``os.preadv`` straight into numpy ``uint64``
@@ -19,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -136,6 +138,36 @@ def parse_maps(data: bytes) -> list[Mapping]:
         out.append(Mapping(start, end, m[3].decode(), int(m[4], 16), m[5].decode(), int(m[6]),
                            m[7].decode("utf-8", "surrogateescape").strip()))
     return out
+
+
+def open_mapped_file(pid: int, m: Mapping, procfs_root: str = "/proc") -> int | None:
+    """A read-only descriptor of the regular file mapping ``m`` of ``pid`` maps, or None.
+
+    First ``map_files/<start>-<end>``: the very file mapped, even when it was deleted or replaced
+    since (readable with CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE). Else the path ``maps`` shows,
+    under ``root`` (the process's own root directory: chroot, container), with the last component
+    not followed if it is a symlink, and kept only when it is a regular file with the inode
+    ``maps`` names (device numbers are not compared: btrfs and overlayfs show another one in
+    ``maps`` than ``stat`` does). Anything that is not a regular file is never read.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    tries = [(_proc_path(procfs_root, pid, f"map_files/{m.start:x}-{m.end:x}"), flags, False)]
+    if m.path.startswith("/"):
+        tries.append((_proc_path(procfs_root, pid, "root") + m.path, flags | os.O_NOFOLLOW, True))
+    for path, open_flags, check_inode in tries:
+        try:
+            fd = os.open(path, open_flags)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            continue
+        if stat.S_ISREG(st.st_mode) and (not check_inode or st.st_ino == m.inode):
+            return fd
+        os.close(fd)
+    return None
 
 
 def _no_memory(pid: int) -> ProcessGone:

@@ -8,6 +8,12 @@
  *            - caches the hash of exact str objects;
  *            - assigns the version tag of its type (PyUnstable_Type_AssignVersionTag);
  *            - optionally records (address, size, type) into a heap map, streamed to a file.
+ *          Objects whose type has a finalizer (tp_finalize: every io object, classes with __del__,
+ *          generators and coroutines; legacy tp_del) stay mortal, and so do the dicts, cells and
+ *          instances of classes that hold one directly (an instance also through a small dict it
+ *          holds): those are freed, and finalized, exactly when they would be without cowprof.
+ *          Their referents are still walked. The walk returns the objects with a finalizer it left mortal, so that
+ *          cowprof can finalize at exit those that an immortal object keeps alive.
  *          It descends into containers the GC does not track (dicts and tuples of atomic values),
  *          into dict keys (dict_traverse skips str keys) and into code objects (not reachable by
  *          tp_traverse: consts, names, local names, file name, qualname, line/exception tables).
@@ -15,6 +21,7 @@
  *          write()s them to the file descriptor Python opened: the walk touches no fresh memory for
  *          them, and the file is written on another core while the walk goes on. The thread runs no
  *          Python code, blocks all signals, and is joined before walk() returns.
+ * unfinalized(), call_finalizer(): exit finalization (see cowprof/finalize.py).
  * trim():  malloc_trim(0) where glibc has it.
  * info():  what this build can do, and why not.
  *
@@ -292,9 +299,18 @@ typedef struct {
     uint8_t mode;
     uint8_t preheader;    /* GC header + managed dict/weakref slots before the object */
     uint8_t buffers;      /* BUF_*: which separately allocated buffer its instances own */
+    uint8_t finalizer;    /* instances have a finalizer: they stay mortal */
+    uint8_t may_hold;     /* CP_WATCH_*: how its instances are watched for holding one (visit_root) */
 } cp_typeinfo;
 
 enum { BUF_NONE, BUF_LIST, BUF_SET, BUF_DICT };
+enum { CP_WATCH_NONE, CP_WATCH_DIRECT, CP_WATCH_DICTS };
+
+/* Instances of such a type run code when they are freed (io objects flush and close, __del__,
+ * generators run their finally blocks): an immortal one would never run it. */
+static inline int cp_has_finalizer(PyTypeObject *tp) {
+    return tp->tp_finalize != NULL || tp->tp_del != NULL;
+}
 
 typedef struct {
     int immortalize;
@@ -305,7 +321,10 @@ typedef struct {
     Py_ssize_t gc_head;       /* sizeof(PyGC_Head), measured by the caller */
     Py_ssize_t managed_pre;   /* bytes of the managed dict/weakref pre-header */
     cp_stack stack;
-    cp_ptrset seen;
+    cp_stack finalizable;     /* objects with a finalizer left mortal (borrowed; no Python code runs) */
+    cp_ptrset seen;           /* without immortalize: everything visited; with it: objects left mortal */
+    int watch;                /* CP_WATCH_*: while the direct referents of a tracked root are visited */
+    int holds_finalizable;    /* ... and one of them is a mortal object with a finalizer */
     cp_typeinfo *types;
     size_t types_cap, types_len;
     PyTypeObject **type_list; /* by id */
@@ -317,6 +336,7 @@ typedef struct {
     /* counts */
     uint64_t objects, immortalized, already_immortal, left_mortal, tracked, untracked, bytes;
     uint64_t strings_hashed, types_tagged, containers_descended;
+    uint64_t with_finalizer;
 } cp_walk;
 
 static PyObject *first_c_sizeof(cp_walk *w, PyTypeObject *tp) {
@@ -383,6 +403,10 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
     else if (PyType_IsSubtype(tp, &PySet_Type) || PyType_IsSubtype(tp, &PyFrozenSet_Type)) ti->buffers = BUF_SET;
     else if (PyType_IsSubtype(tp, &PyDict_Type)) ti->buffers = BUF_DICT;
     else ti->buffers = BUF_NONE;
+    ti->finalizer = (uint8_t)cp_has_finalizer(tp);
+    ti->may_hold = (uint8_t)((tp->tp_flags & Py_TPFLAGS_HEAPTYPE) && !PyType_IsSubtype(tp, &PyType_Type)
+                                 ? CP_WATCH_DICTS
+                                 : ti->buffers == BUF_DICT || tp == &PyCell_Type ? CP_WATCH_DIRECT : CP_WATCH_NONE);
     int inline_values = 0;
 #ifdef Py_TPFLAGS_INLINE_VALUES
     inline_values = (tp->tp_flags & Py_TPFLAGS_INLINE_VALUES) != 0;
@@ -488,11 +512,9 @@ static inline int keep_mortal(PyObject *op) {
 #endif
 }
 
-/* Count, size, record, hash, tag, and immortalize one object seen for the first time. */
-static int process(cp_walk *w, PyObject *op, int was_immortal) {
-    PyTypeObject *tp = Py_TYPE(op);
-    cp_typeinfo *ti = typeinfo_get(w, tp);
-    if (ti == NULL) return -1;
+/* Count, size, record, hash and tag one object seen for the first time. */
+static int account(cp_walk *w, cp_typeinfo *ti, PyObject *op) {
+    PyTypeObject *tp = ti->tp;
     Py_ssize_t size = object_size(ti, op);
     w->objects++;
     w->bytes += (uint64_t)(size + ti->preheader);
@@ -504,20 +526,42 @@ static int process(cp_walk *w, PyObject *op, int was_immortal) {
     } else if (PyType_Check(op)) {
         if (typeinfo_get(w, (PyTypeObject *)op) == NULL) return -1;
     }
+    return 0;
+}
+
+/* Then immortalize it, unless it has a finalizer or holds (directly) a mortal object with one.
+ * (Takes the type's facts by value: a typeinfo pointer does not survive the table growing.) */
+static int settle(cp_walk *w, PyObject *op, int was_immortal, int finalizer, int holds_finalizable) {
     if (was_immortal) {
         w->already_immortal++;
-    } else if (w->immortalize && keep_mortal(op)) {
-        w->left_mortal++;
-    } else if (w->immortalize) {
-        cp_set_immortal(op);
-        w->immortalized++;
-        /* An interned str made immortal is interned-immortal, the state CPython's own
-         * immortalize_interned() gives it: interning it again must not find an immortal string
-         * marked mortal (debug builds assert on that), and shutdown treats it as immortal. */
-        if (tp == &PyUnicode_Type && PyUnicode_CHECK_INTERNED(op) == SSTATE_INTERNED_MORTAL)
-            ((PyASCIIObject *)op)->state.interned = SSTATE_INTERNED_IMMORTAL;
+        return 0;
     }
+    if (!w->immortalize) return 0;
+    if (finalizer) {
+        w->left_mortal++;
+        w->with_finalizer++;
+        return stack_push(&w->finalizable, op);
+    }
+    if (holds_finalizable || keep_mortal(op)) {
+        w->left_mortal++;
+        return 0;
+    }
+    cp_set_immortal(op);
+    w->immortalized++;
+    /* An interned str made immortal is interned-immortal, the state CPython's own
+     * immortalize_interned() gives it: interning it again must not find an immortal string
+     * marked mortal (debug builds assert on that), and shutdown treats it as immortal. */
+    if (Py_IS_TYPE(op, &PyUnicode_Type) && PyUnicode_CHECK_INTERNED(op) == SSTATE_INTERNED_MORTAL)
+        ((PyASCIIObject *)op)->state.interned = SSTATE_INTERNED_IMMORTAL;
     return 0;
+}
+
+static int process(cp_walk *w, PyObject *op, int was_immortal) {
+    cp_typeinfo *ti = typeinfo_get(w, Py_TYPE(op));
+    if (ti == NULL) return -1;
+    int finalizer = ti->finalizer;
+    if (account(w, ti, op) < 0) return -1;
+    return settle(w, op, was_immortal, finalizer, 0);
 }
 
 /* May this untracked object hold references we must follow? Only GC-capable objects may be
@@ -527,16 +571,41 @@ static inline int is_container(PyObject *op) {
     return PyCode_Check(op) || (Py_TYPE(op)->tp_traverse != NULL && PyObject_IS_GC(op));
 }
 
+static inline int mortal_finalizable(PyObject *op) {
+    return cp_has_finalizer(Py_TYPE(op)) && !_Py_IsImmortal(op);
+}
+
+/* A direct referent of the tracked root being visited: does the root hold an object with a
+ * finalizer? An instance of a class also counts what a small dict it holds holds (its own __dict__
+ * when that is a separate dict, as for NamedTemporaryFile's wrapper on 3.15, or a dict attribute). */
+#define CP_PEEK_MAX 64
+static void watch_edge(cp_walk *w, PyObject *op) {
+    if (mortal_finalizable(op)) {
+        w->holds_finalizable = 1;
+    } else if (w->watch == CP_WATCH_DICTS && PyDict_CheckExact(op) && PyDict_GET_SIZE(op) <= CP_PEEK_MAX) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(op, &pos, &k, &v)) {
+            if (mortal_finalizable(v)) {
+                w->holds_finalizable = 1;
+                return;
+            }
+        }
+    }
+}
+
 /* Visit callback for every reference found: tracked objects are left to the GC-list pass (each is
  * a root there), untracked ones are processed here and their contents pushed on the stack. */
 static int visit_edge(PyObject *op, void *arg) {
     cp_walk *w = (cp_walk *)arg;
-    if (op == NULL || PyObject_GC_IsTracked(op)) return 0;
+    if (op == NULL) return 0;
+    if (w->watch && !w->holds_finalizable) watch_edge(w, op);
+    if (PyObject_GC_IsTracked(op)) return 0;
     int immortal = _Py_IsImmortal(op);
     if (w->immortalize && !immortal) {
         /* first time: immortalizing it is also what marks it visited; what stays mortal is
          * marked in the visited set instead */
-        if (keep_mortal(op)) {
+        if (cp_has_finalizer(Py_TYPE(op)) || keep_mortal(op)) {
             int added = ptrset_add(&w->seen, op);
             if (added < 0) goto fail;
             if (added == 0) return 0;
@@ -608,8 +677,23 @@ static int visit_root(PyObject *op, void *arg) {
         if (added < 0) goto fail;
         if (added == 0) return 1;
     }
-    if (process(w, op, immortal) < 0) goto fail;
-    if (descend(w, op) < 0 || drain(w) < 0) goto fail;
+    cp_typeinfo *ti = typeinfo_get(w, Py_TYPE(op));
+    if (ti == NULL) goto fail;
+    int finalizer = ti->finalizer, may_hold = ti->may_hold; /* ti is not used past account() */
+    if (account(w, ti, op) < 0) goto fail;
+    /* a tracked root is visited once by the GC-list pass whatever its refcount, so it can be
+     * settled after its direct referents were seen (watch_edge). Only dicts, cells and instances of
+     * classes are watched: the holders a program drops whole (NamedTemporaryFile's wrapper, an
+     * object with a file attribute, a dict of files); watching every list and tuple too would cost
+     * ~10% of the walk. */
+    int watch = w->immortalize && !immortal && !finalizer ? may_hold : CP_WATCH_NONE;
+    w->watch = watch;
+    w->holds_finalizable = 0;
+    int rc = descend(w, op);
+    w->watch = CP_WATCH_NONE;
+    if (rc < 0 || settle(w, op, immortal, finalizer, watch != CP_WATCH_NONE && w->holds_finalizable) < 0 ||
+        drain(w) < 0)
+        goto fail;
     return 1;
 fail:
     w->failed = 1;
@@ -618,6 +702,7 @@ fail:
 
 static void walk_free(cp_walk *w) {
     PyMem_RawFree(w->stack.items);
+    PyMem_RawFree(w->finalizable.items);
     PyMem_RawFree(w->seen.slots);
     PyMem_RawFree(w->types);
     PyMem_RawFree(w->type_list);
@@ -643,8 +728,9 @@ PyDoc_STRVAR(walk_doc,
 "new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
-"Returns counts (objects, immortalized, already_immortal, left_mortal, tracked, untracked, bytes,\n"
-"strings_hashed, types_tagged, seconds). With heapmap_fd (an open file, written from its current\n"
+"Returns counts (objects, immortalized, already_immortal, left_mortal, with_finalizer, tracked,\n"
+"untracked, bytes, strings_hashed, types_tagged, seconds) and 'finalizable' (list of the objects with\n"
+"a finalizer it left mortal). With heapmap_fd (an open file, written from its current\n"
 "offset) the heap map records <u8 addr, <u4 size, <u4 type index> are written there, and the result\n"
 "has 'heapmap_records' (count), 'heapmap_error' (None or the OSError of a failed write),\n"
 "'heapmap_types' (tuple of types by index) and\n"
@@ -712,6 +798,16 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     SET_U64(result, "strings_hashed", w.strings_hashed);
     SET_U64(result, "types_tagged", w.types_tagged);
     SET_U64(result, "containers_descended", w.containers_descended);
+    SET_U64(result, "with_finalizer", w.with_finalizer);
+    {
+        /* still alive: no Python code ran since the walk saw them */
+        PyObject *objs = PyList_New((Py_ssize_t)w.finalizable.len);
+        if (objs == NULL) goto error;
+        for (size_t i = 0; i < w.finalizable.len; i++) PyList_SET_ITEM(objs, (Py_ssize_t)i, Py_NewRef(w.finalizable.items[i]));
+        int rc = PyDict_SetItemString(result, "finalizable", objs);
+        Py_DECREF(objs);
+        if (rc < 0) goto error;
+    }
     {
         PyObject *s = PyFloat_FromDouble(seconds);
         if (s == NULL || PyDict_SetItemString(result, "seconds", s) < 0) {
@@ -765,6 +861,49 @@ error:
     Py_XDECREF(result);
     walk_free(&w);
     return NULL;
+}
+
+/* ---- exit finalization (policy and order: cowprof/finalize.py) ----------------------------- */
+
+PyDoc_STRVAR(unfinalized_doc,
+"unfinalized(objects: list) -> list\n\n"
+"The objects of the list whose type has a finalizer (tp_finalize) and that were not finalized yet.\n"
+"(gc.get_objects() gives the tracked objects outside the permanent generation; the GC's own visit,\n"
+"PyUnstable_GC_VisitObjects, also lists the permanent generation on 3.14+: the whole prepared heap.)");
+
+static PyObject *cp_unfinalized(PyObject *self, PyObject *objects) {
+    if (!PyList_Check(objects)) {
+        PyErr_SetString(PyExc_TypeError, "unfinalized() takes a list");
+        return NULL;
+    }
+    PyObject *found = PyList_New(0);
+    if (found == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objects); i++) {
+        PyObject *op = PyList_GET_ITEM(objects, i);
+        if (Py_TYPE(op)->tp_finalize != NULL && !PyObject_GC_IsFinalized(op) && PyList_Append(found, op) < 0) {
+            Py_DECREF(found);
+            return NULL;
+        }
+    }
+    return found;
+}
+
+PyDoc_STRVAR(call_finalizer_doc,
+"call_finalizer(obj) -> bool\n\n"
+"Run obj's tp_finalize the way CPython does before freeing it (PyObject_CallFinalizer): at most once\n"
+"for a GC object, which gets the finalized flag, so freeing it later does not run it again. An object\n"
+"outside the GC has no such flag: it is given a reference that is never released, so it is never\n"
+"freed and never finalized twice. Errors are reported by the finalizer as unraisable (io objects\n"
+"only in development mode, as when they are freed). Returns False if there was nothing to run.");
+
+static PyObject *cp_call_finalizer(PyObject *self, PyObject *op) {
+    PyTypeObject *tp = Py_TYPE(op);
+    int gc = PyType_IS_GC(tp);
+    if (tp->tp_finalize == NULL || (gc && PyObject_GC_IsFinalized(op))) Py_RETURN_FALSE;
+    PyObject_CallFinalizer(op);
+    if (PyErr_Occurred()) PyErr_WriteUnraisable(op); /* a finalizer must not leave one set */
+    if (!gc) Py_INCREF(op); /* deliberately never released */
+    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(is_immortal_doc, "is_immortal(obj) -> bool\n\nWhether obj's refcount holds the immortal value.");
@@ -836,6 +975,8 @@ static PyMethodDef cp_methods[] = {
 #if CP_CAN_WALK
     {"walk", (PyCFunction)(void (*)(void))cp_walk_fn, METH_VARARGS | METH_KEYWORDS, walk_doc},
     {"is_immortal", cp_is_immortal, METH_O, is_immortal_doc},
+    {"unfinalized", cp_unfinalized, METH_O, unfinalized_doc},
+    {"call_finalizer", cp_call_finalizer, METH_O, call_finalizer_doc},
 #endif
     {"trim", cp_trim, METH_NOARGS, trim_doc},
     {"info", cp_info, METH_NOARGS, info_doc},

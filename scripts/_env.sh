@@ -9,9 +9,9 @@ COWPROF_CACHE=${COWPROF_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cowprof}
 COWPROF_SID_ROOT="$COWPROF_CACHE/debian-sid"
 COWPROF_SID_VERSIONS="3.14 3.15"
 # what the Debian root holds: interpreters with headers and venv, the debug build of 3.14, a compiler
-# for cowprof's extension (and uWSGI), and the servers the test suite starts
+# for cowprof's extension (and uWSGI, which also links libcrypt), and the servers the test suite starts
 COWPROF_SID_PACKAGES="python3.14 python3.14-dev python3.14-venv python3.14-dbg python3.15 python3.15-dev
-python3.15-venv gcc libc6-dev ca-certificates"
+python3.15-venv gcc libc6-dev libcrypt-dev ca-certificates"
 COWPROF_SID_SERVICES="redis-server"
 
 _cowprof_log() { printf '[cowprof setup] %s\n' "$*" >&2; }
@@ -167,7 +167,8 @@ ensure_venv() {
         py=/usr/bin/python$want
     fi
     venv="$COWPROF_VENVS/py$want"
-    if [ ! -x "$venv/bin/python" ] || ! in_python_env "$want" "$venv/bin/python" -c "" 2>/dev/null; then
+    # (asked where the version lives: a venv in the Debian root points at an interpreter the host lacks)
+    if ! in_python_env "$want" "$venv/bin/python" -c "" 2>/dev/null; then
         _cowprof_log "creating virtual env $venv with $py"
         rm -rf "$venv"
         in_python_env "$want" "$py" -m venv "$venv" >&2 || return 1
@@ -188,4 +189,22 @@ ensure_venv() {
         echo "$want_stamp" > "$stamp"
     fi
     printf '%s\n' "$venv/bin/python"
+}
+
+# ---- services the test suite starts itself ---------------------------------------------------------
+
+# ensure_test_services: installs Debian's redis-server when it is missing (tests/integration/
+# test_servers.py starts one per Celery test on a free 127.0.0.1 port); as root with apt-get,
+# otherwise it says what to install and returns 1.
+ensure_test_services() {
+    command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        _cowprof_log "installing redis-server (the Celery tests start it on a free loopback port)"
+        if { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ||
+             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }; } >&2; then
+            return 0
+        fi
+    fi
+    _cowprof_log "redis-server is missing; install it (Debian: apt-get install redis-server)"
+    return 1
 }

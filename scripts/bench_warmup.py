@@ -39,7 +39,7 @@ from djangoproj import make_project  # noqa: E402
 from gunicorn_server import GunicornServer  # noqa: E402
 
 from cowprof import attribution, procfs  # noqa: E402
-from cowprof.demo import _cpu_seconds  # noqa: E402
+from cowprof.demo import tree_cpu_seconds  # noqa: E402
 from cowprof.loadgen import merge_results, run_load  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
 
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             order = list(servers)[k % len(servers):] + list(servers)[:k % len(servers)]
             for name in order:
                 server = servers[name][0]
-                before = _cpu_seconds(trees[name])
+                before = tree_cpu_seconds(trees[name])
                 loads[name].append(run_load("127.0.0.1", server.port, paths[lo:hi], concurrency=4, deadline=300))
-                cpu[name] += _cpu_seconds(trees[name]) - before
+                cpu[name] += tree_cpu_seconds(trees[name]) - before
         time.sleep(1.0)
         for name, (server, report) in servers.items():
             results.append(summarize(name, server, loads[name], cpu[name], heaps[name], report))

@@ -4,8 +4,10 @@
 functions through which cowprof and psutil reach ``/proc``: ``open`` (builtins), ``os.open``,
 ``os.stat``, ``os.lstat``, ``os.readlink``, ``os.listdir``, ``os.scandir``, and ``os.preadv`` /
 ``os.pread`` on descriptors ``os.open`` returned. Every call on ``/proc/<pid>/<name>`` of a watched
-PID is one *touch* of ``(pid, name)``; ``task/<tid>/...`` is counted as ``task/*/...`` and the
-directory ``/proc/<pid>`` itself as ``""``. Nothing in cowprof knows about it.
+PID is one *touch* of ``(pid, name)``; ``task/<tid>/...`` is counted as ``task/*/...``, the mapped
+files opened through ``map_files/<range>`` and ``root/<path>`` (their addresses differ from tree to
+tree) as ``map_files/*`` and ``root/*``, and the directory ``/proc/<pid>`` itself as ``""``.
+Nothing in cowprof knows about it.
 
 Recording (no ``kill``): ``touches`` lists every touch in order, e.g. to find the read points::
 
@@ -57,6 +59,8 @@ class ProcTouches:
         t = _TASK.match(name)
         if t is not None:
             name = "task/*" + (t[1] or "")
+        elif name.startswith(("map_files/", "root/")):
+            name = name.split("/", 1)[0] + "/*"
         return self.watch[int(m[1])], name
 
     def _touch(self, key: tuple[str, str] | None) -> None:

@@ -30,6 +30,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 PAGE = mmap.PAGESIZE
 PR_SET_PDEATHSIG = 1
@@ -59,6 +60,25 @@ def kill_children_and_exit(children: set[int]) -> None:
         except ChildProcessError:
             pass
     os._exit(0)
+
+
+def fork_workers(count: int, children: set[int], work: Callable[[int], None]) -> int:
+    """Fork ``count`` workers that each run ``work(ready_w)`` (the write end of a pipe, to say it is
+    ready) and never return (a worker whose ``work`` returns or raises exits 1); their PIDs go to
+    ``children``. Returns the read end of the pipe."""
+    ready_r, ready_w = os.pipe()
+    sys.stdout.flush()
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            os.close(ready_r)
+            try:
+                work(ready_w)
+            finally:
+                os._exit(1)
+        children.add(pid)
+    os.close(ready_w)
+    return ready_r
 
 
 def _anon(size: int) -> mmap.mmap:
@@ -161,18 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     master = os.getpid()
-    ready_r, ready_w = os.pipe()
-    sys.stdout.flush()
-    for _ in range(args.workers):
-        pid = os.fork()
-        if pid == 0:
-            os.close(ready_r)
-            try:
-                _worker(master, ready_w, buf, write_idx, args.new_pages, heap, args.touch_heap)
-            finally:
-                os._exit(1)
-        children.add(pid)
-    os.close(ready_w)
+    ready_r = fork_workers(args.workers, children, lambda ready_w: _worker(
+        master, ready_w, buf, write_idx, args.new_pages, heap, args.touch_heap))
     signal.signal(signal.SIGCHLD, reap)
 
     lines: list[bytes] = []

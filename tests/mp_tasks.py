@@ -18,8 +18,10 @@ def read_and_wait(ready_dir: str, workers: int, stop_file: str, timeout: float =
     from prepare_heap import read_everything
 
     read_everything(HEAP)
-    with open(os.path.join(ready_dir, str(os.getpid())), "w") as f:
+    ready = os.path.join(ready_dir, str(os.getpid()))
+    with open(ready + ".tmp", "w") as f:  # renamed when complete: the test never reads it half-written
         f.write(str(os.getppid()))
+    os.rename(ready + ".tmp", ready)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not os.path.exists(stop_file):
         time.sleep(0.05)

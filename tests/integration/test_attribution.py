@@ -168,7 +168,8 @@ def test_cli_snapshot_by_type_without_heap_map_reads_the_objects_from_memory(tmp
 
     from forktree import ForkTree
 
-    with ForkTree(workers=1, master_mb=4) as tree:
+    # the master runs 3.12+ (whose layouts the reader knows); the profiler is this interpreter
+    with ForkTree(workers=1, master_mb=4, python=app_python()) as tree:
         proc = subprocess.run([sys.executable, "-m", "cowprof", "snapshot", str(tree.master_pid), "--by", "type",
                                "--json"], capture_output=True, text=True, timeout=60,
                               env={**os.environ, "COWPROF_HEAPMAP_DIR": str(tmp_path)})

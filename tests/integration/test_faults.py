@@ -37,7 +37,7 @@ from attribution_apps import app_python
 from faults import ProcTouches
 from forktree import _gone
 from treefarm import FarmTree, TreeFarm
-from cowprof import cli, exporter
+from cowprof import cli, elf, exporter
 from cowprof.record import read_record
 
 COMMANDS = ("snapshot", "by-type", "by-cause", "top", "record", "export")
@@ -80,6 +80,7 @@ def _argv(command: str, pid: int, tmp: str) -> list[str]:
 
 
 def _run(command: str, tree: FarmTree, tmp: str, touches: ProcTouches) -> Run:
+    elf.clear_cache()  # every run reads the libraries' program headers (else only the first would)
     out, err = io.StringIO(), io.StringIO()
     path = os.path.join(tmp, "run.jsonl")
     if os.path.exists(path):

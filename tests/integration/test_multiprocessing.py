@@ -33,11 +33,14 @@ def run_pool(tmp_path, method: str, mode: str) -> dict:
                             env={**os.environ, "COWPROF_TEST_MP_OBJECTS": str(OBJECTS)})
     try:
         deadline = time.monotonic() + 120
-        while len(os.listdir(ready)) < WORKERS:
+        def done() -> list[str]:
+            return [n for n in os.listdir(ready) if not n.endswith(".tmp")]
+
+        while len(done()) < WORKERS:
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.monotonic() < deadline, "pool workers did not get ready"
             time.sleep(0.05)
-        parents = {(ready / name).read_text() for name in os.listdir(ready)}
+        parents = {(ready / name).read_text() for name in done()}
         assert len(parents) == 1, parents
         parent = int(parents.pop())
         report = scan(parent)

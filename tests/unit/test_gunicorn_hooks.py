@@ -63,9 +63,10 @@ def tiny_app(environ, start_response):
 tiny_app.seen = []
 
 
-def make_server(preload: bool = True, app=tiny_app):
-    return SimpleNamespace(cfg=SimpleNamespace(preload_app=preload), log=FakeLog(),
-                           app=SimpleNamespace(wsgi=lambda: app))
+def make_server(preload: bool = True, app=tiny_app, dirty_workers: int = 0):
+    cfg = SimpleNamespace(preload_app=preload, dirty_workers=dirty_workers,
+                          dirty_apps=["dirtyshop:CatalogIndex"] if dirty_workers else [])
+    return SimpleNamespace(cfg=cfg, log=FakeLog(), app=SimpleNamespace(wsgi=lambda: app))
 
 
 class FakeReport:
@@ -150,6 +151,48 @@ def test_install_keeps_gunicorn_arity(calls):
     cfg.set("post_fork", ns["post_fork"])
     cfg.set("when_ready", cg.when_ready)
     cfg.set("post_fork", cg.post_fork)
+
+
+def _user_hooks(calls: list[str]) -> dict:
+    return {"on_starting": lambda server: calls.append("user_on_starting"),
+            "when_ready": lambda server: calls.append("user_ready"),
+            "on_dirty_starting": lambda arbiter: calls.append("user_on_dirty_starting"),
+            "dirty_worker_init": lambda worker: calls.append("user_dirty_worker_init")}
+
+
+def test_dirty_arbiter_is_forked_from_the_prepared_heap(calls):
+    # gunicorn forks the dirty arbiter between on_starting and when_ready: prepare in on_starting
+    ns = _user_hooks(calls)
+    cg.install(ns)
+    server = make_server(dirty_workers=1)
+    ns["on_starting"](server)
+    ns["when_ready"](server)
+    ns["on_dirty_starting"](object())
+    ns["dirty_worker_init"](object())
+    assert calls == ["user_on_starting", "prepare", "user_ready", "after_fork", "user_on_dirty_starting",
+                     "after_fork", "user_dirty_worker_init"]
+
+
+def test_without_dirty_arbiter_when_ready_prepares(calls):
+    ns = _user_hooks(calls)
+    cg.install(ns)
+    server = make_server()
+    ns["on_starting"](server)
+    ns["when_ready"](server)
+    assert calls == ["user_on_starting", "user_ready", "prepare"]
+
+
+def test_dirty_hooks_keep_gunicorn_arity(calls):
+    from gunicorn.config import Config
+
+    cfg = Config()
+    if "dirty_worker_init" not in cfg.settings:
+        pytest.skip("gunicorn < 25 has no dirty arbiter hooks")
+    ns = _user_hooks(calls)
+    cg.install(ns)
+    for name in ("on_starting", "on_dirty_starting", "dirty_worker_init"):
+        cfg.set(name, ns[name])
+        cfg.set(name, getattr(cg, name))
 
 
 def test_install_resolves_string_hooks(calls):
@@ -311,7 +354,8 @@ def test_module_globals_set_no_other_gunicorn_setting():
     from gunicorn.config import KNOWN_SETTINGS
 
     names = {s.name for s in KNOWN_SETTINGS}
-    assert [k for k in vars(cg) if k in names] == ["when_ready", "post_fork"]
+    hooks = ["on_starting", "when_ready", "post_fork", "on_dirty_starting", "dirty_worker_init"]
+    assert [k for k in vars(cg) if k in names] == [h for h in hooks if h in names]
 
 
 _LOAD_AS_GUNICORN = """
@@ -327,7 +371,7 @@ c = app.cfg
 print(json.dumps({"workers": c.workers, "preload": c.preload_app, "bind": c.bind,
                   "when_ready": getattr(c.when_ready, "_cowprof_hook", False),
                   "post_fork": getattr(c.post_fork, "_cowprof_hook", False),
-                  "user_on_starting": c.on_starting.__module__,
+                  "user_on_starting": getattr(getattr(c.on_starting, "__wrapped_user_hook__", None), "__module__", None),
                   "wraps_user_hook": c.when_ready.__wrapped_user_hook__ is not None}))
 """
 

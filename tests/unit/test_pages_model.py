@@ -7,7 +7,7 @@ consistent ``maps``, ``pagemap`` (exclusive bit = mapped once), ``kpagecount``, 
 ``smaps_rollup`` files. ``reference()`` classifies every page with plain Python loops from the
 rules in the ``cowprof.pages`` docstring; the vectorized scan must agree exactly, in both modes,
 with the identity and the searched worker-to-master index, gap-merged pagemap reads and a short
-read's fallback.
+read's fallback, and the regions of a library's ``.bss`` read from its ELF program headers.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
+from elfimage import elf_image
 
-from cowprof import pages, procfs
+from cowprof import elf, pages, procfs
 from cowprof.tree import Tree
 
 P = procfs.PAGE_SIZE
@@ -40,25 +41,37 @@ def _entry(present: bool, excl: bool = False, file: bool = False, pfn: int = 0) 
 class Model:
     """Processes as {pid: {page address: (pfn, file page)}} plus their maps lines."""
 
+    LIB = "/usr/lib/x86_64-linux-gnu/libfake.so"  # written under each process's root/
+    GONE = "/usr/lib/x86_64-linux-gnu/libgone.so"  # never written: unreadable
+    BASE = 0x10000000
+    # text at file offset 0, data at 8 pages (4 pages of file, memsz to 5 pages + 7 bytes): the
+    # image ends at 14 pages, so of the anonymous mapping at 12 pages the first 2 are its .bss
+    LIB_IMAGE = elf_image([(0, 0, 8 * P, 8 * P), (8 * P, 8 * P, 4 * P - 100, 5 * P + 7)])
+    BSS_END = BASE + 14 * P
+
     def __init__(self, seed: int, workers: int) -> None:
         rng = random.Random(seed)
         self.rng = rng
         self.next_pfn = 1000
-        self.maps: dict[int, list[tuple[int, int, str, str]]] = {}
+        self.maps: dict[int, list[tuple[int, int, str, str, int]]] = {}
         self.pages: dict[int, dict[int, tuple[int, bool]]] = {}
-        lib = "/usr/lib/x86_64-linux-gnu/libfake.so"
-        # the master's mappings: text (read-only, ignored), .data (file pages + CoW'd anon), .bss,
-        # a small gap, pymalloc-like anonymous arenas, [heap], a shared mapping (ignored), [stack]
-        base = 0x10000000
+        lib = self.LIB
+        # the master's mappings: text (read-only, ignored), .data (file pages + CoW'd anon), an
+        # anonymous mapping after it that starts with the library's .bss (2 pages, see LIB_IMAGE),
+        # another library whose file cannot be read (its data and the anonymous mapping after it
+        # are "file", the fallback), pymalloc-like anonymous arenas, [heap], a shared mapping
+        # (ignored), [stack]
+        base = self.BASE
         layout = [
-            (base, 8, "r-xp", lib), (base + 8 * P, 4, "rw-p", lib), (base + 12 * P, 3, "rw-p", ""),
-            (base + 20 * P, 64, "rw-p", ""), (base + 90 * P, 40, "rw-p", ""),  # gaps of 5 and 6 pages
-            (base + 4000 * P, 50, "rw-p", "[heap]"),  # a big gap: a separate read
-            (base + 5000 * P, 6, "rw-s", "/dev/shm/x"), (base + 9000 * P, 10, "rw-p", "[stack]"),
+            (base, 8, "r-xp", lib, 0), (base + 8 * P, 4, "rw-p", lib, 8 * P), (base + 12 * P, 3, "rw-p", "", 0),
+            (base + 16 * P, 2, "rw-p", self.GONE, 0), (base + 18 * P, 2, "rw-p", "", 0),
+            (base + 25 * P, 64, "rw-p", "", 0), (base + 95 * P, 40, "rw-p", "", 0),  # gaps of 5 and 6 pages
+            (base + 4000 * P, 50, "rw-p", "[heap]", 0),  # a big gap: a separate read
+            (base + 5000 * P, 6, "rw-s", "/dev/shm/x", 0), (base + 9000 * P, 10, "rw-p", "[stack]", 0),
         ]
-        self.maps[MASTER] = list((s, s + n * P, perms, path) for s, n, perms, path in layout)
+        self.maps[MASTER] = list((s, s + n * P, perms, path, off) for s, n, perms, path, off in layout)
         m = {}
-        for s, e, perms, path in self.maps[MASTER]:
+        for s, e, perms, path, _off in self.maps[MASTER]:
             for a in range(s, e, P):
                 if rng.random() < 0.85:
                     m[a] = (self._pfn(), path == lib and rng.random() < 0.5)
@@ -70,11 +83,11 @@ class Model:
             self.workers.append(pid)
             wmaps = list(self.maps[MASTER])
             if i % 2 == 1:  # a mapping of its own (new memory) and one of the master's unmapped
-                wmaps.append((base + 7000 * P, base + 7030 * P, "rw-p", ""))
+                wmaps.append((base + 7000 * P, base + 7030 * P, "rw-p", "", 0))
                 wmaps = [x for x in wmaps if x[3] != "[stack]" or i != 3]
             self.maps[pid] = wmaps
             w = {}
-            for s, e, perms, path in wmaps:
+            for s, e, perms, path, _off in wmaps:
                 for a in range(s, e, P):
                     r = rng.random()
                     if a in inherited and r < 0.55:
@@ -108,18 +121,23 @@ class Model:
             for pfn, n in self.count.items():
                 f.seek(pfn * 8)
                 f.write(n.to_bytes(8, "little"))
+        image_root = os.path.join(root, "image-root")
+        lib_file = image_root + self.LIB
+        os.makedirs(os.path.dirname(lib_file))
+        with open(lib_file, "wb") as f:
+            f.write(self.LIB_IMAGE)
+        self.inode = {self.LIB: os.stat(lib_file).st_ino, self.GONE: 4242}
         for pid, maps in self.maps.items():
             d = os.path.join(root, str(pid))
             os.makedirs(d)
+            os.symlink(image_root, os.path.join(d, "root"))  # as /proc/PID/root points to its root
             with open(os.path.join(d, "maps"), "w") as f:
-                for s, e, perms, path in maps:
-                    inode = 77 if path.startswith("/") else 0
-                    f.write(f"{s:x}-{e:x} {perms} 00000000 fe:00 {inode}          {path}\n".rstrip() + "\n")
+                f.write(self.maps_text(pid))
             with open(os.path.join(d, "pagemap"), "wb") as f:
                 for a, (pfn, file) in self.pages[pid].items():
                     f.seek(a // P * 8)
                     f.write(_entry(True, self.count[pfn] == 1, file, pfn).to_bytes(8, "little"))
-                end = max(e for _s, e, _p, _path in maps)
+                end = max(e for _s, e, _p, _path, _off in maps)
                 f.truncate(end // P * 8)
             fields = ["S", str(MASTER if pid != MASTER else 1)] + ["0"] * 44
             fields[19] = str(100 + pid)  # field 22: start time
@@ -132,21 +150,33 @@ class Model:
 
     # ------------------------------------------------------------------------------ reference
 
+    def maps_text(self, pid: int) -> str:
+        return "".join(f"{s:x}-{e:x} {perms} {off:08x} fe:00 {self.inode.get(path, 0)}          {path}".rstrip() + "\n"
+                       for s, e, perms, path, off in self.maps[pid])
+
+    def region_name(self, perms: str, path: str, a: int, prev_path: str | None) -> str | None:
+        """The region of page ``a`` of a mapping, from the model's own layout (None: not classified)."""
+        if perms != "rw-p":
+            return None
+        if path == "":
+            if prev_path == self.LIB and a < self.BSS_END:
+                return "file"  # the library's .bss
+            return "file" if prev_path == self.GONE else "python"  # no headers: the whole mapping
+        return {"[heap]": "heap", "[stack]": "stack"}.get(path, "file")
+
     def reference(self, pfn_mode: bool) -> dict:
         """Every page classified one by one (see the cowprof.pages docstring)."""
         m = self.pages[MASTER]
         region = {}  # (pid, addr) -> region name
         for pid, maps in self.maps.items():
-            parsed = procfs.parse_maps("".join(
-                f"{s:x}-{e:x} {perms} 00000000 fe:00 {77 if path.startswith('/') else 0} {path}\n"
-                for s, e, perms, path in maps).encode())
-            prev = None
-            for mp in parsed:
-                if mp.writable and mp.private:
-                    name = pages.REGIONS[pages.region_of(mp, prev)]
-                    for a in range(mp.start, mp.end, P):
+            prev_end, prev_path = None, None
+            for s, e, perms, path, _off in maps:
+                adjacent = prev_path if prev_end == s else None
+                for a in range(s, e, P):
+                    name = self.region_name(perms, path, a, adjacent)
+                    if name is not None:
                         region[(pid, a)] = name
-                prev = mp
+                prev_end, prev_path = e, path
 
         def excl(pid, a):
             return self.count[self.pages[pid][a][0]] == 1
@@ -210,6 +240,7 @@ def _model(tmp_path, monkeypatch, seed: int, workers: int, pfn_mode: bool = Fals
     model = Model(seed, workers=workers)
     root = str(tmp_path / "proc")
     model.write(root)
+    elf.clear_cache()  # inode numbers of earlier tests' files may be reused
     monkeypatch.setattr(pages, "_pfn_mode", lambda privileged, procfs_root: pfn_mode)
     return model, root
 
@@ -273,8 +304,9 @@ def test_gap_merged_reads_and_the_short_read_fallback(tmp_path, monkeypatch):
     cache = pages._Cache()
     proc = pages._read_pages(MASTER, root, cache)
     layout = proc.layout
-    # .data + .bss are adjacent, the arenas 5 and 6 pages apart: one read; [heap] and [stack] apart
-    assert len(layout.ranges) == 6 and len(layout.plan()) == 3
+    # .data, .bss and the rest of its anonymous mapping (python), the other library's data and
+    # anonymous mapping are adjacent, the arenas 5 and 6 pages apart: one read; [heap], [stack] apart
+    assert len(layout.ranges) == 9 and len(layout.plan()) == 3
     expected = np.concatenate([procfs.read_pagemap(MASTER, s, e, root) for s, e in layout.ranges])
     assert np.array_equal(proc.entries, expected)
     real = procfs.Pagemap.readv

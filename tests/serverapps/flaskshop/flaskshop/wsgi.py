@@ -1,0 +1,4 @@
+"""WSGI entry of the Flask fixture app (``flaskshop.wsgi:app``)."""
+from flaskshop import create_app
+
+app = create_app()

@@ -1,0 +1,34 @@
+"""uWSGI entry of the server fixtures: ``--module uwsgi_entry:application``.
+
+Imports the WSGI app named by ``SERVERAPPS_WSGI`` (``module:attribute``) and applies the fork
+recipe of ``SERVERAPPS_MODE``: ``baseline`` nothing; ``gc-freeze`` the ``gc`` documentation's
+(``gc.disable()`` before the import, ``gc.freeze()`` after it, ``gc.enable()`` in uWSGI's
+``postfork``); ``cowprof`` README.md's uWSGI recipe (``prepare_parent(register_child_hook=False)``
+and ``uwsgi_postfork()`` at the end of the WSGI module). uWSGI imports this module in its master,
+before it forks the workers (no ``lazy-apps``).
+"""
+import gc
+import importlib
+import os
+import sys
+
+MODE = os.environ.get("SERVERAPPS_MODE", "baseline")
+if MODE == "gc-freeze":
+    gc.disable()
+
+_module, _, _attr = os.environ["SERVERAPPS_WSGI"].partition(":")
+application = getattr(importlib.import_module(_module), _attr)
+
+if MODE == "cowprof":
+    from cowprof.recipes import prepare_parent, uwsgi_postfork
+
+    print(f"cowprof: {prepare_parent(register_child_hook=False).summary()}", file=sys.stderr, flush=True)
+    if not uwsgi_postfork():
+        raise RuntimeError("cowprof: uwsgi_postfork() found no uWSGI")
+elif MODE == "gc-freeze":
+    import uwsgidecorators
+
+    gc.freeze()
+    uwsgidecorators.postfork(gc.enable)
+elif MODE != "baseline":
+    raise SystemExit(f"uwsgi_entry: unknown SERVERAPPS_MODE {MODE!r}")

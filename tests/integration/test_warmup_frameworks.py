@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from cowprof import hotcode
 from djangoproj import make_project
 from pyrun import run_json
 
@@ -64,7 +65,10 @@ def test_django_stock_project_is_warmed_without_writing(django_project):
     # framework-owned requests only: the admin login page, its index (a redirect), an unmatched path
     assert any(p.endswith("/admin/login/") for p in r["paths"]) and any(p.endswith("/admin/") for p in r["paths"])
     assert r["failed"] == 0 and r["ok"] == r["requests"] >= 3 * 2
-    assert r["relocation"]["skipped"] is None and r["relocation"]["functions"] > 0
+    if hotcode.unavailable() is None:
+        assert r["relocation"]["skipped"] is None and r["relocation"]["functions"] > 0
+    else:  # 3.11: the requests ran once, no relocation
+        assert r["relocation"]["skipped"] == hotcode.unavailable()
     # nothing was written to the database, and the connections the requests opened are closed
     assert out["tables_after"] == out["tables_before"]
     assert out["open_connections"] == 0

@@ -310,6 +310,7 @@ def test_apply_user_config_takes_settings_and_composes(calls, tmp_path):
     assert set(tiny_app.seen) == {"/warm"} and len(tiny_app.seen) >= 2
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="hot code relocation runs on CPython 3.12+")
 def test_warmup_rounds_with_relocation(calls, monkeypatch, tmp_path):
     """Relocation adds a probe round, then settle rounds (60 at most) for the copies."""
     report = tmp_path / "r.json"

@@ -25,17 +25,19 @@ histogram). The master's pagemap is read once per scan and joined with each work
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 import sys
+import threading
 import time
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from . import elf, procfs, untrusted
+from ._values import Mutable
 from .errors import AccessDenied, BadInput, ProcessGone
 from .tree import Tree, find_tree
 
@@ -51,13 +53,16 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --------------------------------------------------------------------------------- results
 
 
-@dataclass
-class RegionPages:
+class RegionPages(Mutable):
     """Bytes of one region kind in one process."""
 
-    shared_bytes: int = 0
-    copied_bytes: int = 0
-    new_bytes: int = 0
+    __slots__ = ("shared_bytes", "copied_bytes", "new_bytes")
+    _fields = __slots__
+
+    def __init__(self, shared_bytes: int = 0, copied_bytes: int = 0, new_bytes: int = 0) -> None:
+        self.shared_bytes = shared_bytes
+        self.copied_bytes = copied_bytes
+        self.new_bytes = new_bytes
 
     def to_dict(self) -> dict[str, int]:
         return {"shared_bytes": self.shared_bytes, "copied_bytes": self.copied_bytes, "new_bytes": self.new_bytes}
@@ -85,27 +90,34 @@ def _pid(d: dict[str, Any]) -> int:
     return untrusted.integer(d, "pid", minimum=1) or 0
 
 
-@dataclass
-class MasterPages:
+class MasterPages(Mutable):
     """The master: whole-process counters and its own post-fork divergence.
 
     In ``regions``, ``shared_bytes`` are pages some worker still maps, ``copied_bytes`` the
     master's ``diverged`` pages and ``new_bytes`` its exclusive pages at addresses where no worker
     has a page (memory it allocated after fork, or that every worker dropped).
+    ``diverged_addrs`` (with ``keep_addresses``) is neither compared nor shown.
     """
 
-    pid: int
-    started_at: float
-    rss_bytes: int
-    pss_bytes: int
-    uss_bytes: int
-    swap_bytes: int
-    diverged_bytes: int
-    regions: dict[str, RegionPages]
-    ambiguous_bytes: int = 0
-    shared_bytes: int = 0
-    new_bytes: int = 0
-    diverged_addrs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _fields = ("pid", "started_at", "rss_bytes", "pss_bytes", "uss_bytes", "swap_bytes", "diverged_bytes",
+               "regions", "ambiguous_bytes", "shared_bytes", "new_bytes")
+    __slots__ = (*_fields, "diverged_addrs")
+
+    def __init__(self, pid: int, started_at: float, rss_bytes: int, pss_bytes: int, uss_bytes: int,
+                 swap_bytes: int, diverged_bytes: int, regions: dict[str, RegionPages], ambiguous_bytes: int = 0,
+                 shared_bytes: int = 0, new_bytes: int = 0, diverged_addrs: np.ndarray | None = None) -> None:
+        self.pid = pid
+        self.started_at = started_at
+        self.rss_bytes = rss_bytes
+        self.pss_bytes = pss_bytes
+        self.uss_bytes = uss_bytes
+        self.swap_bytes = swap_bytes
+        self.diverged_bytes = diverged_bytes
+        self.regions = regions
+        self.ambiguous_bytes = ambiguous_bytes
+        self.shared_bytes = shared_bytes
+        self.new_bytes = new_bytes
+        self.diverged_addrs = diverged_addrs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,24 +141,36 @@ class MasterPages:
         )
 
 
-@dataclass
-class WorkerPages:
-    """One worker: whole-process counters and its pages by class and region."""
+class WorkerPages(Mutable):
+    """One worker: whole-process counters and its pages by class and region.
 
-    pid: int
-    started_at: float
-    rss_bytes: int
-    pss_bytes: int
-    uss_bytes: int
-    swap_bytes: int
-    shared_bytes: int
-    copied_bytes: int
-    new_bytes: int
-    regions: dict[str, RegionPages]
-    ambiguous_bytes: int = 0
-    shared_with_master_bytes: int | None = None  # pfn mode only
-    sharers: dict[int, int] | None = None  # pfn mode only: mapcount -> bytes of shared pages
-    copied_addrs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    ``shared_with_master_bytes`` and ``sharers`` (mapcount -> bytes of shared pages) in the pfn mode
+    only; ``copied_addrs`` (with ``keep_addresses``) is neither compared nor shown.
+    """
+
+    _fields = ("pid", "started_at", "rss_bytes", "pss_bytes", "uss_bytes", "swap_bytes", "shared_bytes",
+               "copied_bytes", "new_bytes", "regions", "ambiguous_bytes", "shared_with_master_bytes", "sharers")
+    __slots__ = (*_fields, "copied_addrs")
+
+    def __init__(self, pid: int, started_at: float, rss_bytes: int, pss_bytes: int, uss_bytes: int,
+                 swap_bytes: int, shared_bytes: int, copied_bytes: int, new_bytes: int,
+                 regions: dict[str, RegionPages], ambiguous_bytes: int = 0,
+                 shared_with_master_bytes: int | None = None, sharers: dict[int, int] | None = None,
+                 copied_addrs: np.ndarray | None = None) -> None:
+        self.pid = pid
+        self.started_at = started_at
+        self.rss_bytes = rss_bytes
+        self.pss_bytes = pss_bytes
+        self.uss_bytes = uss_bytes
+        self.swap_bytes = swap_bytes
+        self.shared_bytes = shared_bytes
+        self.copied_bytes = copied_bytes
+        self.new_bytes = new_bytes
+        self.regions = regions
+        self.ambiguous_bytes = ambiguous_bytes
+        self.shared_with_master_bytes = shared_with_master_bytes
+        self.sharers = sharers
+        self.copied_addrs = copied_addrs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,19 +202,24 @@ class WorkerPages:
         )
 
 
-@dataclass
-class PageReport:
+class PageReport(Mutable):
     """One scan of a tree. ``to_dict()`` is the documented, stable JSON (README.md)."""
 
-    version: int
-    taken_at: float
-    privileged: bool
-    mode: str  # "pfn" | "exclusive-bit"
-    page_size: int
-    scan_seconds: float
-    master: MasterPages
-    workers: list[WorkerPages]
-    gone: list[int]
+    __slots__ = ("version", "taken_at", "privileged", "mode", "page_size", "scan_seconds", "master",
+                 "workers", "gone")
+    _fields = __slots__
+
+    def __init__(self, version: int, taken_at: float, privileged: bool, mode: str, page_size: int,
+                 scan_seconds: float, master: MasterPages, workers: list[WorkerPages], gone: list[int]) -> None:
+        self.version = version
+        self.taken_at = taken_at
+        self.privileged = privileged
+        self.mode = mode  # "pfn" | "exclusive-bit"
+        self.page_size = page_size
+        self.scan_seconds = scan_seconds
+        self.master = master
+        self.workers = workers
+        self.gone = gone
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -435,13 +464,15 @@ class _Layout:
         return self.starts[j] + (idx - self.offsets[j])
 
 
-@dataclass
 class _Cache:
     """What repeated scans of one tree reuse while the inputs are byte-for-byte the same."""
 
-    layouts: dict[int, _Layout] = field(default_factory=dict)  # pid -> layout of its current maps
-    # worker pid -> (worker layout, master layout, index of the master's page per worker page)
-    index: dict[int, tuple[_Layout, _Layout, np.ndarray | None]] = field(default_factory=dict)
+    __slots__ = ("layouts", "index")
+
+    def __init__(self) -> None:
+        self.layouts: dict[int, _Layout] = {}  # pid -> layout of its current maps
+        # worker pid -> (worker layout, master layout, index of the master's page per worker page)
+        self.index: dict[int, tuple[_Layout, _Layout, np.ndarray | None]] = {}
 
     def keep(self, pids: set[int]) -> None:
         for d in (self.layouts, self.index):
@@ -449,14 +480,16 @@ class _Cache:
                 del d[pid]
 
 
-@dataclass
 class _Proc:
     """One process's pages in one scan."""
 
-    pid: int
-    layout: _Layout
-    entries: np.ndarray  # uint64 pagemap entry per page (the layout's buffer when cached)
-    top: np.ndarray  # uint8 per page: the entry's top byte & _T_USED
+    __slots__ = ("pid", "layout", "entries", "top")
+
+    def __init__(self, pid: int, layout: _Layout, entries: np.ndarray, top: np.ndarray) -> None:
+        self.pid = pid
+        self.layout = layout
+        self.entries = entries  # uint64 pagemap entry per page (the layout's buffer when cached)
+        self.top = top  # uint8 per page: the entry's top byte & _T_USED
 
     def pfns(self) -> np.ndarray:
         """PFN per page, 0 where not present (or not visible)."""
@@ -519,7 +552,7 @@ def _regions(shared: list[int], copied: list[int], new: list[int], page: int) ->
 
 
 def _pfn_mode(privileged: bool | None, procfs_root: str) -> bool:
-    can = procfs.kpagecount_readable(procfs_root) and procfs.pfns_visible(procfs_root)
+    can = procfs.pfn_access(procfs_root)  # probed once per process
     if privileged is None:
         return can
     if privileged and not can:
@@ -528,33 +561,80 @@ def _pfn_mode(privileged: bool | None, procfs_root: str) -> bool:
     return privileged
 
 
-@dataclass
 class _Worker:
-    pid: int
-    started_at: float
-    counters: procfs.MemCounters
-    pages: _Proc
-    m_idx: np.ndarray | None  # see _master_index
-    key: np.ndarray | None = None  # uint8 per page: top byte | _K_MASTER | _K_SAME
-    present: np.ndarray | None = None  # bool per page
-    shared: np.ndarray | None = None  # bool per page: present and shared
-    same: np.ndarray | None = None  # pfn mode: bool per page, it is the master's very page
-    own_need: np.ndarray | None = None  # pfn mode: bool per page, shared but not the master's page
-    own_counts: np.ndarray | None = None  # pfn mode: kpagecount of the own_need pages
+    __slots__ = ("pid", "started_at", "counters", "pages", "m_idx", "key", "present", "shared", "same",
+                 "own_need", "own_counts")
+
+    def __init__(self, pid: int, started_at: float, counters: procfs.MemCounters, pages: _Proc,
+                 m_idx: np.ndarray | None) -> None:
+        self.pid = pid
+        self.started_at = started_at
+        self.counters = counters
+        self.pages = pages
+        self.m_idx = m_idx  # see _master_index
+        self.key: np.ndarray | None = None  # uint8 per page: top byte | _K_MASTER | _K_SAME
+        self.present: np.ndarray | None = None  # bool per page
+        self.shared: np.ndarray | None = None  # bool per page: present and shared
+        self.same: np.ndarray | None = None  # pfn mode: bool per page, it is the master's very page
+        self.own_need: np.ndarray | None = None  # pfn mode: bool per page, shared but not the master's page
+        self.own_counts: np.ndarray | None = None  # pfn mode: kpagecount of the own_need pages
 
 
 def _started(st: procfs.Stat, btime: float) -> float:
     return btime + st.starttime_ticks / _CLK_TCK
 
 
-def _read_worker(pid: int, master: _Proc, btime: float, procfs_root: str, cache: _Cache | None = None) -> _Worker:
-    """Read one worker; ProcessGone when it exited or its PID now belongs to someone else."""
-    st = procfs.read_stat(pid, procfs_root)
-    if st.zombie or st.ppid != master.pid:
+def _read_worker(pid: int, master: int, btime: float, procfs_root: str, cache: _Cache | None = None,
+                 st: procfs.Stat | None = None) -> _Worker:
+    """Read one worker (its ``stat`` unless given); ProcessGone when it exited or its PID now
+    belongs to someone else. The index into the master's pages is left to the caller."""
+    if st is None:
+        st = procfs.read_stat(pid, procfs_root)
+    if st.zombie or st.ppid != master:
         raise ProcessGone(pid)
     counters = procfs.read_smaps_rollup(pid, procfs_root)
     wp = _read_pages(pid, procfs_root, cache)
-    return _Worker(pid, _started(st, btime), counters, wp, _master_index(wp.layout, master.layout, cache, pid))
+    return _Worker(pid, _started(st, btime), counters, wp, None)
+
+
+#: processes read at a time by a scan: the kernel's page-table walks of ``smaps_rollup``,
+#: ``pagemap`` and ``kpagecount`` (most of a scan) run without the GIL
+READ_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _in_threads(jobs: list[Callable[[], Any]], threads: int = READ_THREADS) -> list[tuple[bool, Any]]:
+    """Run ``jobs`` on up to ``threads`` threads (this one included), in order of the list; returns
+    ``(True, result)`` or ``(False, exception)`` per job. Ctrl-C in this thread stops the others
+    taking new jobs and is raised once they finished theirs."""
+    out: list[tuple[bool, Any]] = [(False, None)] * len(jobs)
+    pending = iter(range(len(jobs)))
+    lock = threading.Lock()
+    stop = False
+
+    def run() -> None:
+        while not stop:
+            with lock:
+                i = next(pending, None)
+            if i is None:
+                return
+            try:
+                out[i] = (True, jobs[i]())
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                out[i] = (False, exc)
+
+    helpers = [threading.Thread(target=run, name=f"cowprof-scan-{n}", daemon=True)
+               for n in range(min(threads, len(jobs)) - 1)]
+    for t in helpers:
+        t.start()
+    try:
+        run()
+    except BaseException:
+        stop = True
+        raise
+    finally:
+        for t in helpers:
+            t.join()
+    return out
 
 
 def _addrs(pages: _Proc, mask: np.ndarray) -> np.ndarray:
@@ -634,15 +714,24 @@ class Scanner:
         # (tree, keep_addresses, per-process state when the report was read, report, monotonic time)
         self._last: tuple[Tree, bool, dict[int, tuple[int, ...]], PageReport, float] | None = None
 
-    def _state(self, tree: Tree) -> dict[int, tuple[int, ...]] | None:
-        """pid -> (ppid, start time, minor faults, major faults, address space, resident pages)."""
-        out: dict[int, tuple[int, ...]] = {}
+    def _stats(self, tree: Tree) -> dict[int, procfs.Stat]:
+        """``stat`` of each process of the tree, read once per scan (a gone one is missing)."""
+        out: dict[int, procfs.Stat] = {}
         for pid in (tree.master, *tree.workers):
             try:
-                st = procfs.read_stat(pid, self.procfs_root)
+                out[pid] = procfs.read_stat(pid, self.procfs_root)
             except ProcessGone:
-                return None
-            if st.zombie:
+                pass
+        return out
+
+    @staticmethod
+    def _state(tree: Tree, stats: dict[int, procfs.Stat]) -> dict[int, tuple[int, ...]] | None:
+        """pid -> (ppid, start time, minor faults, major faults, address space, resident pages);
+        None when a process is gone or a zombie."""
+        out: dict[int, tuple[int, ...]] = {}
+        for pid in (tree.master, *tree.workers):
+            st = stats.get(pid)
+            if st is None or st.zombie:
                 return None
             out[pid] = (st.ppid, *st.memory_state)
         return out
@@ -665,7 +754,8 @@ class Scanner:
         t0 = time.perf_counter()
         tree = _as_tree(target, self.procfs_root)
         self.scans += 1
-        state = self._state(tree)
+        stats = self._stats(tree)
+        state = self._state(tree, stats)
         last = self._last
         if state is not None and last is not None and last[0] == tree and last[1] == keep_addresses:
             then, report = last[2], last[3]
@@ -673,43 +763,75 @@ class Scanner:
             if same_processes and state == then:
                 self.unchanged += 1
                 self.drift_pages = 0
-                return dataclasses.replace(report, taken_at=time.time(), scan_seconds=time.perf_counter() - t0)
+                return report.replace(taken_at=time.time(), scan_seconds=time.perf_counter() - t0)
             if same_processes and self.tolerance > 0 and (self.max_age is None or t0 - last[4] <= self.max_age):
                 drift = self._drift(then, state)
                 rss_pages = (report.master.rss_bytes + sum(w.rss_bytes for w in report.workers)) // report.page_size
                 if drift is not None and drift <= max(self.MIN_TOLERANCE_PAGES, int(self.tolerance * rss_pages)):
                     self.unchanged += 1
                     self.drift_pages = drift
-                    return dataclasses.replace(report, scan_seconds=time.perf_counter() - t0)
+                    return report.replace(scan_seconds=time.perf_counter() - t0)
         report = _scan(tree, privileged=self.privileged, procfs_root=self.procfs_root,
-                       keep_addresses=keep_addresses, cache=self._cache, t0=t0)
+                       keep_addresses=keep_addresses, cache=self._cache, t0=t0, stats=stats)
         self._cache.keep({tree.master, *tree.workers})
         self.drift_pages = 0
         self._last = (tree, keep_addresses, state, report, t0) if state is not None else None
         return report
 
 
+def _read_tree(tree: Tree, procfs_root: str, cache: _Cache | None,
+               stats: dict[int, procfs.Stat] | None) -> tuple[float, procfs.MemCounters, _Proc, list[_Worker], list[int]]:
+    """Read every process of the tree, several at a time: the master's pages, each worker (a
+    worker that vanishes is just "gone"), and last the master's counters, which fail when it
+    exited meanwhile. Each process's ``stat`` is read once (``stats``: already read, a missing
+    PID being gone). Returns the master's start time, counters and pages, the workers, the gone."""
+    btime = procfs.boot_time(procfs_root)
+    m_stat = procfs.read_stat(tree.master, procfs_root) if stats is None else stats.get(tree.master)
+    if m_stat is None or m_stat.zombie:
+        raise ProcessGone(tree.master, f"process {tree.master} (the master) has exited")
+    jobs: list[Callable[[], Any]] = [lambda: _read_pages(tree.master, procfs_root, cache)]
+    for pid in tree.workers:
+        if stats is None or pid in stats:
+            jobs.append(functools.partial(_read_worker, pid, tree.master, btime, procfs_root, cache,
+                                          None if stats is None else stats[pid]))
+        else:
+            jobs.append(functools.partial(_raise, ProcessGone(pid)))
+    # the master must still be there at the end, else its numbers describe nothing
+    jobs.append(lambda: procfs.read_smaps_rollup(tree.master, procfs_root))
+    results = _in_threads(jobs)
+    ok, master = results[0]
+    if not ok:
+        raise master
+    ok, m_counters = results[-1]
+    if not ok:
+        if isinstance(m_counters, ProcessGone):
+            raise ProcessGone(tree.master, f"process {tree.master} (the master) exited during the scan")
+        raise m_counters
+    workers: list[_Worker] = []
+    gone: list[int] = []
+    for pid, (ok, w) in zip(tree.workers, results[1:-1]):
+        if ok:
+            w.m_idx = _master_index(w.pages.layout, master.layout, cache, pid)
+            workers.append(w)
+        elif isinstance(w, ProcessGone):
+            gone.append(pid)
+        else:
+            raise w
+    return _started(m_stat, btime), m_counters, master, workers, gone
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
 def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_addresses: bool,
-          cache: _Cache | None, t0: float) -> PageReport:
+          cache: _Cache | None, t0: float, stats: dict[int, procfs.Stat] | None = None) -> PageReport:
     pfn_mode = _pfn_mode(privileged, procfs_root)
     page = procfs.PAGE_SIZE
     taken_at = time.time()
 
-    # 1. read: the master once, then each worker (a worker that vanishes is just "gone")
-    btime = procfs.boot_time(procfs_root)
-    m_stat = procfs.read_stat(tree.master, procfs_root)
-    if m_stat.zombie:
-        raise ProcessGone(tree.master, f"process {tree.master} (the master) has exited")
-    m_started = _started(m_stat, btime)
-    m_counters = procfs.read_smaps_rollup(tree.master, procfs_root)
-    master = _read_pages(tree.master, procfs_root, cache)
-    workers: list[_Worker] = []
-    gone: list[int] = []
-    for pid in tree.workers:
-        try:
-            workers.append(_read_worker(pid, master, btime, procfs_root, cache))
-        except ProcessGone:
-            gone.append(pid)
+    # 1. read every process (see _read_tree)
+    m_started, m_counters, master, workers, gone = _read_tree(tree, procfs_root, cache, stats)
 
     # Master-indexed arrays have one extra slot, where worker pages without a master mapping land.
     m_top = master.top
@@ -844,9 +966,6 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
             copied_addrs=_addrs(w.pages, copied) if keep_addresses else None,
         ))
 
-    # the master must still be there at the end, else its numbers describe nothing
-    if procfs.read_stat(tree.master, procfs_root).zombie:
-        raise ProcessGone(tree.master, f"process {tree.master} (the master) exited during the scan")
     return PageReport(
         version=VERSION, taken_at=taken_at, privileged=pfn_mode, mode="pfn" if pfn_mode else "exclusive-bit",
         page_size=page, scan_seconds=time.perf_counter() - t0, master=master_pages, workers=out, gone=gone,

@@ -16,22 +16,27 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import psutil
 
 from . import procfs
+from ._values import Frozen, field
 from .errors import AccessDenied, CowprofError, NotAPreforkTree, ProcessGone
 
 _PSUTIL_ROOT_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class Tree:
+class Tree(Frozen):
     """A pre-fork master and its live workers (PIDs, workers in ascending order)."""
 
-    master: int
-    workers: tuple[int, ...]
+    __slots__ = ()
+    _fields = ("master", "workers")
+
+    def __new__(cls, master: int, workers: tuple[int, ...]) -> Tree:
+        return tuple.__new__(cls, (master, workers))
+
+    master: int = field(0)
+    workers: tuple[int, ...] = field(1)
 
 
 @contextmanager

@@ -6,8 +6,9 @@ byte formatting, the region order, and :func:`worker_series` (per-worker time se
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from cowprof._values import Mutable
 
 if TYPE_CHECKING:
     from cowprof.pages import PageReport, WorkerPages
@@ -77,20 +78,24 @@ def ordered_regions(keys: Iterable[str]) -> list[str]:
     return [k for k in REGION_ORDER if k in keys] + sorted(keys - set(REGION_ORDER))
 
 
-@dataclass
-class WorkerSeries:
+class WorkerSeries(Mutable):
     """One worker's values over a recording, one entry per report it appears in."""
 
-    pid: int
-    started_at: float
-    label: str
-    times: list[float] = field(default_factory=list)
-    """Unix seconds (``PageReport.taken_at``)."""
-    copied_bytes: list[int] = field(default_factory=list)
-    shared_bytes: list[int] = field(default_factory=list)
-    new_bytes: list[int] = field(default_factory=list)
-    pss_bytes: list[int] = field(default_factory=list)
-    shared_pct: list[float | None] = field(default_factory=list)
+    __slots__ = ("pid", "started_at", "label", "times", "copied_bytes", "shared_bytes", "new_bytes",
+                 "pss_bytes", "shared_pct")
+    _fields = __slots__
+
+    def __init__(self, pid: int, started_at: float, label: str) -> None:
+        self.pid = pid
+        self.started_at = started_at
+        self.label = label
+        self.times: list[float] = []
+        """Unix seconds (``PageReport.taken_at``)."""
+        self.copied_bytes: list[int] = []
+        self.shared_bytes: list[int] = []
+        self.new_bytes: list[int] = []
+        self.pss_bytes: list[int] = []
+        self.shared_pct: list[float | None] = []
 
 
 def worker_series(reports: Iterable[PageReport]) -> list[WorkerSeries]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cowprof import procfs
+from cowprof.procfs import pagemap
 from cowprof.errors import AccessDenied, CowprofError, ProcessGone
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "procfs")
@@ -209,7 +210,7 @@ def test_pagemap_read_ranges_concatenates_with_offsets(tmp_path):
 
 
 def test_pagemap_big_read_is_chunked(tmp_path, monkeypatch):
-    monkeypatch.setattr(procfs, "PAGEMAP_CHUNK", 3)
+    monkeypatch.setattr(pagemap, "PAGEMAP_CHUNK", 3)
     base = 0x30000000
     ents = {base + i * P: _entries(present=True, pfn=i + 1) for i in range(10)}
     root = _pagemap_root(tmp_path, 79, ents)
@@ -250,7 +251,7 @@ def _kpagecount_root(tmp_path, n):
 
 @pytest.mark.parametrize("max_reads", [4096, 3, 1])
 def test_kpagecount_random_pfns_with_duplicates(tmp_path, monkeypatch, max_reads):
-    monkeypatch.setattr(procfs, "KPAGECOUNT_MAX_READS", max_reads)
+    monkeypatch.setattr(pagemap, "KPAGECOUNT_MAX_READS", max_reads)
     root, counts = _kpagecount_root(tmp_path, 200_000)
     rng = np.random.default_rng(1)
     pfns = np.concatenate([rng.integers(0, 200_000, 5000), np.arange(1000, 1100), [0, 199_999, 5, 5]]).astype(np.uint64)

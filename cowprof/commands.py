@@ -123,6 +123,22 @@ def _record_loop(sampler: Sampler, writer: RecordWriter,
     return sampler.stop_reason or "stopped"
 
 
+@contextmanager
+def numpy_on_one_blas_thread() -> Iterator[None]:
+    """While numpy gets imported: OpenBLAS, which numpy loads at import, starts one thread per core
+    then (measured: 70 ms of CPU on 2 cores, a third of numpy's import); cowprof never multiplies
+    matrices. ``OPENBLAS_NUM_THREADS=1`` for the duration unless the user set it or numpy is
+    loaded already; the environment is as it was afterwards (a server ``run`` starts sees it so)."""
+    if "numpy" in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
 # --- snapshot ---------------------------------------------------------------------------------
 
 
@@ -136,7 +152,8 @@ def snapshot(pid: int, *, json_out: bool = False, by: By = By.worker, top_n: int
     from cowprof.pages import scan
     from cowprof.preload import late_imports
 
-    report = scan(tree)
+    with numpy_on_one_blas_thread():  # the scan imports numpy while its threads read the tree
+        report = scan(tree)
     late = late_imports(report.master.pid, [w.pid for w in report.workers])
     if json_out:
         from cowprof.reporters import jsonout

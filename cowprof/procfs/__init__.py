@@ -21,9 +21,11 @@ What is read, and why:
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,16 +34,14 @@ from ..errors import AccessDenied, CowprofError, ProcessGone
 
 if TYPE_CHECKING:
     from .pagemap import (KPAGECOUNT_MAX_READS, PAGEMAP_CHUNK, PM_EXCLUSIVE, PM_FILE, PM_PFN_MASK,
-                          PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PageBits, Pagemap, decode,
-                          kpagecount_readable, pfn_access, pfns_visible, read_kpagecount,
+                          PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PageBits, Pagemap, decode, read_kpagecount,
                           read_pagemap)
 
 PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE")
 PAGE_SHIFT: int = PAGE_SIZE.bit_length() - 1
 _PAGEMAP_NAMES = frozenset((
     "KPAGECOUNT_MAX_READS", "PAGEMAP_CHUNK", "PM_EXCLUSIVE", "PM_FILE", "PM_PFN_MASK", "PM_PRESENT",
-    "PM_SOFT_DIRTY", "PM_SWAP", "PageBits", "Pagemap", "decode", "kpagecount_readable", "pfn_access",
-    "pfns_visible", "read_kpagecount", "read_pagemap",
+    "PM_SOFT_DIRTY", "PM_SWAP", "PageBits", "Pagemap", "decode", "read_kpagecount", "read_pagemap",
 ))
 
 
@@ -373,6 +373,52 @@ def read_stat(pid: int, procfs_root: str = "/proc") -> Stat:
     return parse_stat(pid, read_bytes(pid, "stat", procfs_root))
 
 
+def list_pids(procfs_root: str = "/proc") -> list[int]:
+    """PIDs of every process (the numeric entries of the procfs root), in ascending order."""
+    try:
+        names = os.listdir(procfs_root)
+    except OSError as err:
+        raise _oserror(err, None, procfs_root) from None
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def read_exe(pid: int, procfs_root: str = "/proc") -> str:
+    """The executable of a process (the ``exe`` link, as psutil reads it: cut at a NUL, without
+    a " (deleted)" suffix of a path that exists); "" when the link is missing while the process
+    is there (a kernel thread). A zombie raises ProcessGone, no rights AccessDenied."""
+    path = _proc_path(procfs_root, pid, "exe")
+    try:
+        exe = os.readlink(path).split("\x00")[0]
+    except (FileNotFoundError, ProcessLookupError) as err:
+        if os.path.lexists(os.path.join(procfs_root, str(pid))) and not read_stat(pid, procfs_root).zombie:
+            return ""
+        raise _oserror(err, pid, path) from None
+    except OSError as err:
+        raise _oserror(err, pid, path) from None
+    if exe.endswith(" (deleted)") and not os.path.exists(exe):
+        exe = exe[:-10]
+    return exe
+
+
+def read_cmdline(pid: int, procfs_root: str = "/proc") -> list[str]:
+    """The command line of a process, split as psutil splits it: on NULs, or on spaces when a
+    process rewrote it without them (setproctitle); [] when empty (a kernel thread). A zombie
+    raises ProcessGone."""
+    data = read_bytes(pid, "cmdline", procfs_root).decode(sys.getfilesystemencoding(),
+                                                          sys.getfilesystemencodeerrors())
+    if not data:
+        if read_stat(pid, procfs_root).zombie:
+            raise ProcessGone(pid, f"process {pid} has exited (zombie)")
+        return []
+    sep = "\x00" if data.endswith("\x00") else " "
+    if data.endswith(sep):
+        data = data[:-1]
+    cmdline = data.split(sep)
+    if sep == "\x00" and len(cmdline) == 1 and " " in data:
+        cmdline = data.split(" ")
+    return cmdline
+
+
 def boot_time(procfs_root: str = "/proc") -> float:
     """System boot time (unix seconds) from ``/proc/stat``."""
     m = _BTIME.search(read_bytes(None, "stat", procfs_root))
@@ -384,3 +430,53 @@ def start_time(pid: int, procfs_root: str = "/proc") -> float:
     return boot_time(procfs_root) + read_stat(pid, procfs_root).starttime_ticks / os.sysconf("SC_CLK_TCK")
 
 
+# ------------------------------------------------------------------------------ rights
+
+_PM_PRESENT = 1 << 63
+_PM_PFN_MASK = (1 << 55) - 1
+
+
+def kpagecount_readable(procfs_root: str = "/proc") -> bool:
+    """True when ``/proc/kpagecount`` can be read (root with CAP_SYS_ADMIN)."""
+    try:
+        fd = os.open(os.path.join(procfs_root, "kpagecount"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return len(os.pread(fd, 8, 0)) == 8
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def pfns_visible(procfs_root: str = "/proc") -> bool:
+    """True when pagemap shows PFNs to this process (CAP_SYS_ADMIN), probed on its own memory: the
+    top page of its stack (argv and the environment: present unless swapped out), else a page it
+    writes for the purpose (which needs numpy)."""
+    pid = os.getpid()
+    try:
+        stack = next((m for m in read_maps(pid, procfs_root) if m.path == "[stack]"), None)
+        if stack is not None:
+            fd = os.open(_proc_path(procfs_root, pid, "pagemap"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                raw = os.pread(fd, 8, ((stack.end >> PAGE_SHIFT) - 1) * 8)
+            finally:
+                os.close(fd)
+            entry = int.from_bytes(raw, sys.byteorder) if len(raw) == 8 else 0
+            if entry & _PM_PRESENT:
+                return bool(entry & _PM_PFN_MASK)
+    except (CowprofError, OSError):
+        return False
+    from .pagemap import pfns_visible_in_new_page
+
+    return pfns_visible_in_new_page(procfs_root)
+
+
+@functools.lru_cache(maxsize=None)
+def pfn_access(procfs_root: str = "/proc") -> bool:
+    """Whether this process reads PFNs in pagemap and ``/proc/kpagecount`` (root, CAP_SYS_ADMIN):
+    what the PFN mode of the page classification needs. Probed once per ``procfs_root`` and
+    process (the rights do not change under a running profiler; ``pfn_access.cache_clear()``
+    forgets the answer)."""
+    return kpagecount_readable(procfs_root) and pfns_visible(procfs_root)

@@ -15,7 +15,6 @@ import pytest
 from forktree import ForkTree, unprivileged_python
 
 from cowprof import pages, procfs
-from cowprof.procfs import pagemap
 from cowprof.errors import AccessDenied, BadInput, NotAPreforkTree, ProcessGone
 from cowprof.pages import PageReport, scan
 from cowprof.tree import Tree
@@ -119,14 +118,14 @@ def test_modes_agree_and_pfn_extras(tree):
 
 
 def test_forced_privileged_without_rights_is_access_denied(monkeypatch):
-    monkeypatch.setattr(pagemap, "kpagecount_readable", lambda root="/proc": False)
-    pagemap.pfn_access.cache_clear()
+    monkeypatch.setattr(procfs, "kpagecount_readable", lambda root="/proc": False)
+    procfs.pfn_access.cache_clear()
     try:
         with pytest.raises(AccessDenied, match="root"):
             pages._pfn_mode(True, "/proc")
         assert pages._pfn_mode(None, "/proc") is False
     finally:
-        pagemap.pfn_access.cache_clear()
+        procfs.pfn_access.cache_clear()
 
 
 def test_rights_are_probed_once(monkeypatch):
@@ -136,13 +135,13 @@ def test_rights_are_probed_once(monkeypatch):
         calls.append(root)
         return False
 
-    monkeypatch.setattr(pagemap, "kpagecount_readable", probe)
-    pagemap.pfn_access.cache_clear()
+    monkeypatch.setattr(procfs, "kpagecount_readable", probe)
+    procfs.pfn_access.cache_clear()
     try:
         assert [pages._pfn_mode(None, "/proc") for _ in range(3)] == [False] * 3
         assert calls == ["/proc"]
     finally:
-        pagemap.pfn_access.cache_clear()
+        procfs.pfn_access.cache_clear()
 
 
 def test_uss_pss_match_smaps_within_one_page_per_mapping(tree):

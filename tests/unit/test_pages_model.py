@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from elfimage import elf_image
 
-from cowprof import elf, pages, procfs
+from cowprof import classify, elf, pages, procfs
 from cowprof.tree import Tree
 
 P = procfs.PAGE_SIZE
@@ -291,18 +291,18 @@ def test_workers_with_the_masters_ranges_and_without(tmp_path, monkeypatch):
     """Even workers have the master's very ranges (identity index), odd ones do not."""
     model, root = _model(tmp_path, monkeypatch, 7, 2)
     cache = pages._Cache()
-    m = pages._read_pages(MASTER, root, cache)
-    same = pages._read_pages(model.workers[0], root, cache)
-    other = pages._read_pages(model.workers[1], root, cache)
-    assert pages._master_index(same.layout, m.layout) is None
-    idx = pages._master_index(other.layout, m.layout)
+    m = classify.read_pages(MASTER, root, cache)
+    same = classify.read_pages(model.workers[0], root, cache)
+    other = classify.read_pages(model.workers[1], root, cache)
+    assert classify.master_index(same.layout, m.layout) is None
+    idx = classify.master_index(other.layout, m.layout)
     assert idx is not None and idx.size == other.layout.size and (idx == m.layout.size).any()
 
 
 def test_gap_merged_reads_and_the_short_read_fallback(tmp_path, monkeypatch):
     model, root = _model(tmp_path, monkeypatch, 5, 2)
     cache = pages._Cache()
-    proc = pages._read_pages(MASTER, root, cache)
+    proc = classify.read_pages(MASTER, root, cache)
     layout = proc.layout
     # .data, .bss and the rest of its anonymous mapping (python), the other library's data and
     # anonymous mapping are adjacent, the arenas 5 and 6 pages apart: one read; [heap], [stack] apart

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 from operator import itemgetter
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-_M = TypeVar("_M", bound="Mutable")
-_F = TypeVar("_F", bound="Frozen")
+if TYPE_CHECKING:
+    from typing import Self
 
 
 def field(index: int, doc: str | None = None) -> Any:
@@ -34,7 +34,7 @@ class Frozen(tuple):  # type: ignore[type-arg]
     def __getnewargs__(self) -> tuple[Any, ...]:  # pickling and copying rebuild it through __new__
         return tuple(self)
 
-    def replace(self: _F, **changes: Any) -> _F:
+    def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
         return type(self)(**{**dict(zip(self._fields, self)), **changes})
 
@@ -57,7 +57,7 @@ class Mutable:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self._fields)})"
 
-    def replace(self: _M, **changes: Any) -> _M:
+    def replace(self, **changes: Any) -> Self:
         """A shallow copy with ``changes`` applied."""
         new = copy.copy(self)
         for name, value in changes.items():

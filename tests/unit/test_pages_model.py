@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from elfimage import elf_image
 
-from cowprof import classify, elf, pages, procfs
+from cowprof import _parallel, classify, elf, pages, procfs
 from cowprof.tree import Tree
 
 P = procfs.PAGE_SIZE
@@ -323,3 +323,37 @@ def test_gap_merged_reads_and_the_short_read_fallback(tmp_path, monkeypatch):
     assert len(calls) == 1  # the fallback read range by range
     ref = model.reference(False)
     _check(pages.scan(Tree(MASTER, tuple(model.workers)), procfs_root=root, keep_addresses=True), ref, False)
+
+
+def test_a_scan_reads_each_process_stat_once(tmp_path, monkeypatch):
+    """scan() and a Scanner's rescan read every process's /proc/PID/stat once (before this branch:
+    the master's two or three times, each worker's twice through a Scanner)."""
+    model, root = _model(tmp_path, monkeypatch, 4, 3)
+    tree = Tree(MASTER, tuple(model.workers))
+    reads: Counter = Counter()
+    real = procfs.read_stat
+
+    def counted(pid, procfs_root="/proc"):
+        reads[pid] += 1
+        return real(pid, procfs_root)
+
+    monkeypatch.setattr(procfs, "read_stat", counted)
+    pages.scan(tree, procfs_root=root)
+    assert reads == {pid: 1 for pid in (MASTER, *model.workers)}
+    sc = pages.Scanner(procfs_root=root)
+    for _ in range(2):
+        reads.clear()
+        sc._last = None  # a full rescan each time
+        sc.scan(tree)
+        assert reads == {pid: 1 for pid in (MASTER, *model.workers)}
+
+
+def test_scans_on_one_thread_and_on_several_agree(tmp_path, monkeypatch):
+    model, root = _model(tmp_path, monkeypatch, 5, 4, True)
+    tree = Tree(MASTER, tuple(model.workers))
+    ref = model.reference(True)
+    for threads in (1, 3):
+        monkeypatch.setattr(_parallel, "READ_THREADS", threads)
+        monkeypatch.setattr(pages, "in_threads", lambda jobs, first=None, threads=threads:
+                            _parallel.in_threads(jobs, first, threads))
+        _check(pages.scan(tree, procfs_root=root, keep_addresses=True), ref, True)

@@ -223,9 +223,10 @@ def top(pid: int, *, interval: float = 1.0, max_cpu: float = DEFAULT_TOP_MAX_CPU
     from cowprof.sampler import Sampler, StopReason
 
     cap = max_cpu / 100.0 if max_cpu > 0 else None
-    sampler = Sampler(pid, interval=interval, count=iterations, privileged=False, max_cpu=cap,
-                      tolerance=0.0 if exact else TOP_TOLERANCE,
-                      max_age=None if exact else TOP_MAX_AGE_INTERVALS * interval)
+    with numpy_on_one_blas_thread():
+        sampler = Sampler(pid, interval=interval, count=iterations, privileged=False, max_cpu=cap,
+                          tolerance=0.0 if exact else TOP_TOLERANCE,
+                          max_age=None if exact else TOP_MAX_AGE_INTERVALS * interval)
     with interrupt_on_term():
         try:
             live.run(sampler, interval=interval, file=sys.stdout, max_cpu=cap)
@@ -248,7 +249,8 @@ def record(pid: int, *, output: Path, interval: float = 1.0, duration: float | N
     from cowprof.sampler import Sampler
 
     check_new_output(output, force)  # fail before touching the target
-    sampler = Sampler(pid, interval=interval, duration=duration, count=count)
+    with numpy_on_one_blas_thread():
+        sampler = Sampler(pid, interval=interval, duration=duration, count=count)
     console = Console(stderr=True, highlight=False)
     failed = 0
     columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
@@ -473,7 +475,8 @@ def _record_child(proc: subprocess.Popen[bytes], cmd: list[str], path: Path, *, 
     if not _wait_for_tree(proc):
         err(f"{cmd[0]} exited before it forked workers; nothing recorded")
         return
-    sampler = Sampler(proc.pid, interval=interval, is_alive=lambda _pid: proc.poll() is None)
+    with numpy_on_one_blas_thread():  # the server runs already: it does not see the variable
+        sampler = Sampler(proc.pid, interval=interval, is_alive=lambda _pid: proc.poll() is None)
     with RecordWriter(path, target=_target_info(sampler, interval=interval, cmdline=cmd),
                       force=force) as writer:
         reason = _record_loop(sampler, writer)
@@ -499,5 +502,7 @@ def export(pid: int | None, *, port: int = 9464, interval: float = 5.0, bind: st
             raise CowprofError("the Prometheus exporter (cowprof.exporter) is missing from this "
                                "cowprof installation") from None
         raise
+    with numpy_on_one_blas_thread():
+        import numpy  # noqa: F401 - the exporter's scans need it (this process starts no program)
     return serve(pid, port=port, bind=bind, interval=interval,
                  pidfile=os.fspath(pidfile) if pidfile is not None else None, cmdline=cmdline)

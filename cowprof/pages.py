@@ -151,6 +151,7 @@ class Scanner:
                  max_age: float | None = None) -> None:
         if not 0 <= tolerance < 1:
             raise ValueError("tolerance must be in [0, 1)")
+        _import_classify()  # numpy now, not in the first scan: a Scanner's user may budget each scan
         self.privileged = privileged
         self.procfs_root = procfs_root
         self.tolerance = tolerance

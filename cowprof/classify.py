@@ -88,9 +88,8 @@ class _Layout:
     Kept (by :class:`Scanner`) while ``maps`` reads the same, together with the array the entries
     are read into, so a repeated scan allocates nothing for them."""
 
-    def __init__(self, raw: bytes, maps: list[procfs.Mapping], pid: int, procfs_root: str) -> None:
+    def __init__(self, raw: bytes, split: list[tuple[int, int, int]]) -> None:
         self.raw = raw
-        split = region_ranges(maps, pid, procfs_root)
         ranges = [(s, e) for s, e, _r in split]
         regions = [r for _s, _e, r in split]
         order = sorted(range(len(ranges)), key=lambda i: (regions[i], ranges[i][0]))
@@ -180,16 +179,21 @@ class _Proc:
         return np.where(self.top >= _T_PRESENT, self.entries & pagemap.PM_PFN_MASK, np.uint64(0))
 
 
-def read_pages(pid: int, procfs_root: str, cache: _Cache | None = None) -> _Proc:
-    """One process's pagemap entries of its writable private mappings (its layout reused from
-    ``cache`` while its ``maps`` reads the same)."""
-    raw = procfs.read_bytes(pid, "maps", procfs_root)
+def read_pages(pid: int, procfs_root: str, cache: _Cache | None = None, raw: bytes | None = None,
+               split: list[tuple[int, int, int]] | None = None) -> _Proc:
+    """One process's pagemap entries of its writable private mappings. ``raw``/``split``: its
+    ``maps`` and their region split (``regions.region_ranges``) when the caller read them (``split``
+    None: the layout in ``cache`` has these very maps); else both are read here."""
+    if raw is None:
+        raw = procfs.read_bytes(pid, "maps", procfs_root)
     layout = cache.layouts.get(pid) if cache is not None else None
     if layout is None or layout.raw != raw:
-        maps = procfs.parse_maps(raw)
-        if not maps:
-            raise procfs._no_memory(pid)
-        layout = _Layout(raw, maps, pid, procfs_root)
+        if split is None:
+            maps = procfs.parse_maps(raw)
+            if not maps:
+                raise procfs._no_memory(pid)
+            split = region_ranges(maps, pid, procfs_root)
+        layout = _Layout(raw, split)
         if cache is not None:
             cache.layouts[pid] = layout
     with pagemap.Pagemap(pid, procfs_root) as pm:

@@ -14,7 +14,6 @@ import errno
 import importlib.util
 import os
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -386,6 +385,8 @@ def gunicorn_command(argv: Sequence[str], *, cwd: str | os.PathLike[str],
 
 def _resolve_executable(cmd: list[str]) -> list[str]:
     """A bare ``gunicorn`` from PATH, else the one next to this Python (same virtual env)."""
+    import shutil
+
     exe = cmd[0]
     if os.sep in exe:
         if not os.access(exe, os.X_OK):

@@ -88,10 +88,25 @@ def _read_worker(pid: int, master: int, btime: float, procfs_root: str,
     return _started(st, btime), procfs.read_smaps_rollup(pid, procfs_root)
 
 
-def _read_pages(pid: int, procfs_root: str, cache: _Cache | None) -> _Proc:
+def _read_maps(pid: int, procfs_root: str, cache: _Cache | None) -> tuple[bytes, list[tuple[int, int, int]] | None]:
+    """A process's ``maps`` and their region split, None for the split when the cached layout has
+    these very maps (the split reads mapped libraries' ELF headers, once per file and process)."""
+    raw = procfs.read_bytes(pid, "maps", procfs_root)
+    layout = cache.layouts.get(pid) if cache is not None else None
+    if layout is not None and layout.raw == raw:
+        return raw, None
+    maps = procfs.parse_maps(raw)
+    if not maps:
+        raise procfs._no_memory(pid)
+    return raw, region_ranges(maps, pid, procfs_root)
+
+
+def _read_pages(pid: int, procfs_root: str, cache: _Cache | None,
+                maps: tuple[bytes, list[tuple[int, int, int]] | None] | None = None) -> _Proc:
     from .classify import read_pages  # already imported by the scan's own thread (numpy)
 
-    return read_pages(pid, procfs_root, cache)
+    raw, split = _read_maps(pid, procfs_root, cache) if maps is None else maps
+    return read_pages(pid, procfs_root, cache, raw, split)
 
 
 def scan(target: int | Tree, *, privileged: bool | None = None, procfs_root: str = "/proc",
@@ -235,38 +250,44 @@ def _read_tree(tree: Tree, procfs_root: str, cache: _Cache | None, stats: dict[i
     """Read every process of the tree, several at a time, each process's ``stat`` once (``stats``:
     already read, a missing PID being gone): first the text files, the master's and each worker's
     ``smaps_rollup`` (they need no numpy: they run while this thread calls ``prepare``, which
-    imports it), then each worker's pages, and last the master's, which fails when it exited
-    meanwhile. A worker that vanishes is just "gone". Returns the master's start time, counters
-    and pages, the workers, the gone."""
-    btime = procfs.boot_time(procfs_root)
-    m_stat = procfs.read_stat(tree.master, procfs_root) if stats is None else stats.get(tree.master)
-    if m_stat is None or m_stat.zombie:
-        raise ProcessGone(tree.master, f"process {tree.master} (the master) has exited")
-    jobs: list[Callable[[], Any]] = [functools.partial(procfs.read_smaps_rollup, tree.master, procfs_root)]
-    for pid in tree.workers:
-        if stats is None or pid in stats:
-            jobs.append(functools.partial(_read_worker, pid, tree.master, btime, procfs_root,
-                                          None if stats is None else stats[pid]))
-        else:
-            jobs.append(functools.partial(_raise, ProcessGone(pid)))
-    jobs += [functools.partial(_read_pages, pid, procfs_root, cache) for pid in tree.workers]
-    # the master must still be there at the end, else its numbers describe nothing
-    jobs.append(functools.partial(_read_pages, tree.master, procfs_root, cache))
-    results = in_threads(jobs, first=prepare)
+    imports it), then the pages. A worker that vanishes is just "gone"; the master must still be
+    there at the end, else its numbers describe nothing (:class:`procfs.ExitWatch`: a pidfd, no
+    second stat read). Returns the master's start time, counters and pages, the workers, the gone."""
+    with procfs.ExitWatch(tree.master, procfs_root) as master_exit:
+        btime = procfs.boot_time(procfs_root)
+        m_stat = procfs.read_stat(tree.master, procfs_root) if stats is None else stats.get(tree.master)
+        if m_stat is None or m_stat.zombie:
+            raise ProcessGone(tree.master, f"process {tree.master} (the master) has exited")
+        jobs: list[Callable[[], Any]] = [functools.partial(procfs.read_smaps_rollup, tree.master, procfs_root)]
+        for pid in tree.workers:
+            if stats is None or pid in stats:
+                jobs.append(functools.partial(_read_worker, pid, tree.master, btime, procfs_root,
+                                              None if stats is None else stats[pid]))
+            else:
+                jobs.append(functools.partial(_raise, ProcessGone(pid)))
+        # the master's maps first, here: the libraries' headers the region split needs are read
+        # through the master (the workers map the same files), in the same order every scan
+        try:
+            m_maps = _read_maps(tree.master, procfs_root, cache)
+        except ProcessGone:
+            raise ProcessGone(tree.master, f"process {tree.master} (the master) has exited") from None
+        jobs.append(functools.partial(_read_pages, tree.master, procfs_root, cache, m_maps))
+        jobs += [functools.partial(_read_pages, pid, procfs_root, cache) for pid in tree.workers]
+        results = in_threads(jobs, first=prepare)
+        exited = master_exit.exited()
     n = len(tree.workers)
-    ok, m_counters = results[0]
-    if not ok:
-        raise m_counters
-    ok, master = results[-1]
-    if not ok:
-        if isinstance(master, ProcessGone):
-            raise ProcessGone(tree.master, f"process {tree.master} (the master) exited during the scan")
-        raise master
+    master_results = [results[0], results[1 + n]]
+    for ok, r in master_results:
+        if not ok and not (exited and isinstance(r, ProcessGone)):
+            raise r
+    if exited:
+        raise ProcessGone(tree.master, f"process {tree.master} (the master) exited during the scan")
+    m_counters, master = (r for _ok, r in master_results)
     from .classify import _Worker, master_index
 
     workers: list[_Worker] = []
     gone: list[int] = []
-    for pid, text, pages in zip(tree.workers, results[1 : 1 + n], results[1 + n : -1]):
+    for pid, text, pages in zip(tree.workers, results[1 : 1 + n], results[2 + n :]):
         failed = [r for ok, r in (text, pages) if not ok]
         if not failed:
             (started, counters), proc = text[1], pages[1]
@@ -277,6 +298,10 @@ def _read_tree(tree: Tree, procfs_root: str, cache: _Cache | None, stats: dict[i
         else:
             raise next(e for e in failed if not isinstance(e, ProcessGone))
     return _started(m_stat, btime), m_counters, master, workers, gone
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 def _import_classify() -> None:

@@ -30,6 +30,7 @@ Target (issue 17): both under 150 ms.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -81,7 +82,8 @@ def run(cmd: list[str], env: dict[str, str] | None = None, mark: bool = False) -
     if mark:
         env["COWPROF_BENCH_FD"] = str(w)
     t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    # cwd "/": ``python -c`` puts the working directory first on sys.path
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd="/",
                             pass_fds=(w,) if mark else ())
     if mark:
         os.close(w)
@@ -106,7 +108,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, mark: bool = False) -
 
 def importtime(python: str, args: list[str], top: int) -> list[str]:
     err = subprocess.run([python, "-X", "importtime", "-c", MARK, *args], capture_output=True, text=True,
-                         env={**os.environ, "COWPROF_BENCH_FD": "2"}).stderr
+                         env={**os.environ, "COWPROF_BENCH_FD": "2"}, cwd="/").stderr
     rows = []
     for line in err.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -145,8 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=12, help="importtime rows shown")
     ap.add_argument("--strace", action="store_true", help="cross-check the mark with strace")
     ap.add_argument("--json", action="store_true", help="also print the medians as one JSON line")
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=DIR",
+                    help="time the cowprof cases again with the checkout DIR first on PYTHONPATH "
+                         "(e.g. main=../main), interleaved in the same rounds")
     args = ap.parse_args(argv)
 
+    # as installed: bytecode for every module (PYTHONDONTWRITEBYTECODE or a fresh checkout would
+    # have each run compile cowprof's sources again)
+    for where in [ROOT, *(spec.partition("=")[2] for spec in args.also)]:
+        compileall.compile_dir(os.path.join(os.path.abspath(where), "cowprof"), quiet=1)
     py = sys.executable
     cowprof = os.path.join(os.path.dirname(py), "cowprof")
     smem = shutil.which("smem")
@@ -157,22 +166,27 @@ def main(argv: list[str] | None = None) -> int:
         print("smem is not installed (Debian: apt-get install smem): no smem peer")
     with ForkTree(workers=2, master_mb=16, write_pages=64) as tree:
         pid = str(tree.master_pid)
-        cases: list[tuple[str, list[str], bool]] = [
+        cases: list[tuple] = [
             ("cowprof --help", [cowprof, "--help"], False),
             ("cowprof --version", [cowprof, "--version"], False),
             ("snapshot to first /proc read", [py, "-c", MARK, "snapshot", pid, "--json"], True),
             ("snapshot whole (small tree)", [cowprof, "snapshot", pid, "--json"], False),
             ("python -c pass", [py, "-c", "pass"], False),
         ]
+        for spec in args.also:
+            label, _, where = spec.partition("=")
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(where)}
+            cases += [(f"{label}: {name}", cmd, mark, env) for name, cmd, mark in cases[:4]]
         if smem:
             cases.append(("smem --help", [smem, "--help"], False))
         if sys_python:
             cases.append(("/usr/bin/python3 -c pass", [sys_python, "-c", "pass"], False))
-        res: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _c, _m in cases}
+        cases = [c if len(c) == 4 else (*c, None) for c in cases]
+        res: dict[str, tuple[list[float], list[float]]] = {c[0]: ([], []) for c in cases}
         marks = set()
         for rnd in range(args.repeat + 1):  # round 0 warms caches and is not counted
-            for name, cmd, mark in cases:
-                wall, cpu, line = run(cmd, mark=mark)
+            for name, cmd, mark, env in cases:
+                wall, cpu, line = run(cmd, env=env, mark=mark)
                 if mark:
                     marks.add(line.split()[2].split("/")[3] if line else "")
                 if rnd:
@@ -194,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{title}, python -X importtime:")
             print("\n".join(importtime(py, cmd_args, args.top)))
         r, w = os.pipe()
-        subprocess.run([py, "-c", MARK, "snapshot", pid, "--json"], pass_fds=(w,), stdout=subprocess.DEVNULL,
+        subprocess.run([py, "-c", MARK, "snapshot", pid, "--json"], pass_fds=(w,), stdout=subprocess.DEVNULL, cwd="/",
                        env={**os.environ, "COWPROF_BENCH_FD": str(w), "COWPROF_BENCH_PROFILE": "1"}, check=True)
         os.close(w)
         with os.fdopen(r) as f:
@@ -207,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "except SystemExit:\n    pass\np.disable()\n"
                                   "c = {k[2]: v[1] for k, v in pstats.Stats(p).stats.items() if k[0] == '~'}\n"
                                   "print({n: c.get(f'<built-in method builtins.{n}>', 0) for n in ('compile', 'exec', 'eval')}, file=sys.stderr)"],
-                                 capture_output=True, text=True).stderr.strip().splitlines()[-1]
+                                 capture_output=True, text=True, cwd="/").stderr.strip().splitlines()[-1]
         print(f"cowprof --help, cProfile: built-in calls {helpgen}")
         if args.strace:
             s = strace_mark(cowprof, ["snapshot", pid, "--json"])

@@ -24,9 +24,11 @@ stopped at the end (the tree by its PID; its workers die with it), which frees t
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -48,7 +50,8 @@ def timed(cmd: list[str]) -> tuple[float, float, bytes]:
     CPU from this process's children times around it (nothing else of ours is reaped meanwhile)."""
     before = os.times()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # cwd "/": ``python -m`` puts the working directory first on sys.path
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     after = os.times()
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = ap.parse_args(argv)
 
+    # as installed: bytecode for every module (PYTHONDONTWRITEBYTECODE or a fresh checkout would
+    # have each run compile cowprof's sources again); other checkouts: the directories on PYTHONPATH=
+    for where in [ROOT, *re.findall(r"PYTHONPATH=(\S+)", " ".join(args.cowprof))]:
+        compileall.compile_dir(os.path.join(os.path.abspath(where), "cowprof"), quiet=1)
     cowprofs = []  # (label, argv)
     for spec in args.cowprof or [os.path.join(os.path.dirname(sys.executable), "cowprof")]:
         label, eq, cmd = spec.partition("=")

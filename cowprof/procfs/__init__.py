@@ -24,6 +24,7 @@ import errno
 import functools
 import os
 import re
+import select
 import stat
 import sys
 from collections.abc import Iterator
@@ -417,6 +418,47 @@ def read_cmdline(pid: int, procfs_root: str = "/proc") -> list[str]:
     if sep == "\x00" and len(cmdline) == 1 and " " in data:
         cmdline = data.split(" ")
     return cmdline
+
+
+class ExitWatch:
+    """Whether a process exited (a zombie counts) since the watch began: with a pidfd, which the
+    kernel makes readable at the exit, a poll without any /proc read; with another procfs root,
+    or a kernel without pidfds, by reading its ``stat`` again. A context manager (the pidfd is
+    closed on leaving)."""
+
+    def __init__(self, pid: int, procfs_root: str = "/proc") -> None:
+        self.pid = pid
+        self.procfs_root = procfs_root
+        self._fd: int | None = None
+        self._gone = False
+        if procfs_root == "/proc" and hasattr(os, "pidfd_open"):
+            try:
+                self._fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self._gone = True
+            except OSError:  # no pidfds here (ENOSYS, or a seccomp filter): stat at the end
+                self._fd = None
+
+    def exited(self) -> bool:
+        if self._gone:
+            return True
+        if self._fd is not None:
+            return bool(select.select([self._fd], [], [], 0)[0])
+        try:
+            return read_stat(self.pid, self.procfs_root).zombie
+        except ProcessGone:
+            return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ExitWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def boot_time(procfs_root: str = "/proc") -> float:

@@ -20,6 +20,7 @@ import pytest
 from elfimage import elf_image
 
 from cowprof import _parallel, classify, elf, pages, procfs
+from cowprof.errors import ProcessGone
 from cowprof.tree import Tree
 
 P = procfs.PAGE_SIZE
@@ -327,9 +328,17 @@ def test_gap_merged_reads_and_the_short_read_fallback(tmp_path, monkeypatch):
 
 def test_a_scan_reads_each_process_stat_once(tmp_path, monkeypatch):
     """scan() and a Scanner's rescan read every process's /proc/PID/stat once (before this branch:
-    the master's two or three times, each worker's twice through a Scanner)."""
+    the master's two or three times, each worker's twice through a Scanner). The master's exit
+    check at the end is a pidfd on /proc (tests/integration/test_pages.py); for this fixture root
+    it would read stat again, so here it is a stand-in that reads nothing."""
     model, root = _model(tmp_path, monkeypatch, 4, 3)
     tree = Tree(MASTER, tuple(model.workers))
+
+    class NoExit(procfs.ExitWatch):
+        def exited(self) -> bool:
+            return False
+
+    monkeypatch.setattr(procfs, "ExitWatch", NoExit)
     reads: Counter = Counter()
     real = procfs.read_stat
 
@@ -357,3 +366,20 @@ def test_scans_on_one_thread_and_on_several_agree(tmp_path, monkeypatch):
         monkeypatch.setattr(pages, "in_threads", lambda jobs, first=None, threads=threads:
                             _parallel.in_threads(jobs, first, threads))
         _check(pages.scan(tree, procfs_root=root, keep_addresses=True), ref, True)
+
+
+def test_a_worker_whose_stat_the_scanner_could_not_read_is_gone(tmp_path, monkeypatch):
+    model, root = _model(tmp_path, monkeypatch, 6, 3)
+    tree = Tree(MASTER, tuple(model.workers))
+    victim = model.workers[1]
+    real = procfs.read_stat
+
+    def gone_once(pid, procfs_root="/proc"):
+        if pid == victim:
+            raise ProcessGone(pid)
+        return real(pid, procfs_root)
+
+    monkeypatch.setattr(procfs, "read_stat", gone_once)
+    rep = pages.Scanner(procfs_root=root).scan(tree)
+    assert rep.gone == [victim] and victim not in [w.pid for w in rep.workers]
+    assert len(rep.workers) == len(model.workers) - 1

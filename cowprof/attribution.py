@@ -34,7 +34,7 @@ from . import heapmap as _heapmap
 from . import procfs
 from .errors import AccessDenied, BadInput, CowprofError, ProcessGone
 from .heapmap import HeapMap
-from .memreader import MemReader, MemoryAccessDenied
+from .memreader import MemoryAccessDenied, MemReader
 from .pages import PageReport, scan
 from .tree import Tree, find_tree
 
@@ -387,7 +387,8 @@ def _pagemap_at(pid: int, addrs: np.ndarray, page_size: int, procfs_root: str) -
 
 
 def _shared(entries: np.ndarray) -> np.ndarray:
-    return ((entries & procfs.PM_PRESENT) != 0) & ((entries & procfs.PM_EXCLUSIVE) == 0)
+    shared: np.ndarray = ((entries & procfs.PM_PRESENT) != 0) & ((entries & procfs.PM_EXCLUSIVE) == 0)
+    return shared
 
 
 ReaderFactory = Callable[[int], MemReader]
@@ -508,7 +509,7 @@ def by_cause(report: PageReport, hm: HeapMap, *, procfs_root: str = "/proc",
             except ProcessGone as err:  # the worker exited: its pages can no longer be read
                 if err.pid == master:
                     raise
-                res.causes = {c: 0 for c in CAUSES} | {"unknown": res.copied_bytes}
+                res.causes = dict.fromkeys(CAUSES, 0) | {"unknown": res.copied_bytes}
                 res.changed_words = dict.fromkeys(CAUSES, 0)
                 res.originals = dict.fromkeys(ORIGINALS, 0) | {"none": res.copied_bytes}
     except ProcessGone as err:

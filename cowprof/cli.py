@@ -75,8 +75,9 @@ class CowprofGroup(TyperGroup):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
-        code = _run_group(self, args, prog_name or PROG, complete_var, extra)
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        code = _run_group(self, args, prog_name or PROG, complete_var,
+                          {"windows_expand_args": windows_expand_args, **extra})
         if standalone_mode:
             sys.exit(code)
         return code
@@ -509,7 +510,7 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], str | None]:
             rest.extend(args[i:])
             break
         name, eq, val = a.partition("=")
-        if a == "-c" or name in _CONFIG_LONG and not eq:
+        if a == "-c" or (name in _CONFIG_LONG and not eq):
             if i + 1 >= len(args):
                 raise BadInput(f"gunicorn option {a} needs a value")
             config = args[i + 1]
@@ -735,4 +736,5 @@ _reflow_help()
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     command = typer.main.get_command(app)
-    return command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    code: int = command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    return code

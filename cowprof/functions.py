@@ -124,8 +124,6 @@ def by_function(report: PageReport, hm: HeapMap, mem: Memory, interp: Interprete
                 source: str = "heapmap") -> FunctionAttribution:
     """All workers' copied bytes by function (code objects) and by module of the objects' types."""
     t0 = time.perf_counter()
-    pages = np.unique(np.concatenate([np.asarray(w.copied_addrs, dtype=np.uint64) for w in report.workers])) \
-        if report.workers else np.zeros(0, np.uint64)
     # every worker's pages: a page copied by two workers counts twice, as in the by-type view
     per_rec = np.zeros(len(hm), dtype=np.float64)
     for w in report.workers:
@@ -161,12 +159,12 @@ def by_function(report: PageReport, hm: HeapMap, mem: Memory, interp: Interprete
             mod = modules.get(addr)
             key = Function(f"{mod}.{qual}" if mod else qual, fname, line)
             functions[key] = functions.get(key, 0.0) + b
-    rows = sorted(((f, int(round(b))) for f, b in functions.items()), key=lambda fb: (-fb[1], fb[0].name))
-    mods = sorted(((m, int(round(b))) for m, b in by_module.items()), key=lambda mb: (-mb[1], mb[0]))
+    rows = sorted(((f, round(b)) for f, b in functions.items()), key=lambda fb: (-fb[1], fb[0].name))
+    mods = sorted(((m, round(b)) for m, b in by_module.items()), key=lambda mb: (-mb[1], mb[0]))
     return FunctionAttribution(master=report.master.pid, taken_at=report.taken_at, source=source,
                                copied_bytes=sum(w.copied_bytes for w in report.workers),
-                               code_bytes=int(round(code_bytes)), functions=rows, modules=mods,
-                               unnamed_code_bytes=int(round(unnamed)), seconds=time.perf_counter() - t0)
+                               code_bytes=round(code_bytes), functions=rows, modules=mods,
+                               unnamed_code_bytes=round(unnamed), seconds=time.perf_counter() - t0)
 
 
 def snapshot(pid: int, *, procfs_root: str = "/proc", heapmap_dir: str | None = None,

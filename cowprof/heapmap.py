@@ -335,7 +335,8 @@ def _checked_layout(path: str, layout: Any) -> dict[str, Any] | None:
         for k in _LAYOUT_INTS) and isinstance(layout.get("basicsize", {}), dict)
     if not ok:
         raise CorruptHeapMap(f"{path}: corrupt heap map layout")
-    return layout
+    checked: dict[str, Any] = layout
+    return checked
 
 
 def _unlink_own(dir_fd: int, name: str) -> None:
@@ -516,9 +517,9 @@ def _open_map(name: str, dir_fd: int | None, owners: Collection[int] | None) -> 
     return f
 
 
-def _check_meta(meta: Any) -> dict[str, Any]:
+def _check_meta(raw: Any) -> dict[str, Any]:
     """The metadata when it has the documented keys and types; ValueError otherwise."""
-    meta = untrusted.obj(meta, "the metadata")
+    meta = untrusted.obj(raw, "the metadata")
     untrusted.integer(meta, "pid", minimum=1)
     untrusted.integer(meta, "start_ticks", minimum=0)
     untrusted.string(meta, "boot_id")

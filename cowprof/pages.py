@@ -117,7 +117,7 @@ class MasterPages:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MasterPages:
+    def from_dict(cls, d: Any) -> MasterPages:
         d = untrusted.obj(d, "'master'")
         return cls(
             pid=_pid(d), started_at=untrusted.timestamp(d, "started_at", optional=True) or 0.0,
@@ -324,7 +324,8 @@ _IOV_MAX = 1024
 def _is(key: np.ndarray, test: tuple[int, int], tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``key & mask == value`` into ``out`` (bool), with ``tmp`` (uint8) as scratch."""
     np.bitwise_and(key, np.uint8(test[0]), out=tmp)
-    return np.equal(tmp, np.uint8(test[1]), out=out)
+    np.equal(tmp, np.uint8(test[1]), out=out)
+    return out
 
 
 class _Buffers:
@@ -766,10 +767,10 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
         w.shared &= w.present
 
         def at_master(a: np.ndarray) -> np.ndarray:
-            if w.m_idx is None:
+            if w.m_idx is None:  # noqa: B023 - called in this iteration only
                 return a
             scratch.fill(0)
-            scratch[w.m_idx] = a  # indexes are unique within one worker (the extra slot aside)
+            scratch[w.m_idx] = a  # noqa: B023  # indexes are unique within one worker (the extra slot aside)
             return scratch[:-1]
 
         p = at_master(w.present.view(np.uint8))
@@ -814,6 +815,7 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
     m_tmp &= seen_any
     solo_own[:-1] &= m_tmp.view(bool)
     for w in workers:
+        assert w.key is not None and w.present is not None and w.shared is not None  # set by step 4
         layout = w.pages.layout
         wb = layout.buffers()
         copied = _is(w.key, _W_COPIED, wb.tmp, wb.copied)

@@ -33,7 +33,7 @@ from typing import Any
 try:
     from cowprof import _native
 except ImportError as exc:  # a source checkout without the build, or an unsupported platform
-    _native = None
+    _native = None  # type: ignore[assignment]  # (checked before every use)
     _NATIVE_IMPORT_ERROR: str | None = f"cowprof._native is not built ({exc})"
 else:
     _NATIVE_IMPORT_ERROR = None
@@ -207,7 +207,7 @@ def prepare_fork(
     record = bool(heapmap) and _native is not None and hasattr(_native, "walk")
     if record:
         try:  # imported before the walk, so its own objects are prepared too (it does not load numpy)
-            from cowprof import heapmap as _heapmap_module  # noqa: F401
+            from cowprof import heapmap as _heapmap_module
         except ImportError:
             record = False
     if immortalize and not skipped:
@@ -224,8 +224,8 @@ def prepare_fork(
             # (Objects someone else froze between two calls are not: documented.)
             full_walk = False
         gc_head, managed = _preheader_sizes()
-        kwargs = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head, managed_preheader=managed,
-                      new_only=not full_walk)
+        kwargs: dict[str, Any] = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head,
+                                      managed_preheader=managed, new_only=not full_walk)
         segment = _heapmap_segment(heapmap, full_walk) if record else None
         if segment is not None:
             walk, heapmap_path = _heapmap_module.walk_into(segment, _native.walk, **kwargs)
@@ -305,12 +305,13 @@ def _fill(request: bool | int) -> Any:
 def _heapmap_segment(heapmap: bool | str, full_walk: bool) -> Any:
     """The heap map file the walk will stream into, or None (with a warning) if it cannot be created."""
     from cowprof import heapmap as hm
+    from cowprof.errors import BadInput
 
     directory = heapmap if isinstance(heapmap, str) else None
     seq = 0 if full_walk else _state["heapmap_seq"] + 1
     try:
         return hm.Segment(os.getpid(), directory, seq)
-    except (OSError, hm.BadInput) as exc:
+    except (OSError, BadInput) as exc:
         warnings.warn(f"cowprof: heap map not saved: {exc}", RuntimeWarning, stacklevel=3)
         return None
 

@@ -99,14 +99,14 @@ def _summary_html(recording: Recording) -> str:
     span = samples[-1].elapsed - samples[0].elapsed if samples else 0.0
     end = recording.end.get("reason", "?") if recording.end else "no end line (recorder killed?)"
     parts = [
-        f"<p class='meta'>Recorded {esc(created_s)} by cowprof {esc(str(h.get('cowprof_version')))}"
-        f" &middot; target master {esc(str(target.get('pid', '?')))} &middot; {len(samples)} samples"
-        f" ({failed} failed) over {span:.1f}s &middot; ended: {esc(str(end))}</p>"]
+        (f"<p class='meta'>Recorded {esc(created_s)} by cowprof {esc(str(h.get('cowprof_version')))}"
+         f" &middot; target master {esc(str(target.get('pid', '?')))} &middot; {len(samples)} samples"
+         f" ({failed} failed) over {span:.1f}s &middot; ended: {esc(str(end))}</p>")]
     if target.get("cmdline"):
         parts.append(f"<p class='meta'>command: <code>{esc(' '.join(map(str, target['cmdline'])))}"
                      "</code></p>")
-    for w in recording.warnings:
-        parts.append(f"<p class='warn'>warning: {esc(w)}</p>")
+    for warning in recording.warnings:
+        parts.append(f"<p class='warn'>warning: {esc(warning)}</p>")
     reports = recording.reports
     if reports:
         last = reports[-1]

@@ -161,4 +161,5 @@ def render(report: PageReport | Any | None, status: ExporterStatus | None = None
         )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReportCollector(lambda: (report, status)))
-    return generate_latest(registry)
+    text: bytes = generate_latest(registry)
+    return text

@@ -21,7 +21,7 @@ from cowprof.reporters import MiB, AttributionSeries, attribution_series, fmt_by
 if TYPE_CHECKING:
     from cowprof.record import Recording
 
-__all__ = ["CHART_IDS", "render"]
+__all__ = ["CHART_IDS", "PAGE_CHARTS", "render"]
 
 CHART_IDS = {
     "copied": "cowprof-copied",
@@ -34,6 +34,8 @@ CHART_IDS = {
 """The div ids of the charts (stable: tests and users' scripts may look for them). The last three
 are there only for a recording made with ``record --by`` (``causes``: ``--by cause``;
 ``functions``: ``--by function``)."""
+PAGE_CHARTS = ("copied", "shared", "regions")
+"""The charts of every report (the others need ``record --by``)."""
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

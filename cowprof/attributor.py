@@ -7,9 +7,9 @@ a scan every interval, so an :class:`Attributor` keeps what does not change betw
   ``prepare_fork`` writes a segment): per sample one directory listing and a ``stat`` per segment;
 * the map in the form the joins take (sorted, clamped ranges), computed once per map;
 * without a saved map, the records read from the master's memory (:mod:`cowprof.remote`): only the
-  pages copied since the previous sample are read, and all of them again when the master's
-  mappings change (arenas or malloc heaps added or freed can make earlier records wrong); the
-  interpreter's layout is found once;
+  pages copied since the previous sample are read, and all of them again when a mapping of the
+  master that held pages read before is gone or starts elsewhere (an arena freed, a heap
+  replaced: its records may be wrong now); the interpreter's layout is found once;
 * the by-type (and by-function) result when the sampler answered with the previous report (no
   process of the tree faulted: the same copied pages) and the map is the same;
 * for ``--by function``, the names read for each code object and the functions' modules.
@@ -28,7 +28,7 @@ import numpy as np
 
 from . import attribution, procfs
 from .attribution import Attribution, NoAttribution, NoHeapMap
-from .errors import CowprofError, ProcessGone
+from .errors import CowprofError
 from .heapmap import HeapMap, segment_paths
 from .memreader import MemoryAccessDenied
 from .pages import PageReport
@@ -75,7 +75,7 @@ class Attributor:
         self._saved: HeapMap | None = None
         self._remote: Any | None = None  # cowprof.remote.RemoteHeapMap
         self._remote_covered = np.zeros(0, dtype=np.uint64)
-        self._remote_maps: bytes | None = None
+        self._remote_starts = np.zeros(0, dtype=np.uint64)
         self._interpreter: Any | None = None
         self._layouts: dict[str, Any] = {}
         self._layouts_of: HeapMap | None = None
@@ -87,13 +87,8 @@ class Attributor:
     def _segment_signature(self) -> tuple[Any, ...]:
         """What the master's saved segments look like now: (path, inode, size, mtime) each."""
         if self._dirs is None:
-            if self.heapmap_dir:
-                self._dirs = [self.heapmap_dir]
-            else:
-                try:
-                    self._dirs = attribution._candidate_dirs(self.master, self.procfs_root)
-                except ProcessGone:
-                    raise
+            self._dirs = ([self.heapmap_dir] if self.heapmap_dir
+                          else attribution._candidate_dirs(self.master, self.procfs_root))
         sig = []
         for d in self._dirs:
             for path in segment_paths(self.master, d):
@@ -122,12 +117,13 @@ class Attributor:
         from .remote import copied_pages, heapmap_from_memory, merge_remote
 
         pages = copied_pages(report)
-        maps = procfs.read_bytes(self.master, "maps", self.procfs_root)
+        maps = procfs.read_maps(self.master, self.procfs_root)
         try:
-            if self._remote is None or maps != self._remote_maps:
+            if self._remote is None or not np.array_equal(_mapping_starts(maps, self._remote_covered),
+                                                          self._remote_starts):
                 self._remote = heapmap_from_memory(report, procfs_root=self.procfs_root, pages=pages,
                                                    interpreter=self._interpreter)
-                self._remote_covered, self._remote_maps = pages, maps
+                self._remote_covered = pages
                 self.remote_reads += 1
                 self.remote_pages += int(pages.size)
             else:
@@ -143,6 +139,7 @@ class Attributor:
             raise NoAttribution(self.master, "no heap map (the master never called cowprof.prepare_fork()) and "
                                              f"finding the objects from outside needs to read the master's "
                                              f"memory: {err}") from None
+        self._remote_starts = _mapping_starts(maps, self._remote_covered)
         self._interpreter = self._remote.interpreter
         return self._remote
 
@@ -209,3 +206,14 @@ class Attributor:
         except MemoryAccessDenied as err:
             raise NoAttribution(self.master, f"naming the copied functions needs to read the master's "
                                              f"memory: {err}") from None
+
+
+def _mapping_starts(maps: list[procfs.Mapping], pages: np.ndarray) -> np.ndarray:
+    """For each page, the start of the mapping holding it now (0: none)."""
+    if not maps or pages.size == 0:
+        return np.zeros(pages.size, dtype=np.uint64)
+    starts = np.array([m.start for m in maps], dtype=np.uint64)
+    ends = np.array([m.end for m in maps], dtype=np.uint64)
+    i = np.searchsorted(starts, pages, side="right") - 1
+    ok = (i >= 0) & (pages < ends[np.maximum(i, 0)])
+    return np.where(ok, starts[np.maximum(i, 0)], np.uint64(0))

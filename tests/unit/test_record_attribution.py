@@ -10,79 +10,13 @@ import re
 import pytest
 
 import record_1_0
-from cowprof.attribution import Attribution, WorkerAttribution
-from cowprof.attributor import SampleAttribution
+from cowprof.attribution import Attribution
 from cowprof.cli import main
-from cowprof.errors import AccessDenied, RecordFileError
-from cowprof.functions import Function, FunctionAttribution
-from cowprof.pages import PageReport
+from cowprof.errors import RecordFileError
 from cowprof.record import MINOR, VERSION, RecordWriter, read_record
 from cowprof.reporters import OTHER_TYPES, attribution_series
 from cowprof.reporters import html as html_reporter
-from cowprof.sampler import Sample
-
-MiB = 1 << 20
-PAGE = 4096
-
-
-def report_dict(t: float, copied: dict[int, int]) -> dict:
-    regions = {"python": {"shared_bytes": 8 * MiB, "copied_bytes": 0, "new_bytes": 0}}
-    return {
-        "version": 1, "taken_at": t, "privileged": False, "mode": "exclusive-bit", "page_size": PAGE,
-        "scan_seconds": 0.01,
-        "master": {"pid": 10, "started_at": 900.0, "rss_bytes": 40 * MiB, "pss_bytes": 20 * MiB,
-                   "uss_bytes": 5 * MiB, "swap_bytes": 0, "diverged_bytes": 0, "regions": regions},
-        "workers": [{"pid": pid, "started_at": 901.0, "rss_bytes": 30 * MiB, "pss_bytes": 10 * MiB,
-                     "uss_bytes": c, "swap_bytes": 0, "shared_bytes": 8 * MiB, "copied_bytes": c, "new_bytes": 0,
-                     "regions": {"python": {"shared_bytes": 8 * MiB, "copied_bytes": c, "new_bytes": 0}}}
-                    for pid, c in copied.items()],
-        "gone": [],
-    }
-
-
-def attributed(i: int) -> tuple[Sample, SampleAttribution]:
-    """Sample ``i`` of a tree whose two workers copy more str (and a little float) every second."""
-    t = 1000.0 + i
-    copied = {11: (4 + 2 * i) * MiB, 12: (2 + i) * MiB}
-    workers = []
-    for pid, c in copied.items():
-        strs, floats, no_obj = c * 3 // 4, c // 8, c // 16
-        rest = c - strs - floats - no_obj  # small types, beyond a top-2 cut
-        workers.append(WorkerAttribution(
-            pid=pid, copied_bytes=c, types=[("str", strs), ("float", floats), ("dict", rest // 2),
-                                            ("tuple", rest - rest // 2)],
-            no_object_bytes=no_obj,
-            causes={"refcount": c // 2, "gc_header": 0, "str_hash": c // 4, "other_field": c // 8,
-                    "allocator": c - c // 2 - c // 4 - c // 8, "identical": 0, "unknown": 0},
-            changed_words={"refcount": 10, "gc_header": 0, "str_hash": 5, "other_field": 2, "allocator": 1,
-                           "identical": 0, "unknown": 0},
-            originals={"master": c, "sibling": 0, "master_assumed": 0, "none": 0}))
-    attr = Attribution(version=1, master=10, taken_at=t, page_size=PAGE, mode="exclusive-bit",
-                       heapmap_records=1234, heapmap_created_at=900.5, workers=workers, seconds=0.01)
-    fa = FunctionAttribution(master=10, taken_at=t, source="heapmap", copied_bytes=sum(copied.values()),
-                             code_bytes=(3 + i) * 8192,
-                             functions=[(Function("app.views.hot", "/srv/app/views.py", 12), (2 + i) * 8192),
-                                        (Function("app.models.save", "/srv/app/models.py", 40), 8192),
-                                        (Function("<lambda>", "<string>", 1), 4096)],
-                             modules=[("builtins", 100), ("app.models", 50)])
-    rep = PageReport.from_dict(report_dict(t, copied))
-    return (Sample(index=i, time=t, elapsed=float(i), lateness=0.0, report=rep, error=None),
-            SampleAttribution(attr, fa, None, seconds=0.02))
-
-
-def write_attributed(path, n: int = 4, *, top: int = 2) -> None:
-    with RecordWriter(path, target={"pid": 10, "interval": 1.0},
-                      attribution={"by": ["cause", "function"], "top": top}) as w:
-        for i in range(n):
-            s, sa = attributed(i)
-            w.write(s)
-            w.write_attribution(i, sa, top=top)
-        w.write(Sample(index=n, time=1000.0 + n, elapsed=float(n), lateness=0.0,
-                       report=PageReport.from_dict(report_dict(1000.0 + n, {11: MiB})), error=None))
-        w.write_attribution(n, SampleAttribution(None, None, AccessDenied(10, "no heap map and no ptrace rights")),
-                            top=top)
-        w.close("count")
-
+from recordings import MiB, attributed, write_attributed
 
 @pytest.fixture
 def rec_path(tmp_path):

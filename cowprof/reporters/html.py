@@ -165,6 +165,11 @@ def _summary_html(recording: Recording) -> str:
                      "</code></p>")
     for w in recording.warnings:
         parts.append(f"<p class='warn'>warning: {esc(w)}</p>")
+    if recording.attributed_by:
+        missing = [s for s in samples if s.report is not None and s.attribution is None]
+        parts.append(f"<p class='meta'>attribution recorded by {esc(', '.join(recording.attributed_by))}"
+                     + (f"; <span class='warn'>{len(missing)} samples without it (last: "
+                        f"{esc(str(missing[-1].attribution_error))})</span>" if missing else "") + "</p>")
     reports = recording.reports
     if reports:
         last = reports[-1]

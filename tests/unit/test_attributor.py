@@ -142,3 +142,34 @@ def test_record_by_needs_valid_groupings(capsys):
 
     assert main(["record", "1", "-o", "/nonexistent/x", "--by", "nonsense"]) == 2
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_record_loop_writes_attribution_lines_and_warns_once(tmp_path, capsys):
+    from cowprof.cli import _record_loop
+    from cowprof.record import RecordWriter, read_record
+    from cowprof.sampler import Sample
+
+    class Samples:
+        stop_reason = "count"
+
+        def __iter__(self):
+            for i in range(3):
+                yield Sample(index=i, time=1.0 + i, elapsed=float(i), lateness=0.0,
+                             report=report({11: [0, 1]}), error=None)
+
+    class Failing:
+        def attribute(self, rep):
+            from cowprof.attributor import SampleAttribution
+
+            return SampleAttribution(None, None, NoAttribution(10, "no heap map and no ptrace rights"))
+
+    path = tmp_path / "r.jsonl"
+    with RecordWriter(path, target={"pid": 10}, attribution={"by": ["type"], "top": 5}) as w:
+        assert _record_loop(Samples(), w, attributor=Failing(), top=5) == "count"
+        w.close("count")
+    err = capsys.readouterr().err
+    assert err == ("cowprof: sample 0 has no attribution: no heap map and no ptrace rights "
+                   "(pages are still recorded)\n")
+    rec = read_record(path)
+    assert len(rec.reports) == 3 and all(s.attribution_error == "no heap map and no ptrace rights"
+                                         for s in rec.samples)

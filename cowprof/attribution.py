@@ -41,7 +41,8 @@ from .tree import Tree, find_tree
 __all__ = [
     "CAUSES", "CAUSE_LABELS", "NO_OBJECT", "ORIGINALS", "UNKNOWN_MEMORY", "VERSION", "Attribution", "NoAttribution",
     "NoHeapMap",
-    "WorkerAttribution", "attribute", "by_cause", "by_type", "find_heapmap", "heapmap_or_memory", "record_bytes",
+    "WorkerAttribution", "attribute", "by_cause", "by_type", "find_heapmap", "heapmap_or_memory", "layout_of",
+    "record_bytes",
     "snapshot", "top_causes",
     "top_types",
 ]
@@ -278,6 +279,12 @@ def _layout(hm: HeapMap) -> _Layout:
         names=names, refcount_offset=int(layout["refcount_offset"]), refcount_size=int(layout["refcount_size"]),
         str_hash_offset=int(layout["str_hash_offset"]), gc_head=int(layout["gc_head"]),
     )
+
+
+def layout_of(hm: HeapMap) -> _Layout:
+    """The map in the form the joins take (``_lay=`` of :func:`record_bytes`, :func:`by_type`):
+    compute it once per map when joining it with many page sets."""
+    return _layout(hm)
 
 
 # ----------------------------------------------------------------------------------- by type
@@ -546,14 +553,18 @@ def _master_exited(master: int) -> ProcessGone:
 
 
 def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_root: str = "/proc",
-              open_reader: ReaderFactory | None = None) -> Attribution:
+              open_reader: ReaderFactory | None = None, layouts: dict[str, Any] | None = None) -> Attribution:
     """By-type view of every worker, plus the by-cause view when ``causes`` and memory is readable.
 
     Without the rights to read process memory the result still has the by-type view and
-    ``causes_error`` says what is needed.
+    ``causes_error`` says what is needed. ``layouts``: a dict the caller keeps for as long as it
+    attributes with the same ``hm`` (``record``): the join's sorted ranges are computed once.
     """
     t0 = time.perf_counter()
-    lay = _layout(hm)
+    layouts = {} if layouts is None else layouts
+    lay = layouts.get("types")
+    if lay is None:
+        lay = layouts["types"] = _layout(hm)
     workers = by_type(report, hm, _lay=lay)
     unknown_name = getattr(hm, "unknown_name", None)  # maps read from outside (cowprof.remote)
     if unknown_name is not None:
@@ -564,7 +575,9 @@ def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_ro
     if causes:
         try:
             # a changed word in memory holding no verifiable object counts as outside any record
-            cause_lay = _layout(hm.for_causes()) if hasattr(hm, "for_causes") else lay
+            cause_lay = layouts.get("causes")
+            if cause_lay is None:
+                cause_lay = layouts["causes"] = _layout(hm.for_causes()) if hasattr(hm, "for_causes") else lay
             workers = by_cause(report, hm, procfs_root=procfs_root, open_reader=open_reader, _lay=cause_lay,
                                _types=workers)
         except MemoryAccessDenied as err:

@@ -105,6 +105,9 @@ class Sampler:
     bounds how many); 0 (the default, for ``record`` and ``export``) re-reads the page tables
     whenever anything changed.
 
+    ``keep_addresses`` keeps each worker's copied page addresses in the reports (for attribution:
+    ``record --by``).
+
     ``find_tree``, ``scan``, ``is_alive``, ``clock``, ``wall_clock``, ``sleep`` and ``cpu_clock`` are
     injectable for tests; by default they are a :class:`cowprof.tree.TreeWatcher` (``find_tree`` that
     reuses its answer while the master's children stay the same), a :class:`cowprof.pages.Scanner`
@@ -124,6 +127,7 @@ class Sampler:
         max_cpu: float | None = None,
         tolerance: float = 0.0,
         max_age: float | None = None,
+        keep_addresses: bool = False,
         find_tree: Callable[[int], Tree] | None = None,
         scan: Callable[[Tree, bool | None], PageReport] | None = None,
         is_alive: Callable[[int], bool] | None = None,
@@ -154,7 +158,7 @@ class Sampler:
             self.scanner: Scanner | None = scanner
 
             def scan(tree: Tree, _privileged: bool | None) -> PageReport:
-                return scanner.scan(tree)
+                return scanner.scan(tree, keep_addresses=keep_addresses)
         else:
             self.scanner = None
         self._find_tree = find_tree

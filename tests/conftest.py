@@ -1,5 +1,6 @@
-"""Shared test setup: puts tests/ on sys.path so helpers like ``forktree`` import from any test dir,
-and the factories of page reports and samples that tests build by hand (``from conftest import ...``).
+"""Shared test setup: puts tests/ on sys.path so helpers like ``forktree`` import from any test dir (and
+the repository root for the demo package, ``demo/``, not installed), and the factories of page reports,
+samples and record headers that tests build by hand (``from conftest import ...``).
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 import pytest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+REPO_ROOT = os.path.dirname(TESTS_DIR)
+for _path in (REPO_ROOT, TESTS_DIR):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 # pytest imports this file as ``tests.conftest``: ``from conftest import ...`` gets the same module
 sys.modules.setdefault("conftest", sys.modules[__name__])
 
@@ -78,11 +81,19 @@ def report_dict(workers: Iterable[dict[str, Any]] | None = None, *, master: dict
             "workers": list(workers), "gone": list(gone)}
 
 
-def page_report(workers: Iterable[dict[str, Any]] | None = None, **kwargs: Any) -> Any:
-    """:func:`report_dict` read back as a ``cowprof.pages.PageReport``."""
+def page_report(workers: Iterable[dict[str, Any]] | None = None, *,
+                copied_addrs: dict[int, Iterable[int]] | None = None, **kwargs: Any) -> Any:
+    """:func:`report_dict` read back as a ``cowprof.pages.PageReport``; ``copied_addrs``: the
+    addresses of each worker's copied pages, as a scan keeps them for attribution."""
+    import numpy as np
+
     from cowprof.pages import PageReport
 
-    return PageReport.from_dict(report_dict(workers, **kwargs))
+    report = PageReport.from_dict(report_dict(workers, **kwargs))
+    for w in report.workers:
+        if copied_addrs is not None and w.pid in copied_addrs:
+            w.copied_addrs = np.array(list(copied_addrs[w.pid]), dtype=np.uint64)
+    return report
 
 
 def sample(i: int, report: Any, *, error: Exception | None = None, time: float | None = None,

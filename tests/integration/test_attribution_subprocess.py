@@ -22,8 +22,7 @@ def test_immortalizing_writes_only_the_refcount_word():
     out = subprocess.run([sys.executable, "-c", """
 import ctypes, json, sys
 from cowprof import _native, heapmap
-from cowprof.prepare import _preheader_sizes
-lay = heapmap.object_layout(*_preheader_sizes())
+lay = heapmap.object_layout(*heapmap.preheader_sizes())
 obj = [float(i) + 0.5 for i in range(3)]
 x = obj[1]
 before = ctypes.string_at(id(x), sys.getsizeof(x))

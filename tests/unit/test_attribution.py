@@ -43,11 +43,8 @@ def make_hm(records: list[tuple[int, int, str]], pre: dict[str, int], **extra) -
 
 def make_report(copied: dict[int, list[int]], master: int = 100) -> PageReport:
     """Workers that copied the pages at ``copied[pid]`` (their addresses, as a scan keeps them)."""
-    report = page_report([worker_dict(pid, len(a) * PS) for pid, a in copied.items()], master=master_dict(master),
-                         page_size=PS)
-    for w in report.workers:
-        w.copied_addrs = np.array(copied[w.pid], dtype=np.uint64)
-    return report
+    return page_report([worker_dict(pid, len(a) * PS) for pid, a in copied.items()], master=master_dict(master),
+                       page_size=PS, copied_addrs=copied)
 
 
 # ------------------------------------------------------------------------------------ by type
@@ -132,9 +129,8 @@ def test_object_layout_facts_hold_in_this_interpreter():
     """The layout a map records (from the native module's headers and measurements), read back with
     ctypes from live objects of this interpreter."""
     from cowprof import _native, heapmap
-    from cowprof.prepare import _preheader_sizes
-
-    lay = heapmap.object_layout(*_preheader_sizes())
+    
+    lay = heapmap.object_layout(*heapmap.preheader_sizes())
     s = "attribution-%d" % os.getpid()
     h = hash(s)
     assert ctypes.c_ssize_t.from_address(id(s) + lay["str_hash_offset"]).value == h

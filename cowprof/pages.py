@@ -770,7 +770,7 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
             if w.m_idx is None:  # noqa: B023 - called in this iteration only
                 return a
             scratch.fill(0)
-            scratch[w.m_idx] = a  # noqa: B023  # indexes are unique within one worker (the extra slot aside)
+            scratch[w.m_idx] = a  # noqa: B023 - indexes are unique within one worker (the extra slot aside)
             return scratch[:-1]
 
         p = at_master(w.present.view(np.uint8))

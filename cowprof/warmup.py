@@ -181,7 +181,7 @@ async def _call_asgi(app: Any, target: str) -> int:
 
 def is_asgi(app: Any) -> bool:
     """Whether ``app`` is an ASGI 3 application (an async callable) rather than a WSGI one."""
-    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))  # noqa: B004
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))  # noqa: B004 - the method itself
 
 
 class _Tally:

@@ -130,8 +130,8 @@ class Sampler:
         sleep: Callable[[float], Any] = time.sleep,
         cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
-        self._timer_args = dict(interval=interval, duration=duration, count=count, max_cpu=max_cpu,
-                                clock=clock, cpu_clock=cpu_clock)
+        self._timer_args: dict[str, Any] = dict(interval=interval, duration=duration, count=count,
+                                                max_cpu=max_cpu, clock=clock, cpu_clock=cpu_clock)
         self.timer = Timer(**self._timer_args)  # validates the schedule's arguments
         self.interval = float(interval)
         self.max_cpu = max_cpu

@@ -16,8 +16,9 @@ REPO_ROOT = os.path.dirname(TESTS_DIR)
 for _path in (REPO_ROOT, TESTS_DIR):
     if _path not in sys.path:
         sys.path.insert(0, _path)
-# pytest imports this file as ``tests.conftest``: ``from conftest import ...`` gets the same module
-sys.modules.setdefault("conftest", sys.modules[__name__])
+# Test modules import the factories below with ``from conftest import ...``: pytest loads this file
+# under its own name, so that import runs it once more, which is harmless (everything here is
+# idempotent) and registers no fixture twice (pytest collects fixtures from its own copy only).
 
 # prepare_fork saves heap maps by default: keep the tests' maps out of the user's directory
 if "COWPROF_HEAPMAP_DIR" not in os.environ:

@@ -21,7 +21,7 @@ kernel copies the pages, in every worker. The hooks here fix that at the right m
   after it loaded its dirty apps: gunicorn's ``dirty_post_fork`` runs in the dirty arbiter, not in
   the new worker) run :func:`cowprof.after_fork` before the user's own.
 
-Two ways to use it (README.md has the details):
+Two ways to use it (docs/servers.md has the details):
 
 1. As the config module: ``gunicorn -c python:cowprof.gunicorn app:app``. To keep your own config
    file, name it in ``COWPROF_GUNICORN_CONFIG`` (a path, or ``python:module``): it is executed the way

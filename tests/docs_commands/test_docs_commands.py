@@ -124,6 +124,31 @@ def test_every_shown_command_is_run_or_excused():
     assert len(shown_commands()) >= 10  # the parser still finds the docs' commands
 
 
+def _slug(header: str) -> str:
+    """GitHub's anchor of a markdown header."""
+    text = header.lstrip("#").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_resolves():
+    """Relative links (README.md <-> docs/*.md, BENCHMARKS.md) name files that exist and anchors
+    that are headers there."""
+    anchors: dict[Path, set[str]] = {}
+    for path in [*DOCS, REPO / "BENCHMARKS.md"]:
+        anchors[path.resolve()] = {_slug(line) for line in path.read_text().splitlines() if line.startswith("#")}
+    broken = []
+    for path in DOCS:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"^[a-z]+://", target):
+                    continue
+                file, _, anchor = target.partition("#")
+                dest = (path.parent / file).resolve() if file else path.resolve()
+                if not dest.exists() or (anchor and anchor not in anchors.get(dest, set())):
+                    broken.append(f"{path.name}:{n}: {target}")
+    assert not broken, "broken links in the docs:\n" + "\n".join(broken)
+
+
 # ------------------------------------------------------------------------------- running them
 
 

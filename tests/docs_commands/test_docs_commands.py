@@ -301,3 +301,10 @@ def test_shown_commands_run(block: list[Shown], tree, tmp_path, request):
         rc, output = _run_one(words, env, tmp_path, ctx, tmp_path / f"cmd{n}.{m}.log", probe)
         assert "Traceback" not in output, f"{cmd}\n{output[-3000:]}"
         assert rc in (0, 130), f"{cmd}: exit {rc}\n{output[-3000:]}"
+
+
+def test_api_listing_is_what_the_code_says():
+    """docs/CONTRACTS.md is generated from the code (scripts/contracts.py); it must be current."""
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "contracts.py"), "--check"], capture_output=True,
+                       text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr

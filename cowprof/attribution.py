@@ -11,7 +11,7 @@ with the master's heap map (``cowprof.heapmap``, saved by ``prepare_fork``):
 * **by cause** (also needs to read process memory, see :mod:`cowprof.memreader`): each copied page
   is compared, as 64-bit words, with the still-shared original (the master's page while it is still
   shared, else a sibling worker's page that is still shared, else the master's page *assumed*
-  unchanged: see README.md) and every changed word is classified by the record it falls
+  unchanged: see docs/attribute.md) and every changed word is classified by the record it falls
   in and its offset from the object start: refcount field, GC header, str hash, other object field,
   or allocator metadata / free block (no record). A page with no changed word is "identical
   content" (written, then restored: transient refcount changes of mortal objects). A page's bytes
@@ -144,7 +144,7 @@ class WorkerAttribution:
 
 @dataclasses.dataclass
 class Attribution:
-    """Attribution of one page scan. ``to_dict()`` is the JSON documented in README.md."""
+    """Attribution of one page scan. ``to_dict()`` is the JSON documented in docs/attribute.md."""
 
     version: int
     master: int

@@ -15,7 +15,7 @@ a scan every interval, so an :class:`Attributor` keeps what does not change betw
 * for ``--by function``, the names read for each code object and the functions' modules.
 
 The by-cause view compares each copied page with its original, so it reads process memory every
-sample: its cost grows with the copied bytes (see README.md, ``record --by``).
+sample: its cost grows with the copied bytes (see docs/live-record.md, ``record --by``).
 """
 from __future__ import annotations
 

@@ -281,7 +281,7 @@ def _record_loop(sampler: Sampler, writer: RecordWriter,
 def snapshot(
     pid: PidArg,
     json_out: Annotated[bool, typer.Option("--json", help="Print the page-report JSON "
-                                           "(README.md) instead of a table.")] = False,
+                                           "(docs/measure.md) instead of a table.")] = False,
     by: Annotated[By, typer.Option("--by", case_sensitive=False,
                                    help="Group by worker, memory region, Python type of the copied "
                                         "bytes (from the master's heap map, else read from its memory: "
@@ -436,7 +436,7 @@ def record(
 
     Every completed sample is on disk at once (one flushed JSON line each), so killing the recorder
     loses at most the sample in progress. View it with `cowprof report`. With --by, each sample
-    line is followed by its attribution (see README.md, `record --by`).
+    line is followed by its attribution (see docs/live-record.md, `record --by`).
     """
     from rich.console import Console
     from rich.markup import escape
@@ -496,7 +496,7 @@ def report(
                                                    "charts (needs cowprof\\[html]); OUT must not "
                                                    "exist unless --force.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the recording over time as JSON "
-                                           "(README.md) instead of tables.")] = False,
+                                           "(docs/attribute.md) instead of tables.")] = False,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace the --html OUT file if it "
                                                               "exists (never a symlink).")] = False,
 ) -> int:

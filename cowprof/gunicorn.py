@@ -21,7 +21,7 @@ kernel copies the pages, in every worker. The hooks here fix that at the right m
   after it loaded its dirty apps: gunicorn's ``dirty_post_fork`` runs in the dirty arbiter, not in
   the new worker) run :func:`cowprof.after_fork` before the user's own.
 
-Two ways to use it (README.md has the details):
+Two ways to use it (docs/servers.md has the details):
 
 1. As the config module: ``gunicorn -c python:cowprof.gunicorn app:app``. To keep your own config
    file, name it in ``COWPROF_GUNICORN_CONFIG`` (a path, or ``python:module``): it is executed the way
@@ -74,7 +74,7 @@ __all__ = [
     "prepare_master", "warm_up", "when_ready",
 ]
 
-_Hook = Callable[..., Any]  # a gunicorn server hook: arguments per hook, result ignored
+Hook = Callable[..., Any]  # a gunicorn server hook: arguments per hook, result ignored
 
 ENV_CONFIG = "COWPROF_GUNICORN_CONFIG"
 ENV_PREPARE = "COWPROF_PREPARE"
@@ -260,7 +260,7 @@ def _preload_learned(server: Any, log: Any, payload: dict[str, Any]) -> None:
     payload["preload"] = {"imported": list(imported), "failed": list(failed)}
 
 
-def _mark(fn: _Hook, user_hook: _Hook | None) -> _Hook:
+def _mark(fn: Hook, user_hook: Hook | None) -> Hook:
     setattr(fn, _HOOK_MARK, True)
     fn.__wrapped_user_hook__ = user_hook  # type: ignore[attr-defined]
     return fn
@@ -270,13 +270,13 @@ def _is_ours(hook: Any) -> bool:
     return bool(getattr(hook, _HOOK_MARK, False))
 
 
-def _resolve_hook(hook: object) -> _Hook | None:
+def _resolve_hook(hook: object) -> Hook | None:
     """A hook as gunicorn accepts it: a callable, or a 'module.name' string."""
     if hook is None or callable(hook):
         return hook
     if isinstance(hook, str) and "." in hook:
         mod_name, obj_name = hook.rsplit(".", 1)
-        found: _Hook = getattr(importlib.import_module(mod_name), obj_name)
+        found: Hook = getattr(importlib.import_module(mod_name), obj_name)
         return found
     raise BadInput(f"a gunicorn hook must be callable or a 'module.name' string, got {hook!r}")
 
@@ -293,7 +293,7 @@ def _prepare_once(server: Any, options: HookOptions) -> None:
     prepare_master(server, options)
 
 
-def make_on_starting(user_hook: _Hook | None = None, options: HookOptions = HookOptions()) -> _Hook:
+def make_on_starting(user_hook: Hook | None = None, options: HookOptions = HookOptions()) -> Hook:
     """An ``on_starting(server)`` hook: ``user_hook(server)`` first; then, when gunicorn will fork a
     dirty arbiter (it does so after ``on_starting``, before ``when_ready``), :func:`prepare_master`."""
     if _is_ours(user_hook):
@@ -308,7 +308,7 @@ def make_on_starting(user_hook: _Hook | None = None, options: HookOptions = Hook
     return _mark(on_starting, user_hook)
 
 
-def make_when_ready(user_hook: _Hook | None = None, options: HookOptions = HookOptions()) -> _Hook:
+def make_when_ready(user_hook: Hook | None = None, options: HookOptions = HookOptions()) -> Hook:
     """A ``when_ready(server)`` hook: ``user_hook(server)`` first, then :func:`prepare_master`
     (unless ``on_starting`` already prepared, for a dirty arbiter)."""
     if _is_ours(user_hook):
@@ -322,7 +322,7 @@ def make_when_ready(user_hook: _Hook | None = None, options: HookOptions = HookO
     return _mark(when_ready, user_hook)
 
 
-def make_post_fork(user_hook: _Hook | None = None) -> _Hook:
+def make_post_fork(user_hook: Hook | None = None) -> Hook:
     """A ``post_fork(server, worker)`` hook: :func:`cowprof.after_fork` first, then ``user_hook``."""
     if _is_ours(user_hook):
         return user_hook  # type: ignore[return-value]
@@ -335,7 +335,7 @@ def make_post_fork(user_hook: _Hook | None = None) -> _Hook:
     return _mark(post_fork, user_hook)
 
 
-def _after_fork_then(user_hook: _Hook | None, name: str) -> _Hook:
+def _after_fork_then(user_hook: Hook | None, name: str) -> Hook:
     """A one-argument hook named ``name``: :func:`cowprof.after_fork`, then ``user_hook(arg)``."""
     if _is_ours(user_hook):
         return user_hook  # type: ignore[return-value]
@@ -349,13 +349,13 @@ def _after_fork_then(user_hook: _Hook | None, name: str) -> _Hook:
     return _mark(hook, user_hook)
 
 
-def make_on_dirty_starting(user_hook: _Hook | None = None) -> _Hook:
+def make_on_dirty_starting(user_hook: Hook | None = None) -> Hook:
     """An ``on_dirty_starting(arbiter)`` hook (in the dirty arbiter, right after the master forked
     it): :func:`cowprof.after_fork` first, then ``user_hook``."""
     return _after_fork_then(user_hook, "on_dirty_starting")
 
 
-def make_dirty_worker_init(user_hook: _Hook | None = None) -> _Hook:
+def make_dirty_worker_init(user_hook: Hook | None = None) -> Hook:
     """A ``dirty_worker_init(worker)`` hook (in each dirty worker, once its dirty apps are loaded):
     :func:`cowprof.after_fork` first, then ``user_hook``."""
     return _after_fork_then(user_hook, "dirty_worker_init")

@@ -17,7 +17,7 @@ still maps a shared page). When every worker with a page at that address is excl
 can tell from page tables alone who wrote (in a one-worker tree, the master or the worker; with
 more, all workers or the master and all but one): the master counts it in ``ambiguous_bytes`` and
 the worker as copied, with the worker's ``ambiguous_bytes`` counting its copied pages that no other
-worker maps. See README.md.
+worker maps. See docs/measure.md.
 
 Two modes: ``exclusive-bit`` (any user allowed to read the target's pagemap) and ``pfn`` (root:
 PFNs and ``/proc/kpagecount``, which adds ``shared_with_master_bytes`` and the ``sharers``
@@ -180,7 +180,7 @@ class WorkerPages:
 
 @dataclass
 class PageReport:
-    """One scan of a tree. ``to_dict()`` is the documented, stable JSON (README.md)."""
+    """One scan of a tree. ``to_dict()`` is the documented, stable JSON (docs/measure.md)."""
 
     version: int
     taken_at: float

@@ -16,7 +16,7 @@
 5. ``malloc_trim(0)`` — hands free malloc memory back to the OS instead of to the first worker
    that touches it.
 
-Policy lives here; the native module only walks. See README "Heap preparation" for trade-offs
+Policy lives here; the native module only walks. See docs/fix.md for trade-offs
 (prepared objects are never freed; a second call only handles objects created since).
 """
 from __future__ import annotations

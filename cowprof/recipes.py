@@ -1,6 +1,6 @@
 """Fork recipe helpers: warm-up, and prepare/restore for servers other than gunicorn.
 
-See README.md (gunicorn has its own hooks: :mod:`cowprof.gunicorn`).
+See docs/servers.md (gunicorn has its own hooks: :mod:`cowprof.gunicorn`).
 
 The rule is the same everywhere: :func:`cowprof.prepare_fork` in the parent once everything the
 children will share is loaded, right before the first fork; :func:`cowprof.after_fork` in each child

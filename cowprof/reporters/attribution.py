@@ -146,7 +146,7 @@ def render(attr: Attribution, *, by: str = "type", top: int = 10, file: IO[str] 
 
 def render_json(attr: Attribution, *, top: int | None = None, file: IO[str] | None = None,
                 indent: int | None = 2) -> None:
-    """Write ``attr.to_dict(top)`` (README.md) as JSON followed by a newline."""
+    """Write ``attr.to_dict(top)`` (docs/attribute.md) as JSON followed by a newline."""
     out = file if file is not None else sys.stdout
     out.write(json.dumps(attr.to_dict(top), indent=indent, allow_nan=False) + "\n")
     out.flush()
@@ -191,7 +191,7 @@ def render_functions(fa: FunctionAttribution, *, top: int = 10, file: IO[str] | 
 
 def render_functions_json(fa: FunctionAttribution, *, top: int | None = None, file: IO[str] | None = None,
                           indent: int | None = 2) -> None:
-    """Write ``fa.to_dict(top)`` (README.md) as JSON followed by a newline."""
+    """Write ``fa.to_dict(top)`` (docs/attribute.md) as JSON followed by a newline."""
     out = file if file is not None else sys.stdout
     out.write(json.dumps(fa.to_dict(top), indent=indent, allow_nan=False) + "\n")
     out.flush()

@@ -32,7 +32,7 @@ RECORDING_VERSION = 1
 
 def recording_dict(recording: Recording) -> dict[str, Any]:
     """``cowprof report FILE --json``: what was recorded, each worker's copied bytes over time and,
-    for ``record --by``, the copied bytes by type, cause and function over time (README.md)."""
+    for ``record --by``, the copied bytes by type, cause and function over time (docs/live-record.md)."""
     from cowprof.reporters import attribution_series, worker_series
 
     samples = recording.samples

@@ -181,8 +181,10 @@ ensure_venv() {
        ! in_python_env "$want" "$venv/bin/python" -c "import cowprof._native" >/dev/null 2>&1; then
         _cowprof_log "installing cowprof and its dependencies into $venv (Python $want)"
         local log="$venv/pip-install.log"
+        # --no-compile: byte-compiling every installed file (all of Django, Celery...) was most of the
+        # install's CPU; Python compiles what is imported, once, on first use
         if ! in_python_env "$want" /bin/sh -c '"$1" -m pip install --disable-pip-version-check --upgrade pip setuptools &&
-               "$1" -m pip install --disable-pip-version-check -e "$2[test]"' sh "$venv/bin/python" "$COWPROF_ROOT" >"$log" 2>&1; then
+               "$1" -m pip install --disable-pip-version-check --no-compile -e "$2[test]"' sh "$venv/bin/python" "$COWPROF_ROOT" >"$log" 2>&1; then
             tail -n 40 "$log" >&2
             _cowprof_log "installing into $venv failed; the full log is $log"
             return 1

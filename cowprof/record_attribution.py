@@ -16,9 +16,12 @@ warning, not an error (a later writer may refine them).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cowprof import untrusted
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from cowprof.attribution import Attribution
@@ -147,26 +150,23 @@ def parse(obj: dict[str, Any]) -> RecordedAttribution:
 
     sample = untrusted.integer(obj, "sample", minimum=0) or 0
     seconds = untrusted.number(obj, "seconds", minimum=0.0, optional=True) or 0.0
-    warnings = []
-    attr = fattr = None
-    a = obj.get("attribution")
-    if a is not None:
-        untrusted.obj(a, "'attribution'")
-        version = untrusted.integer(a, "version")
-        if version == attribution.VERSION:
-            attr = _attribution(a)
-        else:
-            warnings.append(f"attribution of sample {sample} has version {version} (this cowprof reads "
-                            f"{attribution.VERSION}): skipped")
-    f = obj.get("functions")
-    if f is not None:
-        untrusted.obj(f, "'functions'")
-        version = untrusted.integer(f, "version")
-        if version == functions.VERSION:
-            fattr = _functions(f)
-        else:
-            warnings.append(f"functions of sample {sample} have version {version} (this cowprof reads "
-                            f"{functions.VERSION}): skipped")
+    warnings: list[str] = []
+
+    def versioned(key: str, what: str, known: int, parse: Callable[[dict[str, Any]], T]) -> T | None:
+        """``obj[key]`` parsed when its version is the one this cowprof reads, else skipped with a warning."""
+        part = obj.get(key)
+        if part is None:
+            return None
+        untrusted.obj(part, f"'{key}'")
+        version = untrusted.integer(part, "version")
+        if version == known:
+            return parse(part)
+        warnings.append(f"{what} of sample {sample} {'have' if what == 'functions' else 'has'} version {version} "
+                        f"(this cowprof reads {known}): skipped")
+        return None
+
+    attr = versioned("attribution", "attribution", attribution.VERSION, _attribution)
+    fattr = versioned("functions", "functions", functions.VERSION, _functions)
     return RecordedAttribution(sample=sample, attribution=attr, functions=fattr, error=_message(obj, "error"),
                                functions_error=_message(obj, "functions_error"), seconds=seconds,
                                warnings=tuple(warnings))

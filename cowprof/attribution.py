@@ -39,7 +39,7 @@ from .pages import PageReport, scan
 from .tree import Tree, find_tree
 
 __all__ = [
-    "CAUSES", "CAUSE_LABELS", "NO_OBJECT", "ORIGINALS", "UNKNOWN_MEMORY", "VERSION", "Attribution", "NoAttribution",
+    "CAUSES", "NO_OBJECT", "ORIGINALS", "UNKNOWN_MEMORY", "VERSION", "Attribution", "NoAttribution",
     "NoHeapMap",
     "WorkerAttribution", "attribute", "by_cause", "by_type", "find_heapmap", "heapmap_or_memory", "layout_of",
     "record_bytes",
@@ -53,15 +53,6 @@ NO_OBJECT = "no object"
 UNKNOWN_MEMORY = "unknown"
 CAUSES: tuple[str, ...] = ("refcount", "gc_header", "str_hash", "other_field", "allocator", "identical",
                            "unknown")
-CAUSE_LABELS: dict[str, str] = {
-    "refcount": "refcount",
-    "gc_header": "GC header",
-    "str_hash": "str hash",
-    "other_field": "other object field",
-    "allocator": "allocator / free block",
-    "identical": "identical content",
-    "unknown": "unknown original",
-}
 #: where the original of a copied page was read from (bytes per source in ``originals``)
 ORIGINALS: tuple[str, ...] = ("master", "sibling", "master_assumed", "none")
 _REFCOUNT, _GC, _STR_HASH, _OTHER, _ALLOC, _IDENTICAL, _UNKNOWN = range(len(CAUSES))

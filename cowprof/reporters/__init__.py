@@ -1,7 +1,7 @@
 """Reporters: render page reports and recordings they are given (table, JSON, live view, HTML).
 
 Nothing here reads /proc or decides policy. This module holds the small helpers the reporters share:
-byte formatting, the region order, :func:`worker_series` (per-worker time series of a recording)
+byte formatting, the region order, the causes' labels, :func:`worker_series` (per-worker time series of a recording)
 and :func:`attribution_series` (a recording's copied bytes by type, cause and function over time).
 """
 from __future__ import annotations
@@ -15,9 +15,20 @@ if TYPE_CHECKING:
     from cowprof.pages import PageReport, WorkerPages
     from cowprof.record import Recording
 
-__all__ = ["MiB", "OTHER_TYPES", "REGION_ORDER", "AttributionSeries", "WorkerSeries", "attribution_series",
-           "fmt_bytes", "fmt_mib", "fmt_size", "ordered_regions",
+__all__ = ["CAUSE_LABELS", "MiB", "OTHER_TYPES", "REGION_ORDER", "AttributionSeries", "WorkerSeries",
+           "attribution_series", "fmt_bytes", "fmt_mib", "fmt_size", "ordered_regions",
            "shared_fraction", "worker_series"]
+
+#: what the reporters call each cause of :data:`cowprof.attribution.CAUSES` (the JSON keeps the keys)
+CAUSE_LABELS: dict[str, str] = {
+    "refcount": "refcount",
+    "gc_header": "GC header",
+    "str_hash": "str hash",
+    "other_field": "other object field",
+    "allocator": "allocator / free block",
+    "identical": "identical content",
+    "unknown": "unknown original",
+}
 
 MiB = 1 << 20
 REGION_ORDER = ("python", "heap", "stack", "file", "other")

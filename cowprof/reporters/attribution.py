@@ -94,7 +94,8 @@ def type_table(attr: Attribution, *, top: int = 10, title: str | None = None) ->
 def cause_table(attr: Attribution, *, title: str | None = None) -> Table:
     """Copied bytes per cause over all workers (largest first) with the changed 64-bit words, one
     column per worker; the caption says where the originals were read from."""
-    from cowprof.attribution import CAUSE_LABELS, CAUSES, ORIGINALS
+    from cowprof.attribution import CAUSES, ORIGINALS
+    from cowprof.reporters import CAUSE_LABELS
 
     total_copied = sum(w.copied_bytes for w in attr.workers)
     workers = _shown_workers(attr)
@@ -201,7 +202,7 @@ def over_time_tables(series: AttributionSeries) -> list[RenderableType]:
     """``cowprof report`` of a recording made with ``--by``: copied bytes by type and by cause
     (first, last and largest value over the recording, share of the last sample) and the top
     functions of the last sample."""
-    from cowprof.attribution import CAUSE_LABELS
+    from cowprof.reporters import CAUSE_LABELS
 
     out: list[RenderableType] = []
     span = series.times[-1] - series.times[0] if series.times else 0.0

@@ -102,7 +102,7 @@ def _figures(recording: Recording) -> dict[str, Any]:
 
 
 def _attribution_figures(go: Any, series: AttributionSeries, t0: float, layout: dict[str, Any]) -> dict[str, Any]:
-    from cowprof.attribution import CAUSE_LABELS
+    from cowprof.reporters import CAUSE_LABELS
 
     out: dict[str, Any] = {}
     xs = [t - t0 for t in series.times]

@@ -13,8 +13,9 @@ READ_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_
 
 
 def in_threads(jobs: list[Callable[[], Any]], first: Callable[[], Any] | None = None,
-               threads: int = READ_THREADS) -> list[tuple[bool, Any]]:
-    """Run ``jobs`` on up to ``threads`` threads (this one included), taken in list order; returns
+               threads: int | None = None) -> list[tuple[bool, Any]]:
+    """Run ``jobs`` on up to ``threads`` threads (default :data:`READ_THREADS`; this one
+    included), taken in list order; returns
     ``(True, result)`` or ``(False, exception)`` per job. This thread calls ``first`` before it
     takes jobs too (its exception is raised). Ctrl-C stops the others taking new jobs and is
     raised once they finished theirs."""
@@ -35,7 +36,7 @@ def in_threads(jobs: list[Callable[[], Any]], first: Callable[[], Any] | None = 
                 out[i] = (False, exc)
 
     helpers = [threading.Thread(target=run, name=f"cowprof-read-{n}", daemon=True)
-               for n in range(min(threads, len(jobs)) - 1)]
+               for n in range(min(READ_THREADS if threads is None else threads, len(jobs)) - 1)]
     for t in helpers:
         t.start()
     try:

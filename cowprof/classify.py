@@ -53,7 +53,8 @@ _IOV_MAX = 1024
 def _is(key: np.ndarray, test: tuple[int, int], tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``key & mask == value`` into ``out`` (bool), with ``tmp`` (uint8) as scratch."""
     np.bitwise_and(key, np.uint8(test[0]), out=tmp)
-    return np.equal(tmp, np.uint8(test[1]), out=out)
+    np.equal(tmp, np.uint8(test[1]), out=out)
+    return out
 
 
 class _Buffers:
@@ -326,10 +327,10 @@ def classify(master: _Proc, m_started: float, m_counters: procfs.MemCounters, wo
         w.shared &= w.present
 
         def at_master(a: np.ndarray) -> np.ndarray:
-            if w.m_idx is None:
+            if w.m_idx is None:  # noqa: B023 - called in this iteration only
                 return a
             scratch.fill(0)
-            scratch[w.m_idx] = a  # indexes are unique within one worker (the extra slot aside)
+            scratch[w.m_idx] = a  # noqa: B023 - indexes are unique within one worker (the extra slot aside)
             return scratch[:-1]
 
         p = at_master(w.present.view(np.uint8))
@@ -374,6 +375,7 @@ def classify(master: _Proc, m_started: float, m_counters: procfs.MemCounters, wo
     m_tmp &= seen_any
     solo_own[:-1] &= m_tmp.view(bool)
     for w in workers:
+        assert w.key is not None and w.present is not None and w.shared is not None  # set by step 4
         layout = w.pages.layout
         wb = layout.buffers()
         copied = _is(w.key, _W_COPIED, wb.tmp, wb.copied)

@@ -18,9 +18,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cowprof.errors import CowprofError
+
+if TYPE_CHECKING:  # served by __getattr__ below, on first use
+    from cowprof.cli_app import app
+    from cowprof.commands import gunicorn_command
 
 __all__ = ["app", "main", "gunicorn_command"]
 
@@ -141,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 # --- names kept here for callers of the single-module CLI ---------------------------------------
 
 _MOVED = {"gunicorn_command": "gunicorn_command", "_exit_status": "exit_status", "By": "By",
-          "TOP_TOLERANCE": "TOP_TOLERANCE", "DEFAULT_TOP_MAX_CPU": "DEFAULT_TOP_MAX_CPU"}
+          "RecordBy": "RecordBy", "TOP_TOLERANCE": "TOP_TOLERANCE", "DEFAULT_TOP_MAX_CPU": "DEFAULT_TOP_MAX_CPU",
+          "_record_loop": "_record_loop"}
 
 
 def __getattr__(name: str) -> Any:

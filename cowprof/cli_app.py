@@ -15,9 +15,12 @@ import sys
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from cowprof.cli import PROG, guarded
+
+if TYPE_CHECKING:
+    import importlib.abc
 
 
 class _MarkdownStandIn:
@@ -44,6 +47,9 @@ class _TracebackStandIn:
         return Traceback.from_exception(*args, **kwargs)
 
 
+_STAND_INS = (("rich.markdown", "Markdown", _MarkdownStandIn), ("rich.traceback", "Traceback", _TracebackStandIn))
+
+
 class _LeanTyperHelp:
     """Imports ``typer.rich_utils`` (Typer's help and error rendering, which Typer imports when it
     first renders one) without ``rich.markdown`` and ``rich.traceback``: it imports both at the top
@@ -53,9 +59,6 @@ class _LeanTyperHelp:
     ever. Installed first in ``sys.meta_path``; gone after that one import. (A finder and loader by
     protocol: importlib.abc would cost more to import than this saves in part.)"""
 
-    STAND_INS = {"rich.markdown": ("Markdown", _MarkdownStandIn),
-                 "rich.traceback": ("Traceback", _TracebackStandIn)}
-
     def __init__(self) -> None:
         self._real: Any = None
 
@@ -64,10 +67,10 @@ class _LeanTyperHelp:
             return None
         self.remove()
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None or any(name in sys.modules for name in self.STAND_INS):
+        if spec is None or spec.loader is None or any(name in sys.modules for name, _a, _c in _STAND_INS):
             return spec
         self._real = spec.loader
-        spec.loader = self
+        spec.loader = cast("importlib.abc.Loader", self)
         return spec
 
     def create_module(self, spec: Any) -> Any:
@@ -76,7 +79,7 @@ class _LeanTyperHelp:
     def exec_module(self, module: types.ModuleType) -> None:
         assert self._real is not None
         stand_ins = {}
-        for name, (attr, cls) in self.STAND_INS.items():
+        for name, attr, cls in _STAND_INS:
             stand_ins[name] = types.ModuleType(name, f"cowprof's stand-in for {name}")
             setattr(stand_ins[name], attr, cls)
         sys.modules.update(stand_ins)
@@ -102,7 +105,7 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from cowprof import __version__, commands  # noqa: E402
-from cowprof.commands import DEFAULT_TOP_MAX_CPU, By  # noqa: E402
+from cowprof.commands import DEFAULT_TOP_MAX_CPU, By, RecordBy  # noqa: E402
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _click_exc
@@ -121,8 +124,9 @@ class CowprofGroup(TyperGroup):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
-        code = _run_group(self, args, prog_name or PROG, complete_var, extra)
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        code = _run_group(self, args, prog_name or PROG, complete_var,
+                          {"windows_expand_args": windows_expand_args, **extra})
         if standalone_mode:
             raise SystemExit(code)
         return code
@@ -225,7 +229,7 @@ IntervalOpt = Annotated[float, typer.Option("--interval", "-i", parser=_seconds,
 def snapshot(
     pid: PidArg,
     json_out: Annotated[bool, typer.Option("--json", help="Print the page-report JSON "
-                                           "(README.md) instead of a table.")] = False,
+                                           "(docs/measure.md) instead of a table.")] = False,
     by: Annotated[By, typer.Option("--by", case_sensitive=False,
                                    help="Group by worker, memory region, Python type of the copied "
                                         "bytes (from the master's heap map, else read from its memory: "
@@ -289,29 +293,45 @@ def record(
                                         help="Overwrite FILE if it exists.")] = False,
     count: Annotated[int | None, typer.Option(min=1, hidden=True,
                                               help="Stop after N samples (tests).")] = None,
+    by: Annotated[list[RecordBy] | None, typer.Option(
+        "--by", case_sensitive=False,
+        help="Also store each sample's copied bytes by Python type, by cause (includes type; reads "
+             "process memory every sample) or by function (reads the master's memory); repeat for "
+             "several. Uses the master's heap map, else reads its objects from memory (root or ptrace "
+             "rights).")] = None,
+    top_n: Annotated[int, typer.Option("--top", min=1, help="Types per worker and functions kept "
+                                                           "per sample with --by.")] = 20,
 ) -> int:
     """Record samples to a file until the master exits, --duration ends, or Ctrl-C.
 
     Every completed sample is on disk at once (one flushed JSON line each), so killing the recorder
-    loses at most the sample in progress. View it with `cowprof report`.
+    loses at most the sample in progress. View it with `cowprof report`. With --by, each sample
+    line is followed by its attribution (see docs/live-record.md, `record --by`).
     """
     return commands.record(pid, output=output, interval=interval, duration=duration, force=force,
-                           count=count)
+                           count=count, by=by, top_n=top_n)
 
 
-@app.command(epilog="Example: [bold]cowprof report run.jsonl --html run.html[/bold]")
+@app.command(epilog="Examples: [bold]cowprof report run.jsonl --html run.html[/bold]  ·  "
+                    "[bold]cowprof report run.jsonl --json > run.json[/bold]")
 def report(
     file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False, parser=_path,
                                          help="A record file from `cowprof record`.")],
     html: Annotated[Path | None, typer.Option("--html", metavar="OUT", parser=_path,
                                               help="Also write a self-contained HTML report with "
-                                                   "charts (needs cowprof\\[html]).")] = None,
+                                                   "charts (needs cowprof\\[html]); OUT must not "
+                                                   "exist unless --force.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the recording over time as JSON "
+                                           "(docs/attribute.md) instead of tables.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace the --html OUT file if it "
+                                                              "exists (never a symlink).")] = False,
 ) -> int:
     """Summarize a recording in the terminal, optionally also as an HTML report with charts.
 
-    The charts: copied MiB per worker over time, shared % over time, region breakdown.
+    The charts: copied MiB per worker over time, shared % over time, region breakdown; for a
+    recording made with --by, copied bytes by type and by cause over time and the top functions.
     """
-    return commands.report(file, html=html)
+    return commands.report(file, html=html, json_out=json_out, force=force)
 
 
 @app.command(
@@ -381,4 +401,5 @@ _reflow_help()
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) with the Typer app and run it; returns the exit code."""
     command = typer.main.get_command(app)
-    return command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    code: int = command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    return code

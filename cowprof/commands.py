@@ -10,7 +10,6 @@ command needs is imported when it runs.
 from __future__ import annotations
 
 import enum
-import errno
 import importlib.util
 import os
 import shlex
@@ -22,11 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, OutputError, ProcessGone
+from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
 
 if TYPE_CHECKING:
     import subprocess
 
+    from cowprof.attributor import Attributor
     from cowprof.record import RecordWriter
     from cowprof.sampler import Sample, Sampler
 
@@ -61,6 +61,14 @@ class By(str, enum.Enum):
 
     worker = "worker"
     region = "region"
+    type = "type"
+    cause = "cause"
+    function = "function"
+
+
+class RecordBy(str, enum.Enum):
+    """``record --by`` groupings stored in each sample (``cause`` includes ``type``)."""
+
     type = "type"
     cause = "cause"
     function = "function"
@@ -109,12 +117,23 @@ def _target_info(sampler: Sampler, *, interval: float, duration: float | None = 
 
 
 def _record_loop(sampler: Sampler, writer: RecordWriter,
-                 on_sample: Callable[[Sample], None] | None = None) -> str:
-    """Write every sample of ``sampler``; returns why it stopped. Ctrl-C/SIGTERM stop it cleanly
-    (the sample in progress is dropped, every written line is complete)."""
+                 on_sample: Callable[[Sample], None] | None = None, *,
+                 attributor: Attributor | None = None, top: int | None = None) -> str:
+    """Write every sample of ``sampler`` (and with ``attributor`` its attribution line); returns
+    why it stopped. Ctrl-C/SIGTERM stop it cleanly (the sample in progress is dropped, every
+    written line is complete). The first sample whose attribution fails says why on stderr."""
+    warned = False
     try:
         for sample in sampler:
             writer.write(sample)
+            if attributor is not None and sample.report is not None:
+                sa = attributor.attribute(sample.report)
+                writer.write_attribution(sample.index, sa, top=top)
+                problem = sa.error or sa.functions_error
+                if problem is not None and not warned:
+                    warned = True
+                    err(f"sample {sample.index} has no attribution{'' if sa.error else ' by function'}: "
+                        f"{problem} (pages are still recorded)")
             if on_sample is not None:
                 on_sample(sample)
     except KeyboardInterrupt:
@@ -237,8 +256,10 @@ def top(pid: int, *, interval: float = 1.0, max_cpu: float = DEFAULT_TOP_MAX_CPU
 
 
 def record(pid: int, *, output: Path, interval: float = 1.0, duration: float | None = None,
-           force: bool = False, count: int | None = None) -> int:
-    """``cowprof record``: samples to a JSON Lines file, with a progress line on a terminal."""
+           force: bool = False, count: int | None = None, by: Sequence[RecordBy] | None = None,
+           top_n: int = 20) -> int:
+    """``cowprof record``: samples to a JSON Lines file (with ``by``, each followed by its
+    attribution), with a progress line on a terminal."""
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -248,8 +269,14 @@ def record(pid: int, *, output: Path, interval: float = 1.0, duration: float | N
     from cowprof.sampler import Sampler
 
     check_new_output(output, force)  # fail before touching the target
+    groupings = sorted({b.value for b in by or ()}, key=[b.value for b in RecordBy].index)
     with numpy_on_one_blas_thread():
-        sampler = Sampler(pid, interval=interval, duration=duration, count=count)
+        sampler = Sampler(pid, interval=interval, duration=duration, count=count, keep_addresses=bool(groupings))
+    attributor = None
+    if groupings:
+        from cowprof.attributor import Attributor
+
+        attributor = Attributor(sampler.master, causes="cause" in groupings, functions="function" in groupings)
     console = Console(stderr=True, highlight=False)
     failed = 0
     columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
@@ -257,7 +284,7 @@ def record(pid: int, *, output: Path, interval: float = 1.0, duration: float | N
         columns.append(BarColumn())
     columns += [TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
     with RecordWriter(output, target=_target_info(sampler, interval=interval, duration=duration),
-                      force=force) as writer, \
+                      force=force, attribution={"by": groupings, "top": top_n} if groupings else None) as writer, \
             Progress(*columns, console=console, transient=True,
                      disable=not console.is_terminal) as progress:
         task = progress.add_task(escape(f"recording master {sampler.master} to {output}"),
@@ -275,20 +302,21 @@ def record(pid: int, *, output: Path, interval: float = 1.0, duration: float | N
             progress.update(task, completed=sample.elapsed, status=escape(status))
 
         with interrupt_on_term():
-            reason = _record_loop(sampler, writer, on_sample)
+            reason = _record_loop(sampler, writer, on_sample, attributor=attributor, top=top_n)
             writer.close(reason)
     fail_note = f", {failed} failed" if failed else ""
     err(f"recorded {writer.samples} samples{fail_note} to {output} ({reason})")
     return 0
 
 
-def report(file: Path, *, html: Path | None = None) -> int:
-    """``cowprof report``: the summary table of a recording, optionally an HTML report too."""
+def report(file: Path, *, html: Path | None = None, json_out: bool = False, force: bool = False) -> int:
+    """``cowprof report``: a recording as tables (or JSON), optionally an HTML report too."""
     import io
 
     from cowprof.record import read_record
-    from cowprof.reporters import table
 
+    if html is not None and not force:
+        check_new_output(html, force)  # before reading or rendering anything
     recording = read_record(file)
     for warning in recording.warnings:
         err(f"warning: {warning}")
@@ -299,13 +327,18 @@ def report(file: Path, *, html: Path | None = None) -> int:
         buf = io.StringIO()
         html_reporter.render(recording, file=buf)
         html_text = buf.getvalue()
-    table.render_recording(recording, file=sys.stdout)
+    if json_out:
+        from cowprof.reporters import jsonout
+
+        jsonout.render_recording(recording, file=sys.stdout)
+    else:
+        from cowprof.reporters import table
+
+        table.render_recording(recording, file=sys.stdout)
     if html is not None and html_text is not None:
-        try:
-            html.write_text(html_text, encoding="utf-8")
-        except OSError as exc:
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
-            raise (OutputError if full else BadInput)(f"cannot write {html}: {exc.strerror or exc}") from None
+        from cowprof.outfile import write_new
+
+        write_new(os.fspath(html), html_text.encode("utf-8"), force=force)
         err(f"wrote {html}")
     return 0
 
@@ -330,7 +363,7 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], str | None]:
             rest.extend(args[i:])
             break
         name, eq, val = a.partition("=")
-        if a == "-c" or name in _CONFIG_LONG and not eq:
+        if a == "-c" or (name in _CONFIG_LONG and not eq):
             if i + 1 >= len(args):
                 raise BadInput(f"gunicorn option {a} needs a value")
             config = args[i + 1]

@@ -95,7 +95,7 @@ class MasterPages(Mutable):
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MasterPages:
+    def from_dict(cls, d: Any) -> MasterPages:
         d = untrusted.obj(d, "'master'")
         return cls(
             pid=_pid(d), started_at=untrusted.timestamp(d, "started_at", optional=True) or 0.0,
@@ -169,7 +169,7 @@ class WorkerPages(Mutable):
 
 
 class PageReport(Mutable):
-    """One scan of a tree. ``to_dict()`` is the documented, stable JSON (README.md)."""
+    """One scan of a tree. ``to_dict()`` is the documented, stable JSON (docs/measure.md)."""
 
     __slots__ = ("version", "taken_at", "privileged", "mode", "page_size", "scan_seconds", "master",
                  "workers", "gone")

@@ -17,7 +17,7 @@ still maps a shared page). When every worker with a page at that address is excl
 can tell from page tables alone who wrote (in a one-worker tree, the master or the worker; with
 more, all workers or the master and all but one): the master counts it in ``ambiguous_bytes`` and
 the worker as copied, with the worker's ``ambiguous_bytes`` counting its copied pages that no other
-worker maps. See README.md.
+worker maps. See docs/measure.md.
 
 Two modes: ``exclusive-bit`` (any user allowed to read the target's pagemap) and ``pfn`` (root:
 PFNs and ``/proc/kpagecount``, which adds ``shared_with_master_bytes`` and the ``sharers``
@@ -39,6 +39,8 @@ from .regions import REGIONS, region_of, region_ranges
 from .tree import Tree, find_tree
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .classify import _Layout, _Proc, _Worker
 
 __all__ = ["REGIONS", "SHARERS_MAX", "VERSION", "MasterPages", "PageReport", "RegionPages", "Scanner",

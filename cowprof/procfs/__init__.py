@@ -33,10 +33,20 @@ from typing import TYPE_CHECKING, Any
 from .._values import Frozen, field
 from ..errors import AccessDenied, CowprofError, ProcessGone
 
-if TYPE_CHECKING:
-    from .pagemap import (KPAGECOUNT_MAX_READS, PAGEMAP_CHUNK, PM_EXCLUSIVE, PM_FILE, PM_PFN_MASK,
-                          PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PageBits, Pagemap, decode, read_kpagecount,
-                          read_pagemap)
+if TYPE_CHECKING:  # what __getattr__ below serves, for type checkers
+    from .pagemap import KPAGECOUNT_MAX_READS as KPAGECOUNT_MAX_READS
+    from .pagemap import PAGEMAP_CHUNK as PAGEMAP_CHUNK
+    from .pagemap import PM_EXCLUSIVE as PM_EXCLUSIVE
+    from .pagemap import PM_FILE as PM_FILE
+    from .pagemap import PM_PFN_MASK as PM_PFN_MASK
+    from .pagemap import PM_PRESENT as PM_PRESENT
+    from .pagemap import PM_SOFT_DIRTY as PM_SOFT_DIRTY
+    from .pagemap import PM_SWAP as PM_SWAP
+    from .pagemap import PageBits as PageBits
+    from .pagemap import Pagemap as Pagemap
+    from .pagemap import decode as decode
+    from .pagemap import read_kpagecount as read_kpagecount
+    from .pagemap import read_pagemap as read_pagemap
 
 PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE")
 PAGE_SHIFT: int = PAGE_SIZE.bit_length() - 1
@@ -515,7 +525,7 @@ def pfns_visible(procfs_root: str = "/proc") -> bool:
     return pfns_visible_in_new_page(procfs_root)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pfn_access(procfs_root: str = "/proc") -> bool:
     """Whether this process reads PFNs in pagemap and ``/proc/kpagecount`` (root, CAP_SYS_ADMIN):
     what the PFN mode of the page classification needs. Probed once per ``procfs_root`` and

@@ -22,6 +22,11 @@ worker maps. See docs/measure.md.
 Two modes: ``exclusive-bit`` (any user allowed to read the target's pagemap) and ``pfn`` (root:
 PFNs and ``/proc/kpagecount``, which adds ``shared_with_master_bytes`` and the ``sharers``
 histogram). The master's pagemap is read once per scan and joined with each worker's by address.
+
+This module reads (no numpy at import): each scan reads the tree's processes on a few threads
+(:mod:`cowprof._parallel`), the text files first while its own thread imports the numpy half,
+:mod:`cowprof.classify`; the report model is :mod:`cowprof.pagereport`, the region split
+:mod:`cowprof.regions` (their names are re-exported here).
 """
 from __future__ import annotations
 

@@ -17,10 +17,12 @@
  *          It descends into containers the GC does not track (dicts and tuples of atomic values),
  *          into dict keys (dict_traverse skips str keys) and into code objects (not reachable by
  *          tp_traverse: consts, names, local names, file name, qualname, line/exception tables).
- *          Heap map records go through a small ring of reused chunks to a writer thread that
- *          write()s them to the file descriptor Python opened: the walk touches no fresh memory for
- *          them, and the file is written on another core while the walk goes on. The thread runs no
- *          Python code, blocks all signals, and is joined before walk() returns.
+ *          Heap map records (16 bytes each) go through a small ring of reused chunks to a writer
+ *          thread that encodes them (format 3: address deltas and type/size as varints, ~3-4 bytes
+ *          a record) and write()s them to the file descriptor Python opened: the walk touches no
+ *          fresh memory for them, and the encoding and the file's page cache are done on another
+ *          core while the walk goes on. The thread runs no Python code, blocks all signals, and is
+ *          joined before walk() returns.
  * unfinalized(), call_finalizer(): exit finalization (see cowprof/finalize.py).
  * trim():  malloc_trim(0) where glibc has it.
  * info():  what this build can do, and why not.
@@ -162,16 +164,43 @@ typedef struct {
 } cp_hmrec;
 
 #define CP_HM_CHUNKS 8
-#define CP_HM_CHUNK_BYTES ((size_t)1 << 18) /* 256 KiB: 16384 records; the ring stays in cache */
+#define CP_HM_CHUNK_RECORDS ((size_t)1 << 14) /* 16384 records, 256 KiB a chunk: the ring stays in cache */
+#define CP_HM_CHUNK_BYTES (CP_HM_CHUNK_RECORDS * sizeof(cp_hmrec))
+
+/* Heap map format 3 (cowprof/heapmap.py documents it): the writer thread encodes each chunk of
+ * records as a header <u4 records, <u4 records with their own size, <u4 shift> and three streams of
+ * unsigned values: the zigzag delta of each address from the previous record's, in units of
+ * 1 << shift (the largest power of two that the chunk's addresses and the previous one are all
+ * multiples of); the type index << 1, | 1 when the size is not the first size seen for that type
+ * (returned as heapmap_type_sizes); and those sizes. A stream is <u1 width, <u4 exceptions>, each
+ * value's low `width` bytes, then (<u4 index, <u8 value>) for the values that need more: the width
+ * is the one that makes the stream shortest (patched frame of reference), so a reader decodes it
+ * with a few array operations. Format 2 is the raw records. */
+#define CP_HM3_HEADER 12
+#define CP_HM3_STREAM_HEADER 5
+#define CP_HM3_EXCEPTION 12
+#define CP_HM3_MAX_BYTES (CP_HM3_HEADER + 3 * (CP_HM3_STREAM_HEADER + 8 * CP_HM_CHUNK_RECORDS) + 8)
+#define CP_HM3_NO_SIZE UINT64_MAX
 
 typedef struct {
+    uint64_t prev;          /* address of the previous record */
+    uint64_t *type_size;    /* first size per type index; CP_HM3_NO_SIZE until one is seen */
+    size_t type_size_cap;
+    uint8_t *out;           /* the encoded chunk (CP_HM3_MAX_BYTES) */
+    uint64_t *vals;         /* 3 * CP_HM_CHUNK_RECORDS: the values of the three streams */
+} cp_hmenc;
+typedef struct {
     int fd;
+    int copy_fd;                   /* >= 0: the raw (format 2) records are also written there */
+    int format;                    /* 2 or 3 */
     char *ring;                    /* CP_HM_CHUNKS chunks, reused */
     size_t lens[CP_HM_CHUNKS];     /* bytes handed over per chunk */
     cp_hmrec *pos, *end;           /* the chunk being filled */
     uint64_t ready;                /* chunks handed to the writer so far */
     uint64_t written;              /* chunks the writer is done with */
     uint64_t records;
+    uint64_t bytes;                /* bytes written to fd (writer thread; read after the join) */
+    cp_hmenc enc;                  /* format 3 state, used by the writer thread only */
     int done;                      /* no more chunks will come */
     int err;                       /* first write error (errno), then chunks are dropped */
     int threaded;                  /* 0: the thread could not start, write in the walk */
@@ -194,6 +223,127 @@ static int write_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
+static inline void put_u32le(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static inline void put_u64le(uint8_t *p, uint64_t v) {
+    for (int b = 0; b < 8; b++) p[b] = (uint8_t)(v >> (8 * b));
+}
+
+static int enc_open(cp_hmenc *e) {
+    memset(e, 0, sizeof(*e));
+    e->out = PyMem_RawMalloc(CP_HM3_MAX_BYTES);
+    e->vals = PyMem_RawMalloc(3 * CP_HM_CHUNK_RECORDS * sizeof(uint64_t));
+    return e->out && e->vals ? 0 : -1;
+}
+
+static void enc_close(cp_hmenc *e) {
+    PyMem_RawFree(e->out);
+    PyMem_RawFree(e->vals);
+    PyMem_RawFree(e->type_size);
+    memset(e, 0, sizeof(*e));
+}
+
+/* Room for type index ty in the first-size table (the raw allocator needs no GIL). */
+static int enc_grow(cp_hmenc *e, uint32_t ty) {
+    size_t ncap = e->type_size_cap ? e->type_size_cap : 256;
+    while (ncap <= ty) ncap *= 2;
+    uint64_t *n = PyMem_RawRealloc(e->type_size, ncap * sizeof(uint64_t));
+    if (n == NULL) return -1;
+    for (size_t i = e->type_size_cap; i < ncap; i++) n[i] = CP_HM3_NO_SIZE;
+    e->type_size = n;
+    e->type_size_cap = ncap;
+    return 0;
+}
+
+static inline unsigned byte_len(uint64_t v) {
+    return v ? (unsigned)(71 - __builtin_clzll(v)) / 8 : 1; /* 1..8 */
+}
+
+/* One stream of n values at p; returns its end. The width w minimizes w * n + 12 * exceptions
+ * (the smallest such w); the values that need more than w bytes follow as exceptions. */
+static uint8_t *put_stream(uint8_t *p, const uint64_t *v, size_t n) {
+    size_t count[9] = {0};
+    for (size_t i = 0; i < n; i++) count[byte_len(v[i])]++;
+    size_t best_w = 8, best = 8 * n, above = 0;
+    for (size_t w = 7; w >= 1; w--) {
+        above += count[w + 1]; /* values longer than w bytes */
+        size_t cost = w * n + CP_HM3_EXCEPTION * above;
+        if (cost <= best) {
+            best = cost;
+            best_w = w;
+        }
+    }
+    size_t exceptions = 0;
+    for (size_t l = best_w + 1; l <= 8; l++) exceptions += count[l];
+    p[0] = (uint8_t)best_w;
+    put_u32le(p + 1, (uint32_t)exceptions);
+    p += CP_HM3_STREAM_HEADER;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t b = 0; b < best_w; b++) p[b] = (uint8_t)(v[i] >> (8 * b));
+        p += best_w;
+    }
+    if (exceptions) {
+        for (size_t i = 0; i < n; i++) {
+            if (byte_len(v[i]) > best_w) {
+                put_u32le(p, (uint32_t)i);
+                put_u64le(p + 4, v[i]);
+                p += CP_HM3_EXCEPTION;
+            }
+        }
+    }
+    return p;
+}
+
+/* Encode n (<= CP_HM_CHUNK_RECORDS) records into e->out; returns its length, 0 when out of memory. */
+static size_t enc_chunk(cp_hmenc *e, const cp_hmrec *r, size_t n) {
+    uint64_t any = e->prev;
+    for (size_t i = 0; i < n; i++) any |= r[i].addr;
+    unsigned shift = any ? (unsigned)__builtin_ctzll(any) : 0;
+    uint64_t *a = e->vals, *t = a + CP_HM_CHUNK_RECORDS, *s = t + CP_HM_CHUNK_RECORDS;
+    size_t own_sizes = 0;
+    uint64_t prev = e->prev;
+    for (size_t i = 0; i < n; i++) {
+        int64_t d = (int64_t)(r[i].addr - prev) >> shift; /* exact: both are multiples of 1 << shift */
+        a[i] = ((uint64_t)d << 1) ^ (uint64_t)(d >> 63);
+        prev = r[i].addr;
+        uint32_t ty = r[i].type;
+        if (ty >= e->type_size_cap && enc_grow(e, ty) < 0) return 0;
+        if (e->type_size[ty] == CP_HM3_NO_SIZE) e->type_size[ty] = r[i].size;
+        unsigned own = e->type_size[ty] != r[i].size;
+        t[i] = ((uint64_t)ty << 1) | own;
+        if (own) s[own_sizes++] = r[i].size;
+    }
+    e->prev = prev;
+    put_u32le(e->out, (uint32_t)n);
+    put_u32le(e->out + 4, (uint32_t)own_sizes);
+    put_u32le(e->out + 8, shift);
+    uint8_t *p = put_stream(e->out + CP_HM3_HEADER, a, n);
+    p = put_stream(p, t, n);
+    p = put_stream(p, s, own_sizes);
+    return (size_t)(p - e->out);
+}
+
+/* Write one chunk of raw records (in the format asked for, and raw to the copy); 0 or an errno. */
+static int sink_write(cp_sink *k, const char *chunk, size_t len) {
+    int e = 0;
+    if (k->format == 3) {
+        size_t n = enc_chunk(&k->enc, (const cp_hmrec *)chunk, len / sizeof(cp_hmrec));
+        if (n == 0 && len) return ENOMEM;
+        e = write_all(k->fd, (const char *)k->enc.out, n);
+        k->bytes += n;
+    } else {
+        e = write_all(k->fd, chunk, len);
+        k->bytes += len;
+    }
+    if (!e && k->copy_fd >= 0) e = write_all(k->copy_fd, chunk, len);
+    return e;
+}
+
 static void *sink_thread(void *arg) {
     cp_sink *k = (cp_sink *)arg;
     pthread_mutex_lock(&k->mu);
@@ -204,7 +354,7 @@ static void *sink_thread(void *arg) {
         size_t len = k->lens[i];
         int skip = k->err != 0;
         pthread_mutex_unlock(&k->mu);
-        int e = skip ? 0 : write_all(k->fd, k->ring + i * CP_HM_CHUNK_BYTES, len);
+        int e = skip ? 0 : sink_write(k, k->ring + i * CP_HM_CHUNK_BYTES, len);
         pthread_mutex_lock(&k->mu);
         if (e && !k->err) k->err = e;
         k->written++;
@@ -219,11 +369,18 @@ static void sink_point(cp_sink *k, uint64_t chunk) {
     k->end = (cp_hmrec *)((char *)k->pos + CP_HM_CHUNK_BYTES);
 }
 
-static int sink_open(cp_sink *k, int fd) {
+static int sink_open(cp_sink *k, int fd, int format, int copy_fd) {
     memset(k, 0, sizeof(*k));
     k->fd = fd;
+    k->copy_fd = copy_fd;
+    k->format = format;
     k->ring = PyMem_RawMalloc(CP_HM_CHUNKS * CP_HM_CHUNK_BYTES);
-    if (k->ring == NULL) return -1;
+    if (k->ring == NULL || (format == 3 && enc_open(&k->enc) < 0)) {
+        enc_close(&k->enc);
+        PyMem_RawFree(k->ring);
+        k->ring = NULL;
+        return -1;
+    }
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->cv, NULL);
     /* the thread takes no signal: Python's handlers must run in the main thread */
@@ -241,7 +398,7 @@ static void sink_flush(cp_sink *k) {
     size_t i = (size_t)(k->ready % CP_HM_CHUNKS);
     size_t len = (size_t)((char *)k->pos - (k->ring + i * CP_HM_CHUNK_BYTES));
     if (!k->threaded) {
-        if (!k->err && len) k->err = write_all(k->fd, k->ring + i * CP_HM_CHUNK_BYTES, len);
+        if (!k->err && len) k->err = sink_write(k, k->ring + i * CP_HM_CHUNK_BYTES, len);
         sink_point(k, k->ready);
         return;
     }
@@ -267,10 +424,11 @@ static inline void sink_add(cp_sink *k, const void *addr, Py_ssize_t size, uint3
     k->records++;
 }
 
-/* Flush the rest, stop and join the writer. Returns 0 or the first write error (errno). */
+/* Flush the rest (an empty chunk is not written), stop and join the writer. Returns 0 or the
+ * first write error (errno). The format 3 first-size table stays for the caller (sink_free). */
 static int sink_close(cp_sink *k) {
     if (k->ring == NULL) return 0;
-    sink_flush(k);
+    if (k->pos != (cp_hmrec *)(k->ring + (size_t)(k->ready % CP_HM_CHUNKS) * CP_HM_CHUNK_BYTES)) sink_flush(k);
     if (k->threaded) {
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&k->mu);
@@ -286,6 +444,11 @@ static int sink_close(cp_sink *k) {
     PyMem_RawFree(k->ring);
     k->ring = NULL;
     return k->err;
+}
+
+static void sink_free(cp_sink *k) {
+    (void)sink_close(k);
+    enc_close(&k->enc);
 }
 
 /* ---- per-type facts, computed once per type ----------------------------------------------- */
@@ -706,7 +869,7 @@ static void walk_free(cp_walk *w) {
     PyMem_RawFree(w->seen.slots);
     PyMem_RawFree(w->types);
     PyMem_RawFree(w->type_list);
-    (void)sink_close(&w->hm);
+    sink_free(&w->hm);
     Py_XDECREF(w->object_sizeof);
     Py_XDECREF(w->sizeof_name);
 }
@@ -723,29 +886,38 @@ static void walk_free(cp_walk *w) {
 
 PyDoc_STRVAR(walk_doc,
 "walk(*, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16, hash_strings=True,\n"
-"     tag_types=True, new_only=False) -> dict\n\n"
+"     tag_types=True, new_only=False, heapmap_format=3, heapmap_copy_fd=-1) -> dict\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
 "new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
 "Returns counts (objects, immortalized, already_immortal, left_mortal, with_finalizer, tracked,\n"
 "untracked, bytes, strings_hashed, types_tagged, seconds) and 'finalizable' (list of the objects with\n"
-"a finalizer it left mortal). With heapmap_fd (an open file, written from its current\n"
-"offset) the heap map records <u8 addr, <u4 size, <u4 type index> are written there, and the result\n"
-"has 'heapmap_records' (count), 'heapmap_error' (None or the OSError of a failed write),\n"
-"'heapmap_types' (tuple of types by index) and\n"
-"'heapmap_preheaders' (bytes: pre-header size per type index; a record starts that many bytes\n"
-"before the object).");
+"a finalizer it left mortal). With heapmap_fd (an open file, written from its current offset) the\n"
+"heap map records (address, size, type index) are written there by a writer thread: heapmap_format 3\n"
+"encodes them (chunks of varint streams, see cowprof/heapmap.py), 2 writes them raw as\n"
+"<u8 addr, <u4 size, <u4 type index>; heapmap_copy_fd, when given, also gets them raw. The result\n"
+"has 'heapmap_records' (count), 'heapmap_bytes' (written to heapmap_fd), 'heapmap_format',\n"
+"'heapmap_error' (None or the OSError of a failed write), 'heapmap_wait_seconds' (the walk waiting\n"
+"for the writer), 'heapmap_types' (tuple of types by index), 'heapmap_preheaders' (bytes: pre-header\n"
+"size per type index; a record starts that many bytes before the object) and, in format 3,\n"
+"'heapmap_type_sizes' (<u4 per type index: the size its records have unless they give their own).");
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
-                             "tag_types", "new_only", NULL};
+                             "tag_types", "new_only", "heapmap_format", "heapmap_copy_fd", NULL};
     int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1, new_only = 0;
+    int heapmap_format = 3, copy_fd = -1;
     Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnppp:walk", kwlist, &immortalize, &heapmap_fd,
-                                     &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpppii:walk", kwlist, &immortalize, &heapmap_fd,
+                                     &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only,
+                                     &heapmap_format, &copy_fd))
         return NULL;
     int heapmap = heapmap_fd >= 0;
+    if (heapmap_format != 2 && heapmap_format != 3) {
+        PyErr_SetString(PyExc_ValueError, "heapmap_format must be 2 or 3");
+        return NULL;
+    }
     if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
         PyErr_SetString(PyExc_ValueError, "implausible pre-header sizes");
         return NULL;
@@ -773,7 +945,7 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "object.__sizeof__ not found");
         goto error;
     }
-    if (heapmap && sink_open(&w.hm, heapmap_fd) < 0) {
+    if (heapmap && sink_open(&w.hm, heapmap_fd, heapmap_format, copy_fd) < 0) {
         PyErr_NoMemory();
         goto error;
     }
@@ -818,6 +990,8 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     }
     if (heapmap) {
         SET_U64(result, "heapmap_records", w.hm.records);
+        SET_U64(result, "heapmap_bytes", w.hm.bytes);
+        SET_U64(result, "heapmap_format", heapmap_format);
         {
             PyObject *s = PyFloat_FromDouble(w.hm.waited);
             if (s == NULL || PyDict_SetItemString(result, "heapmap_wait_seconds", s) < 0) {
@@ -854,6 +1028,18 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         rc = PyDict_SetItemString(result, "heapmap_preheaders", pre);
         Py_DECREF(pre);
         if (rc < 0) goto error;
+        if (heapmap_format == 3) {
+            /* per type: the size of its records that carry none (the first one the writer saw) */
+            PyObject *sizes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * w.types_len));
+            if (sizes == NULL) goto error;
+            for (size_t i = 0; i < w.types_len; i++) {
+                uint64_t v = i < w.hm.enc.type_size_cap ? w.hm.enc.type_size[i] : CP_HM3_NO_SIZE;
+                put_u32le((uint8_t *)PyBytes_AS_STRING(sizes) + 4 * i, v == CP_HM3_NO_SIZE ? 0 : (uint32_t)v);
+            }
+            rc = PyDict_SetItemString(result, "heapmap_type_sizes", sizes);
+            Py_DECREF(sizes);
+            if (rc < 0) goto error;
+        }
     }
     walk_free(&w);
     return result;

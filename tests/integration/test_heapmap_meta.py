@@ -36,13 +36,14 @@ def saved(tree, tmp_path, monkeypatch):
 
 def _rewrite_meta(path: str, edit) -> None:
     raw = open(path, "rb").read()
-    magic, version, meta_len, n, offset = heapmap.HEADER.unpack(raw[:heapmap.HEADER.size])
-    meta = raw[offset + n * heapmap.RECORD_SIZE:]
-    new = edit(json.loads(meta))
+    head = heapmap.parse_header(raw)
+    end = head.offset + head.records_bytes
+    new = edit(json.loads(raw[end:]))
     new_meta = (new if isinstance(new, str) else json.dumps(new)).encode()
     with open(path, "wb") as f:
-        f.write(heapmap.HEADER.pack(magic, version, len(new_meta), n, offset))
-        f.write(raw[heapmap.HEADER.size: offset + n * heapmap.RECORD_SIZE])
+        f.write(heapmap.HEADER_V3.pack(heapmap.MAGIC, head.version, len(new_meta), head.records, head.offset,
+                                       head.records_bytes))
+        f.write(raw[heapmap.HEADER_V3.size:end])
         f.write(new_meta)
 
 

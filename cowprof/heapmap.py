@@ -310,6 +310,20 @@ DEFAULT_LAYOUT: dict[str, Any] = {"refcount_offset": 0, "refcount_size": 8, "str
 _LAYOUT_INTS = ("refcount_offset", "refcount_size", "str_hash_offset", "gc_head", "block_align")
 
 
+def preheader_sizes() -> tuple[int, int]:
+    """(GC header size, managed dict/weakref pre-header size) of this interpreter, measured, not assumed."""
+    import sys
+
+    gc_head = sys.getsizeof([]) - [].__sizeof__()
+
+    class _Probe:
+        pass
+
+    probe = _Probe()
+    managed = sys.getsizeof(probe) - probe.__sizeof__() - gc_head
+    return max(gc_head, 0), max(managed, 0)
+
+
 def object_layout(gc_head: int, managed_preheader: int) -> dict[str, Any]:
     """The object layout of this interpreter that attribution needs to classify a changed word: the
     refcount word (on 3.14+ it also holds ob_overflow and ob_flags), the cached hash of a str, the GC
@@ -871,9 +885,7 @@ def record(directory: str | None = None) -> str | None:
         return None
     if not hasattr(_native, "walk"):
         return None
-    from cowprof.prepare import _preheader_sizes
-
-    gc_head, managed = _preheader_sizes()
+    gc_head, managed = preheader_sizes()
     try:
         seg = Segment(os.getpid(), directory)
     except (OSError, BadInput):

@@ -155,18 +155,6 @@ def immortalize_unavailable() -> str | None:
     return None
 
 
-def _preheader_sizes() -> tuple[int, int]:
-    """(GC header size, managed dict/weakref pre-header size), measured, not assumed."""
-    gc_head = sys.getsizeof([]) - [].__sizeof__()
-
-    class _Probe:
-        pass
-
-    probe = _Probe()
-    managed = sys.getsizeof(probe) - probe.__sizeof__() - gc_head
-    return max(gc_head, 0), max(managed, 0)
-
-
 def _warn_once(message: str) -> None:
     if not _state["warned"]:
         _state["warned"] = True
@@ -205,11 +193,8 @@ def prepare_fork(
     full_walk = True
     heapmap_path = None
     record = bool(heapmap) and _native is not None and hasattr(_native, "walk")
-    if record:
-        try:  # imported before the walk, so its own objects are prepared too (it does not load numpy)
-            from cowprof import heapmap as _heapmap_module  # noqa: F401
-        except ImportError:
-            record = False
+    # imported before the walk, so its own objects are prepared too (it does not load numpy)
+    from cowprof import heapmap as _heapmap_module
     if immortalize and not skipped:
         from cowprof import finalize as _finalize  # before the walk too
     if skipped:
@@ -223,7 +208,7 @@ def prepare_fork(
             # Everything frozen was walked by our previous call; only newer objects are walked.
             # (Objects someone else froze between two calls are not: documented.)
             full_walk = False
-        gc_head, managed = _preheader_sizes()
+        gc_head, managed = _heapmap_module.preheader_sizes()
         kwargs = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head, managed_preheader=managed,
                       new_only=not full_walk)
         segment = _heapmap_segment(heapmap, full_walk) if record else None

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-lead", type=float, default=20.0, help="seconds of load before the exporter starts")
     args = ap.parse_args(argv)
 
-    from cowprof.demo import free_port
+    from demo.run import free_port
 
     port = free_port()
     server, master = start_sample_app(args.workers, None, port)

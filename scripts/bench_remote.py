@@ -20,13 +20,14 @@ import tempfile
 import time
 from dataclasses import replace
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the demo package
 os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-bench-heapmaps-"))
 
 from cowprof import attribution, functions  # noqa: E402
-from cowprof.demo import DemoConfig, run_mode, sample_request_paths  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
 from cowprof.remote import heapmap_from_memory  # noqa: E402
 from cowprof.remote.target import Memory  # noqa: E402
+from demo.run import DemoConfig, run_mode, sample_request_paths  # noqa: E402
 
 MIB = 1 << 20
 

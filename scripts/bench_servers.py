@@ -41,8 +41,8 @@ os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-be
 
 from prefork_servers import ALL_CELLS, MB, MODES, Cell, ModeRun, make_databases, run_cell  # noqa: E402
 
-from cowprof.demo import collect_attribution  # noqa: E402
 from cowprof.errors import CowprofError  # noqa: E402
+from demo.run import collect_attribution  # noqa: E402
 
 TARGET_PCT_OF_MASTER = 1.0
 TARGET_OF_BASELINE = 1 / 5

@@ -49,7 +49,7 @@ LOAD = r"""
 import sys
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/sample_app"]
 from traffic import request_paths
-from cowprof.loadgen import run_load
+from demo.loadgen import run_load
 r = run_load("127.0.0.1", int(sys.argv[2]), request_paths(2_000_000), concurrency=int(sys.argv[3]),
              deadline=float(sys.argv[4]))
 print(f"load: {r.sent} requests, {r.rps:.0f} req/s, {r.errors} errors")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     forktree = None
     load = None
     if args.tree == "sample":
-        from cowprof.demo import free_port
+        from demo.run import free_port
 
         port = free_port()
         server, master = start_sample_app(args.workers, args.sample_mb, port)

@@ -32,16 +32,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]  # test helpers, the demo package
 os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-bench-heapmaps-"))
 
 from djangoproj import make_project  # noqa: E402
 from gunicorn_server import GunicornServer  # noqa: E402
 
 from cowprof import attribution, procfs  # noqa: E402
-from cowprof.demo import tree_cpu_seconds  # noqa: E402
-from cowprof.loadgen import merge_results, run_load  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
+from demo.loadgen import merge_results, run_load  # noqa: E402
+from demo.run import tree_cpu_seconds  # noqa: E402
 
 MIB = 1 << 20
 HAND_PATHS = "/admin/login/,/admin/,/nothing-here/"

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from cowprof.demo import free_port, stop_master
+from demo.run import free_port, stop_master
 from cowprof.errors import CowprofError
 from cowprof.tree import Tree, find_tree
 

@@ -34,7 +34,7 @@ from typing import Any
 from forktree import stop_master
 
 from cowprof import procfs
-from cowprof.demo import free_port, split_batches, tree_cpu_seconds
+from demo.run import free_port, split_batches, tree_cpu_seconds
 from cowprof.errors import CowprofError
 from cowprof.pages import PageReport, scan
 from cowprof.tree import Tree, find_tree
@@ -395,7 +395,7 @@ class ServerProcess:
             line = self._read_line(time.monotonic() + deadline)
             ok = int(line.split()[1]) if line.startswith("DONE ") else 0
             return ok, None if ok == len(items) else line
-        from cowprof.loadgen import run_load
+        from demo.loadgen import run_load
 
         result = run_load("127.0.0.1", self.port, list(items), concurrency=concurrency, deadline=deadline)
         return result.ok, result.first_error or (None if result.ok == len(items) else f"status {result.status}")

@@ -21,7 +21,7 @@ import pytest
 
 from pyrun import TESTS_DIR, run_json, run_script_json
 
-from cowprof.demo import QUICK, GunicornProcess, ModeSpec, free_port
+from demo.run import QUICK, GunicornProcess, ModeSpec, free_port
 from cowprof.prepare import immortalize_unavailable
 
 NO_IMMORTAL = immortalize_unavailable()

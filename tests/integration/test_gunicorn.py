@@ -1,6 +1,6 @@
 """Real gunicorn with the sample app: cowprof's hook against baseline, and the hook's behaviour.
 
-Uses the demo's own code path (``cowprof.demo.run_mode``) with a small heap, 2 workers and a few
+Uses the demo's own code path (``demo.run.run_mode``) with a small heap, 2 workers and a few
 thousand requests on a free 127.0.0.1 port; every gunicorn started here is stopped by PID
 (SIGTERM to its master, then any worker left) in a ``finally``.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cowprof.demo import (QUICK, GunicornProcess, ModeSpec, build_table, check_targets, free_port, main,
+from demo.run import (QUICK, GunicornProcess, ModeSpec, build_table, check_targets, free_port, main,
                           run_mode, sample_request_paths)
 from cowprof.prepare import immortalize_unavailable
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cowprof.cli import main as cli_main
-from cowprof.loadgen import run_load
+from demo.loadgen import run_load
 from cowprof.pages import scan
 from cowprof.prepare import immortalize_unavailable
 from cowprof.preload import late_imports

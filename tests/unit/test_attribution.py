@@ -133,9 +133,8 @@ def test_object_layout_facts_hold_in_this_interpreter():
     """The layout a map records (from the native module's headers and measurements), read back with
     ctypes from live objects of this interpreter."""
     from cowprof import _native, heapmap
-    from cowprof.prepare import _preheader_sizes
-
-    lay = heapmap.object_layout(*_preheader_sizes())
+    
+    lay = heapmap.object_layout(*heapmap.preheader_sizes())
     s = "attribution-%d" % os.getpid()
     h = hash(s)
     assert ctypes.c_ssize_t.from_address(id(s) + lay["str_hash_offset"]).value == h
@@ -170,8 +169,7 @@ def test_immortalizing_writes_only_the_refcount_word():
     out = subprocess.run([sys.executable, "-c", """
 import ctypes, json, sys
 from cowprof import _native, heapmap
-from cowprof.prepare import _preheader_sizes
-lay = heapmap.object_layout(*_preheader_sizes())
+lay = heapmap.object_layout(*heapmap.preheader_sizes())
 obj = [float(i) + 0.5 for i in range(3)]
 x = obj[1]
 before = ctypes.string_at(id(x), sys.getsizeof(x))

@@ -1,4 +1,4 @@
-"""cowprof.loadgen against small in-process HTTP servers on 127.0.0.1 (port 0)."""
+"""demo.loadgen against small in-process HTTP servers on 127.0.0.1 (port 0)."""
 from __future__ import annotations
 
 import socket
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cowprof.errors import BadInput
-from cowprof.loadgen import check_loopback, merge_results, run_load
+from demo.loadgen import check_loopback, merge_results, run_load
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -54,9 +54,9 @@ def test_offsets_match_this_interpreter():
     keys = _word(id(d) + LAY.ma_keys)
     assert keys and _word(id(d) + LAY.ma_values) == 0
     assert ctypes.c_ssize_t.from_address(keys + LAY.dk_nentries).value == 1
-    from cowprof.prepare import _preheader_sizes
+    from cowprof.heapmap import preheader_sizes
 
-    assert _preheader_sizes() == (LAY.gc_head, LAY.managed_preheader)
+    assert preheader_sizes() == (LAY.gc_head, LAY.managed_preheader)
 
 
 def test_this_process_is_found_verified_and_read():

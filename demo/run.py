@@ -2,7 +2,7 @@
 
 Each mode gets its own fresh gunicorn master, started as a subprocess (127.0.0.1, a free port, sync
 workers); the servers run side by side and each is sent the same list of requests
-(:mod:`cowprof.loadgen`, paths from :mod:`sample_app.traffic`) in interleaved batches, so that other
+(:mod:`demo.loadgen`, paths from :mod:`sample_app.traffic`) in interleaved batches, so that other
 activity on the machine affects every mode alike. Then the pages of each master and its still-running
 workers are classified (:func:`cowprof.pages.scan`) and every gunicorn is stopped (SIGTERM to the
 master it started). Modes:
@@ -45,7 +45,7 @@ import psutil
 
 from cowprof import procfs
 from cowprof.errors import BadInput, CowprofError, ProcessGone
-from cowprof.loadgen import LoadResult, merge_results, run_load
+from demo.loadgen import LoadResult, merge_results, run_load
 from cowprof.pages import PageReport, scan
 from cowprof.tree import Tree, find_tree
 

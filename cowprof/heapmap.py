@@ -13,13 +13,14 @@ in the order the walk produced them (``read`` sorts), then the metadata as UTF-8
 start_ticks, boot_id, created_at, seq, type_names, type_preheader, layout; type_size in version 3).
 A file whose size is not exactly what its header says is truncated and rejected.
 
-* Version 3 (written since issue 17; ~4 bytes a record instead of 16): chunks of at most 16,384
-  records, each a 12-byte header ``<III`` (records, records with their own size, shift) and three
-  streams of unsigned values: the zigzag-encoded delta of each record's address from the previous
-  record's (across chunks; the first from 0) in units of ``1 << shift`` (the chunk's addresses and
-  the previous one are all multiples of it); ``type index << 1 | own``, where ``own`` says the
-  record's size differs from ``type_size[type]`` (the metadata's list, per type index: the size of
-  the first record of that type); and the sizes of those records. A stream (patched frame of
+* Version 3 (written since issue 17; 3-4 bytes a record instead of 16): chunks of at most 16,384
+  records, each a 16-byte header ``<IIII`` (records, records with their own size, shift, types) and
+  four streams of unsigned values: the zigzag-encoded delta of each record's address from the
+  previous record's (across chunks; the first from 0) in units of ``1 << shift`` (the chunk's
+  addresses and the previous one are all multiples of it); the chunk's types (type indexes, in order
+  of first appearance); each record's type as ``position in that list << 1 | own``, where ``own``
+  says the record's size differs from ``type_size[type]`` (the metadata's list, per type index: the
+  size of the first record of that type); and the sizes of those records. A stream (patched frame of
   reference) is ``<BI`` (width, exceptions), each value's low ``width`` bytes, then ``<IQ`` (index,
   value) for each value that needs more; the writer picks the width that makes the stream shortest.
   Decoded with numpy, a few array operations per chunk.
@@ -72,7 +73,7 @@ HEADER = struct.Struct("<8sIIQQ")  # magic, version, metadata length, records, r
 HEADER_V3 = struct.Struct("<8sIIQQQ")  # ... and the records' length in bytes
 RECORD_SIZE = 16  # version 2: <u8 address, <u4 size, <u4 type index
 _RECORD_FIELDS = [("addr", "<u8"), ("size", "<u4"), ("type", "<u4")]
-CHUNK = struct.Struct("<III")  # version 3: records, records with their own size, address shift
+CHUNK = struct.Struct("<IIII")  # version 3: records, records with their own size, address shift, types
 STREAM = struct.Struct("<BI")  # version 3: width in bytes, exceptions
 _EXCEPTION = [("index", "<u4"), ("value", "<u8")]
 CHUNK_RECORDS = 1 << 14  # records per chunk, as the native writer thread makes them
@@ -357,7 +358,7 @@ def _meta(pid: int, seq: int, type_names: list[str], type_preheader: list[int], 
         "boot_id": _boot_id() if boot_id is None else boot_id,
         "created_at": time.time() if created_at is None else created_at,
         "seq": seq, "type_names": type_names, "type_preheader": type_preheader,
-        "record": ("chunks of <u4 records, own sizes, shift> + 3 streams (address delta, type, size)"
+        "record": ("chunks of <u4 records, own sizes, shift, types> + streams (address delta, types, type, size)"
                    if format_version == 3 else "addr <u8, size <u4, type <u4"),
     }
     if format_version == 3:
@@ -528,8 +529,12 @@ def encode_v3(addr: np.ndarray, size: np.ndarray, typ: np.ndarray,
         d = (a - prevs).view(np.int64) >> np.int64(shift)
         zz = (d.view(np.uint64) << np.uint64(1)) ^ (d >> np.int64(63)).view(np.uint64)
         o = own[c0:c0 + chunk_records]
-        parts += [CHUNK.pack(a.size, int(o.sum()), shift), _stream_bytes(zz),
-                  _stream_bytes((typ[c0:c0 + chunk_records].astype(np.uint64) << np.uint64(1)) | o),
+        kinds, first_at, inverse = np.unique(typ[c0:c0 + chunk_records], return_index=True, return_inverse=True)
+        order = np.argsort(first_at)  # the chunk's types in order of first appearance
+        position = np.empty(order.size, dtype=np.uint64)
+        position[order] = np.arange(order.size, dtype=np.uint64)
+        parts += [CHUNK.pack(a.size, int(o.sum()), shift, kinds.size), _stream_bytes(zz),
+                  _stream_bytes(kinds[order]), _stream_bytes((position[inverse.ravel()] << np.uint64(1)) | o),
                   _stream_bytes(size[c0:c0 + chunk_records][o])]
         prev = a[-1]
     return parts, [int(x) for x in type_size]
@@ -778,11 +783,17 @@ def _decode_v3(data: np.ndarray, n: int, type_size: np.ndarray, n_types: int) ->
     while pos < total:
         if pos + CHUNK.size > total:
             raise ValueError("a chunk header is cut short")
-        cn, n_own, shift = CHUNK.unpack_from(data.data, pos)
-        if cn == 0 or done + cn > n or n_own > cn or shift > 63:
+        cn, n_own, shift, n_kinds = CHUNK.unpack_from(data.data, pos)
+        if cn == 0 or done + cn > n or n_own > cn or shift > 63 or not 1 <= n_kinds <= cn:
             raise ValueError("a chunk does not add up")
         pos = _read_stream(data, pos + CHUNK.size, cn, zz[done:done + cn])
+        kinds = np.empty(n_kinds, dtype=np.uint64)
+        pos = _read_stream(data, pos, n_kinds, kinds)
         pos = _read_stream(data, pos, cn, tv[done:done + cn])
+        position = tv[done:done + cn] >> np.uint64(1)
+        if int(position.max()) >= n_kinds:
+            raise ValueError("a record's type is not among its chunk's")
+        tv[done:done + cn] = (kinds[position] << np.uint64(1)) | (tv[done:done + cn] & np.uint64(1))
         own_sizes = np.empty(n_own, dtype=np.uint64)
         pos = _read_stream(data, pos, n_own, own_sizes)
         sizes.append(own_sizes)

@@ -92,11 +92,13 @@ static inline void cp_set_immortal(PyObject *op) {
  * hashed by a server and cost one page each if they are). */
 #define CP_HASH_MAX_LEN (1 << 20)
 
-static double now_seconds(void) {
+static double clock_seconds(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+static double now_seconds(void) { return clock_seconds(CLOCK_MONOTONIC); }
 
 /* ---- explicit stack ---------------------------------------------------------------------- */
 typedef struct {
@@ -168,27 +170,36 @@ typedef struct {
 #define CP_HM_CHUNK_BYTES (CP_HM_CHUNK_RECORDS * sizeof(cp_hmrec))
 
 /* Heap map format 3 (cowprof/heapmap.py documents it): the writer thread encodes each chunk of
- * records as a header <u4 records, <u4 records with their own size, <u4 shift> and three streams of
- * unsigned values: the zigzag delta of each address from the previous record's, in units of
- * 1 << shift (the largest power of two that the chunk's addresses and the previous one are all
- * multiples of); the type index << 1, | 1 when the size is not the first size seen for that type
+ * records as a header <u4 records, <u4 records with their own size, <u4 shift, <u4 types> and four
+ * streams of unsigned values: the zigzag delta of each address from the previous record's, in units
+ * of 1 << shift (the largest power of two that the chunk's addresses and the previous one are all
+ * multiples of); the chunk's types (their indexes, in order of first appearance); each record's type
+ * as a position in that list << 1, | 1 when its size is not the first size seen for that type
  * (returned as heapmap_type_sizes); and those sizes. A stream is <u1 width, <u4 exceptions>, each
  * value's low `width` bytes, then (<u4 index, <u8 value>) for the values that need more: the width
  * is the one that makes the stream shortest (patched frame of reference), so a reader decodes it
  * with a few array operations. Format 2 is the raw records. */
-#define CP_HM3_HEADER 12
+#define CP_HM3_HEADER 16
 #define CP_HM3_STREAM_HEADER 5
 #define CP_HM3_EXCEPTION 12
-#define CP_HM3_MAX_BYTES (CP_HM3_HEADER + 3 * (CP_HM3_STREAM_HEADER + 8 * CP_HM_CHUNK_RECORDS) + 8)
+#define CP_HM3_MAX_BYTES (CP_HM3_HEADER + 4 * (CP_HM3_STREAM_HEADER + 8 * CP_HM_CHUNK_RECORDS) + 8)
 #define CP_HM3_NO_SIZE UINT64_MAX
 
 typedef struct {
+    uint64_t first_size;    /* size of the first record of this type; CP_HM3_NO_SIZE until seen */
+    uint64_t chunk;         /* the last chunk it appeared in (chunks count from 1) ... */
+    uint64_t local;         /* ... and its position in that chunk's list of types */
+} cp_hmtype;
+
+typedef struct {
     uint64_t prev;          /* address of the previous record */
-    uint64_t *type_size;    /* first size per type index; CP_HM3_NO_SIZE until one is seen */
-    size_t type_size_cap;
+    uint64_t chunks;        /* chunks encoded */
+    cp_hmtype *types;       /* per type index */
+    size_t types_cap;
     uint8_t *out;           /* the encoded chunk (CP_HM3_MAX_BYTES) */
-    uint64_t *vals;         /* 3 * CP_HM_CHUNK_RECORDS: the values of the three streams */
+    uint64_t *vals;         /* 4 * CP_HM_CHUNK_RECORDS: the values of the four streams */
 } cp_hmenc;
+
 typedef struct {
     int fd;
     int copy_fd;                   /* >= 0: the raw (format 2) records are also written there */
@@ -205,6 +216,7 @@ typedef struct {
     int err;                       /* first write error (errno), then chunks are dropped */
     int threaded;                  /* 0: the thread could not start, write in the walk */
     double waited;                 /* seconds the walk waited for a free chunk */
+    double writer_cpu;             /* CPU seconds of the writer thread (set as it exits) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -237,26 +249,26 @@ static inline void put_u64le(uint8_t *p, uint64_t v) {
 static int enc_open(cp_hmenc *e) {
     memset(e, 0, sizeof(*e));
     e->out = PyMem_RawMalloc(CP_HM3_MAX_BYTES);
-    e->vals = PyMem_RawMalloc(3 * CP_HM_CHUNK_RECORDS * sizeof(uint64_t));
+    e->vals = PyMem_RawMalloc(4 * CP_HM_CHUNK_RECORDS * sizeof(uint64_t));
     return e->out && e->vals ? 0 : -1;
 }
 
 static void enc_close(cp_hmenc *e) {
     PyMem_RawFree(e->out);
     PyMem_RawFree(e->vals);
-    PyMem_RawFree(e->type_size);
+    PyMem_RawFree(e->types);
     memset(e, 0, sizeof(*e));
 }
 
-/* Room for type index ty in the first-size table (the raw allocator needs no GIL). */
+/* Room for type index ty in the per-type table (the raw allocator needs no GIL). */
 static int enc_grow(cp_hmenc *e, uint32_t ty) {
-    size_t ncap = e->type_size_cap ? e->type_size_cap : 256;
+    size_t ncap = e->types_cap ? e->types_cap : 256;
     while (ncap <= ty) ncap *= 2;
-    uint64_t *n = PyMem_RawRealloc(e->type_size, ncap * sizeof(uint64_t));
+    cp_hmtype *n = PyMem_RawRealloc(e->types, ncap * sizeof(cp_hmtype));
     if (n == NULL) return -1;
-    for (size_t i = e->type_size_cap; i < ncap; i++) n[i] = CP_HM3_NO_SIZE;
-    e->type_size = n;
-    e->type_size_cap = ncap;
+    for (size_t i = e->types_cap; i < ncap; i++) n[i] = (cp_hmtype){CP_HM3_NO_SIZE, 0, 0};
+    e->types = n;
+    e->types_cap = ncap;
     return 0;
 }
 
@@ -264,8 +276,9 @@ static inline unsigned byte_len(uint64_t v) {
     return v ? (unsigned)(71 - __builtin_clzll(v)) / 8 : 1; /* 1..8 */
 }
 
-/* One stream of n values at p; returns its end. The width w minimizes w * n + 12 * exceptions
- * (the smallest such w); the values that need more than w bytes follow as exceptions. */
+/* One stream of n values at p; returns its end (and may write up to 8 bytes past it). The width w
+ * minimizes w * n + 12 * exceptions (the smallest such w); the values that need more than w bytes
+ * follow as exceptions. */
 static uint8_t *put_stream(uint8_t *p, const uint64_t *v, size_t n) {
     size_t count[9] = {0};
     for (size_t i = 0; i < n; i++) count[byte_len(v[i])]++;
@@ -284,7 +297,11 @@ static uint8_t *put_stream(uint8_t *p, const uint64_t *v, size_t n) {
     put_u32le(p + 1, (uint32_t)exceptions);
     p += CP_HM3_STREAM_HEADER;
     for (size_t i = 0; i < n; i++) {
+#if PY_LITTLE_ENDIAN
+        memcpy(p, &v[i], 8); /* the low best_w bytes count; the rest is overwritten next */
+#else
         for (size_t b = 0; b < best_w; b++) p[b] = (uint8_t)(v[i] >> (8 * b));
+#endif
         p += best_w;
     }
     if (exceptions) {
@@ -304,25 +321,33 @@ static size_t enc_chunk(cp_hmenc *e, const cp_hmrec *r, size_t n) {
     uint64_t any = e->prev;
     for (size_t i = 0; i < n; i++) any |= r[i].addr;
     unsigned shift = any ? (unsigned)__builtin_ctzll(any) : 0;
-    uint64_t *a = e->vals, *t = a + CP_HM_CHUNK_RECORDS, *s = t + CP_HM_CHUNK_RECORDS;
-    size_t own_sizes = 0;
-    uint64_t prev = e->prev;
+    uint64_t *a = e->vals, *k = a + CP_HM_CHUNK_RECORDS, *t = k + CP_HM_CHUNK_RECORDS, *s = t + CP_HM_CHUNK_RECORDS;
+    size_t own_sizes = 0, n_types = 0;
+    uint64_t prev = e->prev, chunk = ++e->chunks;
     for (size_t i = 0; i < n; i++) {
         int64_t d = (int64_t)(r[i].addr - prev) >> shift; /* exact: both are multiples of 1 << shift */
         a[i] = ((uint64_t)d << 1) ^ (uint64_t)(d >> 63);
         prev = r[i].addr;
         uint32_t ty = r[i].type;
-        if (ty >= e->type_size_cap && enc_grow(e, ty) < 0) return 0;
-        if (e->type_size[ty] == CP_HM3_NO_SIZE) e->type_size[ty] = r[i].size;
-        unsigned own = e->type_size[ty] != r[i].size;
-        t[i] = ((uint64_t)ty << 1) | own;
+        if (ty >= e->types_cap && enc_grow(e, ty) < 0) return 0;
+        cp_hmtype *info = &e->types[ty];
+        if (info->first_size == CP_HM3_NO_SIZE) info->first_size = r[i].size;
+        if (info->chunk != chunk) {
+            info->chunk = chunk;
+            info->local = n_types;
+            k[n_types++] = ty;
+        }
+        unsigned own = info->first_size != r[i].size;
+        t[i] = (info->local << 1) | own;
         if (own) s[own_sizes++] = r[i].size;
     }
     e->prev = prev;
     put_u32le(e->out, (uint32_t)n);
     put_u32le(e->out + 4, (uint32_t)own_sizes);
     put_u32le(e->out + 8, shift);
+    put_u32le(e->out + 12, (uint32_t)n_types);
     uint8_t *p = put_stream(e->out + CP_HM3_HEADER, a, n);
+    p = put_stream(p, k, n_types);
     p = put_stream(p, t, n);
     p = put_stream(p, s, own_sizes);
     return (size_t)(p - e->out);
@@ -360,6 +385,7 @@ static void *sink_thread(void *arg) {
         k->written++;
         pthread_cond_broadcast(&k->cv);
     }
+    k->writer_cpu = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
     pthread_mutex_unlock(&k->mu);
     return NULL;
 }
@@ -452,12 +478,20 @@ static void sink_free(cp_sink *k) {
 }
 
 /* ---- per-type facts, computed once per type ----------------------------------------------- */
-enum { SZ_CONST, SZ_VAR, SZ_STR, SZ_CALL };
+enum { SZ_CONST, SZ_VAR, SZ_STR, SZ_LONG, SZ_DICT, SZ_CALL };
+
+/* dict.__sizeof__ is _PyDict_SizeOf: declared in 3.12's public headers, exported but declared only in
+ * the internal pycore_dict.h in 3.13-3.15. Calling it directly spares the walk a Python-level call
+ * (and a new int) per dict; other versions call __sizeof__. */
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x03100000
+PyAPI_FUNC(Py_ssize_t) _PyDict_SizeOf(PyDictObject *);
+#endif
+#define CP_DICT_SIZEOF (PY_VERSION_HEX < 0x03100000)
 
 typedef struct {
     PyTypeObject *tp;     /* key; NULL = empty slot */
     PyObject *sizeof_fn;  /* borrowed: the first C-level __sizeof__ along the MRO */
-    Py_ssize_t const_size; /* for SZ_CONST, -1 until measured */
+    Py_ssize_t const_size; /* for SZ_CONST (and compact ints: SZ_LONG), -1 until measured */
     uint32_t id;          /* index in the heap map's type table */
     uint8_t mode;
     uint8_t preheader;    /* GC header + managed dict/weakref slots before the object */
@@ -475,6 +509,8 @@ static inline int cp_has_finalizer(PyTypeObject *tp) {
     return tp->tp_finalize != NULL || tp->tp_del != NULL;
 }
 
+#define CP_TYPE_CACHE 256
+
 typedef struct {
     int immortalize;
     int new_only;             /* a repeat walk: skip tracked objects that are already immortal */
@@ -490,6 +526,7 @@ typedef struct {
     int holds_finalizable;    /* ... and one of them is a mortal object with a finalizer */
     cp_typeinfo *types;
     size_t types_cap, types_len;
+    struct { PyTypeObject *tp; cp_typeinfo *ti; } type_cache[CP_TYPE_CACHE]; /* direct-mapped, before the table */
     PyTypeObject **type_list; /* by id */
     size_t type_list_cap;
     cp_sink hm;               /* heap map records, when record is set */
@@ -524,8 +561,13 @@ static PyObject *first_c_sizeof(cp_walk *w, PyTypeObject *tp) {
     return w->object_sizeof;
 }
 
+static inline size_t type_slot(PyTypeObject *tp) { return ((uintptr_t)tp >> 6) & (CP_TYPE_CACHE - 1); }
+
 static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
+    size_t slot = type_slot(tp);
+    if (w->type_cache[slot].tp == tp) return w->type_cache[slot].ti;
     if ((w->types_len + 1) * 2 > w->types_cap) {
+        memset(w->type_cache, 0, sizeof(w->type_cache)); /* the entries move */
         size_t ncap = w->types_cap ? w->types_cap * 2 : 1024;
         cp_typeinfo *n = PyMem_RawCalloc(ncap, sizeof(cp_typeinfo));
         if (n == NULL) return NULL;
@@ -542,7 +584,11 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
     }
     size_t j = ptr_hash((uintptr_t)tp) & (w->types_cap - 1);
     while (w->types[j].tp) {
-        if (w->types[j].tp == tp) return &w->types[j];
+        if (w->types[j].tp == tp) {
+            w->type_cache[slot].tp = tp;
+            w->type_cache[slot].ti = &w->types[j];
+            return &w->types[j];
+        }
         j = (j + 1) & (w->types_cap - 1);
     }
     /* new type */
@@ -576,6 +622,10 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
 #endif
     if (tp == &PyUnicode_Type) {
         ti->mode = SZ_STR;
+    } else if (tp == &PyLong_Type) {
+        ti->mode = SZ_LONG;
+    } else if (CP_DICT_SIZEOF && tp == &PyDict_Type) {
+        ti->mode = SZ_DICT;
     } else if (tp == &PyTuple_Type || tp == &PyBytes_Type) {
         ti->mode = SZ_VAR; /* their __sizeof__ is basicsize + itemsize * size */
     } else if (ti->sizeof_fn == w->object_sizeof) {
@@ -623,6 +673,16 @@ static Py_ssize_t object_size(cp_typeinfo *ti, PyObject *op) {
         if (PyUnicode_IS_COMPACT_ASCII(op))
             return (Py_ssize_t)sizeof(PyASCIIObject) + PyUnicode_GET_LENGTH(op) + 1;
         return call_sizeof(ti, op);
+    case SZ_LONG:
+        /* an int of one digit (the small ints of 0 digits are static, never visited): all of one
+         * size, measured once; calling __sizeof__ for each (it returns a new int) was ~10% of a walk */
+        if (!PyUnstable_Long_IsCompact((PyLongObject *)op)) return call_sizeof(ti, op);
+        if (ti->const_size < 0) ti->const_size = call_sizeof(ti, op);
+        return ti->const_size;
+#if CP_DICT_SIZEOF
+    case SZ_DICT:
+        return _PyDict_SizeOf((PyDictObject *)op);
+#endif
     default:
         return call_sizeof(ti, op);
     }
@@ -638,7 +698,8 @@ static inline int hm_add(cp_walk *w, const void *addr, Py_ssize_t size, uint32_t
 static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
     PyTypeObject *tp = ti->tp;
     Py_ssize_t block = size;
-    if (ti->mode == SZ_CALL && !PyLong_Check(op)) {
+    if ((ti->mode == SZ_CALL && !PyLong_Check(op)) || ti->mode == SZ_DICT) {
+        /* __sizeof__ counts separately allocated parts too: the object's own block is its layout */
         block = tp->tp_itemsize ? var_size(tp, op) : tp->tp_basicsize;
     }
     if (hm_add(w, (char *)op - ti->preheader, block + ti->preheader, ti->id) < 0) return -1;
@@ -763,7 +824,7 @@ static int visit_edge(PyObject *op, void *arg) {
     cp_walk *w = (cp_walk *)arg;
     if (op == NULL) return 0;
     if (w->watch && !w->holds_finalizable) watch_edge(w, op);
-    if (PyObject_GC_IsTracked(op)) return 0;
+    if (PyType_IS_GC(Py_TYPE(op)) && PyObject_GC_IsTracked(op)) return 0; /* atomic types: no call */
     int immortal = _Py_IsImmortal(op);
     if (w->immortalize && !immortal) {
         /* first time: immortalizing it is also what marks it visited; what stays mortal is
@@ -884,6 +945,16 @@ static void walk_free(cp_walk *w) {
         Py_DECREF(_v);                                                       \
     } while (0)
 
+#define SET_FLOAT(d, key, val)                                              \
+    do {                                                                     \
+        PyObject *_v = PyFloat_FromDouble(val);                              \
+        if (_v == NULL || PyDict_SetItemString(d, key, _v) < 0) {           \
+            Py_XDECREF(_v);                                                  \
+            goto error;                                                      \
+        }                                                                    \
+        Py_DECREF(_v);                                                       \
+    } while (0)
+
 PyDoc_STRVAR(walk_doc,
 "walk(*, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16, hash_strings=True,\n"
 "     tag_types=True, new_only=False, heapmap_format=3, heapmap_copy_fd=-1) -> dict\n\n"
@@ -892,16 +963,17 @@ PyDoc_STRVAR(walk_doc,
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
 "Returns counts (objects, immortalized, already_immortal, left_mortal, with_finalizer, tracked,\n"
-"untracked, bytes, strings_hashed, types_tagged, seconds) and 'finalizable' (list of the objects with\n"
-"a finalizer it left mortal). With heapmap_fd (an open file, written from its current offset) the\n"
-"heap map records (address, size, type index) are written there by a writer thread: heapmap_format 3\n"
-"encodes them (chunks of varint streams, see cowprof/heapmap.py), 2 writes them raw as\n"
-"<u8 addr, <u4 size, <u4 type index>; heapmap_copy_fd, when given, also gets them raw. The result\n"
-"has 'heapmap_records' (count), 'heapmap_bytes' (written to heapmap_fd), 'heapmap_format',\n"
-"'heapmap_error' (None or the OSError of a failed write), 'heapmap_wait_seconds' (the walk waiting\n"
-"for the writer), 'heapmap_types' (tuple of types by index), 'heapmap_preheaders' (bytes: pre-header\n"
-"size per type index; a record starts that many bytes before the object) and, in format 3,\n"
-"'heapmap_type_sizes' (<u4 per type index: the size its records have unless they give their own).");
+"untracked, bytes, strings_hashed, types_tagged), seconds, cpu_seconds (of the walking thread) and\n"
+"'finalizable' (list of the objects with a finalizer it left mortal). With heapmap_fd (an open file,\n"
+"written from its current offset) the heap map records (address, size, type index) are written there\n"
+"by a writer thread: heapmap_format 3 encodes them (chunks of three value streams, see\n"
+"cowprof/heapmap.py), 2 writes them raw as <u8 addr, <u4 size, <u4 type index>; heapmap_copy_fd, when\n"
+"given, also gets them raw. The result then has 'heapmap_records' (count), 'heapmap_bytes' (written to\n"
+"heapmap_fd), 'heapmap_format', 'heapmap_error' (None or the OSError of a failed write),\n"
+"'heapmap_wait_seconds' (the walk waiting for the writer), 'heapmap_writer_cpu_seconds',\n"
+"'heapmap_types' (tuple of types by index), 'heapmap_preheaders' (bytes: pre-header size per type\n"
+"index; a record starts that many bytes before the object) and, in format 3, 'heapmap_type_sizes'\n"
+"(<u4 per type index: the size its records have unless they give their own).");
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
@@ -950,10 +1022,10 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         goto error;
     }
 
-    double t0 = now_seconds();
+    double t0 = now_seconds(), cpu0 = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
     PyUnstable_GC_VisitObjects(visit_root, &w);
     int write_error = heapmap ? sink_close(&w.hm) : 0; /* the file is complete when the walk returns */
-    double seconds = now_seconds() - t0;
+    double seconds = now_seconds() - t0, cpu_seconds = clock_seconds(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     if (w.failed) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto error;
@@ -980,26 +1052,14 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(objs);
         if (rc < 0) goto error;
     }
-    {
-        PyObject *s = PyFloat_FromDouble(seconds);
-        if (s == NULL || PyDict_SetItemString(result, "seconds", s) < 0) {
-            Py_XDECREF(s);
-            goto error;
-        }
-        Py_DECREF(s);
-    }
+    SET_FLOAT(result, "seconds", seconds);
+    SET_FLOAT(result, "cpu_seconds", cpu_seconds);
     if (heapmap) {
         SET_U64(result, "heapmap_records", w.hm.records);
         SET_U64(result, "heapmap_bytes", w.hm.bytes);
         SET_U64(result, "heapmap_format", heapmap_format);
-        {
-            PyObject *s = PyFloat_FromDouble(w.hm.waited);
-            if (s == NULL || PyDict_SetItemString(result, "heapmap_wait_seconds", s) < 0) {
-                Py_XDECREF(s);
-                goto error;
-            }
-            Py_DECREF(s);
-        }
+        SET_FLOAT(result, "heapmap_wait_seconds", w.hm.waited);
+        SET_FLOAT(result, "heapmap_writer_cpu_seconds", w.hm.writer_cpu);
         if (write_error) {
             PyObject *e = PyObject_CallFunction(PyExc_OSError, "is", write_error, strerror(write_error));
             if (e == NULL || PyDict_SetItemString(result, "heapmap_error", e) < 0) {
@@ -1033,7 +1093,7 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
             PyObject *sizes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * w.types_len));
             if (sizes == NULL) goto error;
             for (size_t i = 0; i < w.types_len; i++) {
-                uint64_t v = i < w.hm.enc.type_size_cap ? w.hm.enc.type_size[i] : CP_HM3_NO_SIZE;
+                uint64_t v = i < w.hm.enc.types_cap ? w.hm.enc.types[i].first_size : CP_HM3_NO_SIZE;
                 put_u32le((uint8_t *)PyBytes_AS_STRING(sizes) + 4 * i, v == CP_HM3_NO_SIZE ? 0 : (uint32_t)v);
             }
             rc = PyDict_SetItemString(result, "heapmap_type_sizes", sizes);

@@ -102,7 +102,7 @@ def test_truncated_or_foreign_files_are_reported_as_such(tree, saved, how):
     data = {"truncated": raw[:-1], "records cut": raw[:40], "header cut": raw[:36],
             "other format": raw[:8] + (9).to_bytes(4, "little") + raw[12:],
             "bad magic": b"X" + raw[1:],
-            "stream width": raw[:offset + 12] + b"\x0b" + raw[offset + 13:]}[how]
+            "stream width": raw[:offset + 16] + b"\x0b" + raw[offset + 17:]}[how]
     open(saved, "wb").write(data)
     code, out, err = _snapshot_by_type(tree.master_pid)
     assert code == 2, err

@@ -100,14 +100,15 @@ def _records_region(path: str) -> tuple[bytes, heapmap.Header]:
     return raw, heapmap.parse_header(raw)
 
 
-# byte offsets in a one-chunk map: chunk header (12), then the address stream's header (width, exceptions)
+# byte offsets in a one-chunk map: chunk header (16), then the address stream's header (width, exceptions)
 CORRUPT = {
     "records fewer than the header says": lambda r, o: r[:o] + (5).to_bytes(4, "little") + r[o + 4:],
     "own sizes more than records": lambda r, o: r[:o + 4] + (10**6).to_bytes(4, "little") + r[o + 8:],
     "shift above 63": lambda r, o: r[:o + 8] + (64).to_bytes(4, "little") + r[o + 12:],
-    "width 0": lambda r, o: r[:o + 12] + b"\x00" + r[o + 13:],
-    "width 9": lambda r, o: r[:o + 12] + b"\x09" + r[o + 13:],
-    "exceptions past the end": lambda r, o: r[:o + 13] + (10**6).to_bytes(4, "little") + r[o + 17:],
+    "no types in a chunk": lambda r, o: r[:o + 12] + (0).to_bytes(4, "little") + r[o + 16:],
+    "width 0": lambda r, o: r[:o + 16] + b"\x00" + r[o + 17:],
+    "width 9": lambda r, o: r[:o + 16] + b"\x09" + r[o + 17:],
+    "exceptions past the end": lambda r, o: r[:o + 17] + (10**6).to_bytes(4, "little") + r[o + 21:],
 }
 
 
@@ -135,6 +136,12 @@ def test_type_indexes_and_exception_indexes_are_checked(tmp_path):
                 + new_meta)
     with pytest.raises(heapmap.CorruptHeapMap, match="type index has no name"):
         heapmap.read(path)
+    # a record whose type is not among its chunk's types
+    u64 = lambda *v: np.array(v, dtype=np.uint64)  # noqa: E731
+    chunk = (heapmap.CHUNK.pack(2, 0, 0, 1) + heapmap._stream_bytes(u64(32, 32)) + heapmap._stream_bytes(u64(0))
+             + heapmap._stream_bytes(u64(0, 2)) + heapmap._stream_bytes(u64()))
+    with pytest.raises(ValueError, match="not among its chunk's"):
+        heapmap._decode_v3(np.frombuffer(chunk, dtype=np.uint8), 2, np.zeros(1, dtype=np.uint32), 1)
     # an exception whose index is past its stream's values
     rare = np.full(10, 3, dtype=np.uint64)
     rare[4] = 2**40

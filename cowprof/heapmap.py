@@ -22,7 +22,8 @@ A file whose size is not exactly what its header says is truncated and rejected.
   says the record's size differs from ``type_size[type]`` (the metadata's list, per type index: the
   size of the first record of that type); and the sizes of those records. A stream (patched frame of
   reference) is ``<BI`` (width, exceptions), each value's low ``width`` bytes, then ``<IQ`` (index,
-  value) for each value that needs more; the writer picks the width that makes the stream shortest.
+  value) for each value that needs more; the writer picks the width that makes the stream shortest
+  (judged on every 8th value of a stream longer than 1,024; any width reads the same).
   Decoded with numpy, a few array operations per chunk.
 * Version 2: records of 16 bytes (address <u8, size <u4, type index <u4). Still read; written when
   ``COWPROF_HEAPMAP_FORMAT=2`` (for a profiler of an older cowprof, and as the peer in
@@ -77,6 +78,7 @@ CHUNK = struct.Struct("<IIII")  # version 3: records, records with their own siz
 STREAM = struct.Struct("<BI")  # version 3: width in bytes, exceptions
 _EXCEPTION = [("index", "<u4"), ("value", "<u8")]
 CHUNK_RECORDS = 1 << 14  # records per chunk, as the native writer thread makes them
+SAMPLE, SAMPLE_ALL = 8, 1024  # a stream's width is judged on every 8th value when it is longer than 1,024
 DIR_ENV = "COWPROF_HEAPMAP_DIR"
 FORMAT_ENV = "COWPROF_HEAPMAP_FORMAT"
 SUFFIX = ".hmap"
@@ -490,16 +492,18 @@ def _byte_lengths(v: np.ndarray) -> np.ndarray:
 
 
 def _stream_bytes(values: np.ndarray) -> bytes:
-    """One format 3 stream of uint64 ``values``: the width that makes it shortest (the smallest
-    such), the low bytes of each value, the exceptions (index, value) of those that need more."""
+    """One format 3 stream of uint64 ``values``: its width (the smallest of those that make it
+    shortest, judged on every 8th value of a stream longer than 1,024, as the native writer
+    does), the low bytes of each value, the exceptions (index, value) of those that need more."""
     import numpy as np
 
     v = np.ascontiguousarray(values, dtype="<u8")
-    lens = _byte_lengths(v)
-    longer = np.bincount(lens, minlength=9)[::-1].cumsum()[::-1]  # longer[l]: values of >= l bytes
-    costs = [w * v.size + 12 * int(longer[w + 1]) if w < 8 else 8 * v.size for w in range(1, 9)]
+    sample = v[::SAMPLE] if v.size > SAMPLE_ALL else v
+    lens = _byte_lengths(sample)
+    longer = np.bincount(lens, minlength=9)[::-1].cumsum()[::-1]  # longer[l]: sampled values of >= l bytes
+    costs = [w * sample.size + 12 * int(longer[w + 1]) if w < 8 else 8 * sample.size for w in range(1, 9)]
     width = 1 + int(np.argmin(costs))
-    exc = np.flatnonzero(lens > width)
+    exc = np.flatnonzero(v > np.uint64((1 << (8 * width)) - 1)) if width < 8 else np.zeros(0, dtype=np.intp)
     table = np.empty(exc.size, dtype=_EXCEPTION)
     table["index"], table["value"] = exc, v[exc]
     low = v.view(np.uint8).reshape(v.size, 8)[:, :width]

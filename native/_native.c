@@ -177,8 +177,8 @@ typedef struct {
  * as a position in that list << 1, | 1 when its size is not the first size seen for that type
  * (returned as heapmap_type_sizes); and those sizes. A stream is <u1 width, <u4 exceptions>, each
  * value's low `width` bytes, then (<u4 index, <u8 value>) for the values that need more: the width
- * is the one that makes the stream shortest (patched frame of reference), so a reader decodes it
- * with a few array operations. Format 2 is the raw records. */
+ * is the one that makes the stream shortest (patched frame of reference; see put_stream), so a
+ * reader decodes it with a few array operations. Format 2 is the raw records. */
 #define CP_HM3_HEADER 16
 #define CP_HM3_STREAM_HEADER 5
 #define CP_HM3_EXCEPTION 12
@@ -273,40 +273,45 @@ static int enc_grow(cp_hmenc *e, uint32_t ty) {
 }
 
 static inline unsigned byte_len(uint64_t v) {
-    return v ? (unsigned)(71 - __builtin_clzll(v)) / 8 : 1; /* 1..8 */
+    return (unsigned)(71 - __builtin_clzll(v | 1)) / 8; /* 1..8 */
 }
 
-/* One stream of n values at p; returns its end (and may write up to 8 bytes past it). The width w
- * minimizes w * n + 12 * exceptions (the smallest such w); the values that need more than w bytes
- * follow as exceptions. */
+/* One stream of n values at p; returns its end (and may write up to 8 bytes past it). Its width w
+ * is the smallest of those that make it shortest, w * n + 12 * (values longer than w bytes: the
+ * exceptions), judged on every CP_HM3_SAMPLE-th value of a stream longer than CP_HM3_SAMPLE_ALL
+ * (a histogram of every value was a fifth of the writer's time). */
+#define CP_HM3_SAMPLE 8
+#define CP_HM3_SAMPLE_ALL 1024
 static uint8_t *put_stream(uint8_t *p, const uint64_t *v, size_t n) {
-    size_t count[9] = {0};
-    for (size_t i = 0; i < n; i++) count[byte_len(v[i])]++;
-    size_t best_w = 8, best = 8 * n, above = 0;
-    for (size_t w = 7; w >= 1; w--) {
-        above += count[w + 1]; /* values longer than w bytes */
-        size_t cost = w * n + CP_HM3_EXCEPTION * above;
+    size_t count[9] = {0}, step = n > CP_HM3_SAMPLE_ALL ? CP_HM3_SAMPLE : 1, m = (n + step - 1) / step;
+    for (size_t i = 0; i < n; i += step) count[byte_len(v[i])]++;
+    size_t w = 8, best = 8 * m, above = 0;
+    for (size_t c = 7; c >= 1; c--) {
+        above += count[c + 1]; /* sampled values longer than c bytes */
+        size_t cost = c * m + CP_HM3_EXCEPTION * above;
         if (cost <= best) {
             best = cost;
-            best_w = w;
+            w = c;
         }
     }
-    size_t exceptions = 0;
-    for (size_t l = best_w + 1; l <= 8; l++) exceptions += count[l];
-    p[0] = (uint8_t)best_w;
-    put_u32le(p + 1, (uint32_t)exceptions);
+    uint64_t limit = w < 8 ? ((uint64_t)1 << (8 * w)) - 1 : UINT64_MAX;
+    uint8_t *head = p;
     p += CP_HM3_STREAM_HEADER;
+    size_t exceptions = 0;
     for (size_t i = 0; i < n; i++) {
 #if PY_LITTLE_ENDIAN
-        memcpy(p, &v[i], 8); /* the low best_w bytes count; the rest is overwritten next */
+        memcpy(p, &v[i], 8); /* the low w bytes count; the rest is overwritten next */
 #else
-        for (size_t b = 0; b < best_w; b++) p[b] = (uint8_t)(v[i] >> (8 * b));
+        for (size_t b = 0; b < w; b++) p[b] = (uint8_t)(v[i] >> (8 * b));
 #endif
-        p += best_w;
+        p += w;
+        exceptions += v[i] > limit;
     }
+    head[0] = (uint8_t)w;
+    put_u32le(head + 1, (uint32_t)exceptions);
     if (exceptions) {
         for (size_t i = 0; i < n; i++) {
-            if (byte_len(v[i]) > best_w) {
+            if (v[i] > limit) {
                 put_u32le(p, (uint32_t)i);
                 put_u64le(p + 4, v[i]);
                 p += CP_HM3_EXCEPTION;

@@ -12,7 +12,9 @@ figures are medians): ``nomap`` (``heapmap=False``), ``map`` (the default: heap 
 ``format2`` (the format written before issue 17, ``COWPROF_HEAPMAP_FORMAT=2``, same build) and,
 with ``--peer DIR``, ``peer``: the default of another checkout built in place (``python setup.py
 build_ext --inplace`` there, e.g. main before a change). Each run is a fresh interpreter (the walk
-immortalizes the heap it runs in) with private, empty heap map and preload directories. Per run:
+immortalizes the heap it runs in) with private, empty heap map and preload directories, and with
+bytecode caching on (as in an installed package: PYTHONDONTWRITEBYTECODE is dropped, so the modules
+prepare_fork imports on its first call are not compiled inside the timing). Per run:
 wall and CPU seconds of the call (CPU: both threads, the walk's and its heap map writer's), the
 walk's wall seconds, the heap map's bytes per object and (this build) the time of each phase.
 
@@ -97,6 +99,7 @@ def run(kind: str, size: float, variant: str = "map", peer: str | None = None) -
     env = dict(os.environ, COWPROF_HEAPMAP_DIR=os.path.join(tmp, "maps"),
                COWPROF_PRELOAD_DIR=os.path.join(tmp, "preload"))
     env.pop("COWPROF_HEAPMAP_FORMAT", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     cwd = None
     if variant == "format2":
         env["COWPROF_HEAPMAP_FORMAT"] = "2"

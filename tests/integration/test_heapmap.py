@@ -301,3 +301,34 @@ def test_no_thread_is_left_behind_to_fork_with(hm_dir):
         print(json.dumps({"threads": int(threads), "path": r.heapmap_path, "numpy": "numpy" in sys.modules}))
     """, env={heapmap.DIR_ENV: str(hm_dir)})
     assert out["threads"] == 1 and out["path"] and not out["numpy"]
+
+
+@needs_312
+def test_records_have_the_sizes_getsizeof_gives(hm_dir):
+    """The walk sizes ints of one digit once per walk and dicts through dict.__sizeof__'s own
+    function: their records still say what sys.getsizeof says (a dict's record is its own block,
+    its keys are a record of their own)."""
+    out = run_json("""
+        import json, os, sys
+        from cowprof import heapmap
+        class Rec:
+            pass
+        made = lambda text: eval(text)  # built at run time: no constant of a code object (maybe immortal)
+        probes = {"int": int("1000007"), "big int": made("10**40 + 1"), "negative int": int("-1000003"),
+                  "str": "".join(["x"] * 37), "float": float("3.5"), "tuple": tuple([float("2.5"), "".join("abc")]),
+                  "dict": {"k%d" % i: i + 0.5 for i in range(20)}, "dict of a class": Rec(), "empty dict": dict()}
+        probes["dict of a class"].__dict__["later"] = [1]  # a materialized instance dict
+        probes["dict of a class"] = probes["dict of a class"].__dict__
+        heapmap.record()
+        hm = heapmap.load(os.getpid())
+        pre = {str(n): int(p) for n, p in zip(hm.type_names, hm.type_preheader)}
+        got = {}
+        for name, obj in probes.items():
+            i = int(hm.addr.searchsorted(id(obj), "right")) - 1
+            tp = type(obj).__name__
+            block = type(obj).__basicsize__ + pre[tp] if isinstance(obj, dict) else sys.getsizeof(obj)
+            got[name] = [int(hm.addr[i]) + pre[tp] == id(obj), int(hm.size[i]), block]
+        print(json.dumps(got))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    for name, (starts_there, size, want) in out.items():
+        assert starts_there and size == want, (name, size, want)

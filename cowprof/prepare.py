@@ -98,8 +98,9 @@ class PrepareReport:
     phase_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     """Wall time of each step: ``imports`` (learned preload), ``collect`` (gc.collect), ``setup``
     (the heap map file, which removes stale maps), ``walk`` (the native walk, its heap map writer
-    thread included), ``heapmap`` (the map's metadata, renaming it into place), ``finalize``
-    (registering the objects left mortal), ``freeze``, ``fill`` (free pool blocks), ``trim``."""
+    thread included; ``writer_wait``: how much of it the walk waited for that thread), ``heapmap``
+    (the map's metadata, renaming it into place), ``finalize`` (registering the objects left
+    mortal), ``freeze``, ``fill`` (free pool blocks), ``trim``."""
 
     @property
     def immortalize_ran(self) -> bool:
@@ -233,6 +234,8 @@ def prepare_fork(
         else:
             walk = _native.walk(**kwargs)
         phases["walk"] = float(walk.get("seconds", 0.0))
+        if "heapmap_wait_seconds" in walk:  # part of the walk: waiting for the map's writer thread
+            phases["writer_wait"] = float(walk["heapmap_wait_seconds"])
         t = _phase(phases, "heapmap", t)
         phases["heapmap"] = max(phases["heapmap"] - phases["walk"], 0.0)
         if kwargs["immortalize"]:

@@ -776,13 +776,15 @@ def _read_stream(data: np.ndarray, pos: int, count: int, out: np.ndarray) -> int
 def _decode_v3(data: np.ndarray, n: int, type_size: np.ndarray, n_types: int) -> tuple[np.ndarray, ...]:
     """(addr, size, type) of format 3 records ``data`` (uint8) holding ``n`` of them; ValueError if
     they are not well formed (a chunk or stream out of bounds, a type index without a name, a
-    record count or own-size count that does not add up)."""
+    record count or own-size count that does not add up). Works in place on the result arrays:
+    temporaries of the size of the map cost page faults (fresh memory) on every read."""
     import numpy as np
 
-    zz = np.empty(n, dtype=np.uint64)
-    tv = np.empty(n, dtype=np.uint64)
+    addr = np.empty(n, dtype=np.uint64)  # the zigzagged deltas first
+    tv = np.empty(n, dtype=np.uint32)  # type index << 1 | own
+    scratch = np.empty(CHUNK_RECORDS, dtype=np.uint64)
     sizes: list[np.ndarray] = []
-    shifts: list[tuple[int, int]] = []  # (records, shift) per chunk
+    shifts: list[tuple[int, int, int]] = []  # (first record, records, shift) per chunk
     pos, done, total = 0, 0, int(data.size)
     while pos < total:
         if pos + CHUNK.size > total:
@@ -790,39 +792,44 @@ def _decode_v3(data: np.ndarray, n: int, type_size: np.ndarray, n_types: int) ->
         cn, n_own, shift, n_kinds = CHUNK.unpack_from(data.data, pos)
         if cn == 0 or done + cn > n or n_own > cn or shift > 63 or not 1 <= n_kinds <= cn:
             raise ValueError("a chunk does not add up")
-        pos = _read_stream(data, pos + CHUNK.size, cn, zz[done:done + cn])
+        pos = _read_stream(data, pos + CHUNK.size, cn, addr[done:done + cn])
         kinds = np.empty(n_kinds, dtype=np.uint64)
         pos = _read_stream(data, pos, n_kinds, kinds)
-        pos = _read_stream(data, pos, cn, tv[done:done + cn])
-        position = tv[done:done + cn] >> np.uint64(1)
-        if int(position.max()) >= n_kinds:
+        if cn > scratch.size:
+            scratch = np.empty(cn, dtype=np.uint64)
+        local = scratch[:cn]
+        pos = _read_stream(data, pos, cn, local)
+        if int(local.max()) >> 1 >= n_kinds:
             raise ValueError("a record's type is not among its chunk's")
-        tv[done:done + cn] = (kinds[position] << np.uint64(1)) | (tv[done:done + cn] & np.uint64(1))
+        if int(kinds.max()) >= n_types:
+            raise ValueError("a record's type index has no name")
+        tv[done:done + cn] = (kinds[local >> np.uint64(1)] << np.uint64(1)) | (local & np.uint64(1))
         own_sizes = np.empty(n_own, dtype=np.uint64)
         pos = _read_stream(data, pos, n_own, own_sizes)
         sizes.append(own_sizes)
-        shifts.append((cn, shift))
+        shifts.append((done, cn, shift))
         done += cn
     if done != n:
         raise ValueError(f"the chunks hold {done} records, the header says {n}")
-    own = (tv & np.uint64(1)).astype(bool)
-    typ = tv >> np.uint64(1)
-    if n and int(typ.max()) >= n_types:
-        raise ValueError("a record's type index has no name")
-    typ = typ.astype(np.uint32)
+    own = (tv & 1).astype(bool)
+    tv >>= 1
     own_values = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.uint64)
     if own_values.size != int(own.sum()) or (own_values.size and int(own_values.max()) > 0xFFFFFFFF):
         raise ValueError("the records' own sizes do not add up")
-    size = type_size[typ]
+    size = type_size[tv]
     size[own] = own_values
-    delta = (zz >> np.uint64(1)) ^ (np.uint64(0) - (zz & np.uint64(1)))  # zigzag back (mod 2**64)
-    if len({sh for _cn, sh in shifts}) == 1:
-        delta <<= np.uint64(shifts[0][1])
-    elif shifts:
-        delta <<= np.repeat(np.array([sh for _cn, sh in shifts], dtype=np.uint64),
-                            np.array([cn for cn, _sh in shifts], dtype=np.int64))
-    addr = np.cumsum(delta, dtype=np.uint64)
-    return addr, size, typ
+    del own
+    odd = (addr & np.uint64(1)).astype(bool)  # zigzag back: an odd value is ~(value >> 1)
+    addr >>= np.uint64(1)
+    np.invert(addr, out=addr, where=odd)
+    del odd
+    if len({sh for _first, _cn, sh in shifts}) == 1:
+        addr <<= np.uint64(shifts[0][2])
+    else:
+        for first, cn, sh in shifts:
+            addr[first:first + cn] <<= np.uint64(sh)
+    np.cumsum(addr, out=addr)  # mod 2**64
+    return addr, size, tv
 
 
 def _read_segment(path: str, owners: Collection[int] | None = None) -> HeapMap:

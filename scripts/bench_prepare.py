@@ -16,7 +16,9 @@ immortalizes the heap it runs in) with private, empty heap map and preload direc
 bytecode caching on (as in an installed package: PYTHONDONTWRITEBYTECODE is dropped, so the modules
 prepare_fork imports on its first call are not compiled inside the timing). Per run:
 wall and CPU seconds of the call (CPU: both threads, the walk's and its heap map writer's), the
-walk's wall seconds, the heap map's bytes per object and (this build) the time of each phase.
+walk's wall seconds, the heap map's bytes per object, (section 2) the seconds the profiler's side
+takes to read and sort the map (``cowprof.heapmap.read``, after the timing) and (this build) the
+time of each phase.
 
 Targets: walk >= 10M objects/s; prepare_fork with the heap map <= 0.5 s per GiB (issue 17; < 1 s
 before); the whole prepare_fork >= 10M objects/s on the mixed heap; heap map <= 8 bytes per object.
@@ -86,9 +88,16 @@ else:
     rep = cowprof.prepare_fork(heapmap=hm)
     seconds, cpu, main_cpu = time.perf_counter() - t, time.process_time() - cpu, time.thread_time() - main_cpu
     map_bytes = os.path.getsize(rep.heapmap_path) if rep.heapmap_path else 0
+    read_seconds = None
+    if rep.heapmap_path and kind == "gib":  # the profiler's side: read (decode) and sort the map
+        import numpy  # noqa: F401  (imported before the timing)
+        from cowprof import heapmap
+        t = time.perf_counter()
+        records = len(heapmap.read(rep.heapmap_path))
+        read_seconds = time.perf_counter() - t
     print(json.dumps({"objects": rep.objects, "seconds": seconds, "cpu": cpu, "main_cpu": main_cpu,
                       "walk_seconds": rep.walk_seconds, "heap_bytes": heap_bytes, "map_bytes": map_bytes,
-                      "phases": getattr(rep, "phase_seconds", {})}))
+                      "read_seconds": read_seconds, "phases": getattr(rep, "phase_seconds", {})}))
 """
 
 VARIANTS = ("nomap", "map", "format2", "peer")
@@ -126,6 +135,9 @@ def summary(runs: list[dict], kind: str) -> dict:
     else:
         s["objects_per_second_median"] = med(r["objects"] / r["seconds"] for r in runs)
         s["objects_per_cpu_second_median"] = med(r["objects"] / r["cpu"] for r in runs)
+    reads = [r["read_seconds"] for r in runs if r.get("read_seconds") is not None]
+    if reads:
+        s["read_seconds_median"] = med(reads)
     phases = [r["phases"] for r in runs if r.get("phases")]
     if phases:
         s["phases_median"] = {k: med(p.get(k, 0.0) for p in phases) for k in phases[0]}
@@ -138,6 +150,8 @@ def line(name: str, kind: str, s: dict) -> str:
                  f"(CPU {s['objects_per_cpu_second_median'] / 1e6:.1f}M)")
     text = (f"{head}; runs {', '.join(f'{x:.2f}' for x in s['seconds'])} s; walk {s['walk_seconds_median']:.2f} s; "
             f"map {s['map_bytes_per_object']:.2f} B/object")
+    if "read_seconds_median" in s:
+        text += f", read and sorted in {s['read_seconds_median']:.2f} s"
     if "phases_median" in s:
         text += "; " + ", ".join(f"{k} {v:.3f}" for k, v in s["phases_median"].items() if v >= 0.0005)
     return text

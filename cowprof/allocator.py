@@ -27,7 +27,7 @@ from typing import Any
 try:
     from cowprof import _alloc
 except ImportError as exc:  # a source checkout without the build
-    _alloc = None
+    _alloc = None  # type: ignore[assignment]  # (checked before every use)
     _IMPORT_ERROR: str | None = f"cowprof._alloc is not built ({exc})"
 else:
     _IMPORT_ERROR = None

@@ -11,7 +11,7 @@ with the master's heap map (``cowprof.heapmap``, saved by ``prepare_fork``):
 * **by cause** (also needs to read process memory, see :mod:`cowprof.memreader`): each copied page
   is compared, as 64-bit words, with the still-shared original (the master's page while it is still
   shared, else a sibling worker's page that is still shared, else the master's page *assumed*
-  unchanged: see README.md) and every changed word is classified by the record it falls
+  unchanged: see docs/attribute.md) and every changed word is classified by the record it falls
   in and its offset from the object start: refcount field, GC header, str hash, other object field,
   or allocator metadata / free block (no record). A page with no changed word is "identical
   content" (written, then restored: transient refcount changes of mortal objects). A page's bytes
@@ -34,14 +34,15 @@ from . import heapmap as _heapmap
 from . import procfs
 from .errors import AccessDenied, BadInput, CowprofError, ProcessGone
 from .heapmap import HeapMap
-from .memreader import MemReader, MemoryAccessDenied
+from .memreader import MemoryAccessDenied, MemReader
 from .pages import PageReport, scan
 from .tree import Tree, find_tree
 
 __all__ = [
-    "CAUSES", "CAUSE_LABELS", "NO_OBJECT", "ORIGINALS", "UNKNOWN_MEMORY", "VERSION", "Attribution", "NoAttribution",
+    "CAUSES", "NO_OBJECT", "ORIGINALS", "UNKNOWN_MEMORY", "VERSION", "Attribution", "NoAttribution",
     "NoHeapMap",
-    "WorkerAttribution", "attribute", "by_cause", "by_type", "find_heapmap", "heapmap_or_memory", "record_bytes",
+    "WorkerAttribution", "attribute", "by_cause", "by_type", "find_heapmap", "heapmap_or_memory", "layout_of",
+    "record_bytes",
     "snapshot", "top_causes",
     "top_types",
 ]
@@ -52,15 +53,6 @@ NO_OBJECT = "no object"
 UNKNOWN_MEMORY = "unknown"
 CAUSES: tuple[str, ...] = ("refcount", "gc_header", "str_hash", "other_field", "allocator", "identical",
                            "unknown")
-CAUSE_LABELS: dict[str, str] = {
-    "refcount": "refcount",
-    "gc_header": "GC header",
-    "str_hash": "str hash",
-    "other_field": "other object field",
-    "allocator": "allocator / free block",
-    "identical": "identical content",
-    "unknown": "unknown original",
-}
 #: where the original of a copied page was read from (bytes per source in ``originals``)
 ORIGINALS: tuple[str, ...] = ("master", "sibling", "master_assumed", "none")
 _REFCOUNT, _GC, _STR_HASH, _OTHER, _ALLOC, _IDENTICAL, _UNKNOWN = range(len(CAUSES))
@@ -143,7 +135,7 @@ class WorkerAttribution:
 
 @dataclasses.dataclass
 class Attribution:
-    """Attribution of one page scan. ``to_dict()`` is the JSON documented in README.md."""
+    """Attribution of one page scan. ``to_dict()`` is the JSON documented in docs/attribute.md."""
 
     version: int
     master: int
@@ -280,6 +272,12 @@ def _layout(hm: HeapMap) -> _Layout:
     )
 
 
+def layout_of(hm: HeapMap) -> _Layout:
+    """The map in the form the joins take (``_lay=`` of :func:`record_bytes`, :func:`by_type`):
+    compute it once per map when joining it with many page sets."""
+    return _layout(hm)
+
+
 # ----------------------------------------------------------------------------------- by type
 
 
@@ -387,7 +385,8 @@ def _pagemap_at(pid: int, addrs: np.ndarray, page_size: int, procfs_root: str) -
 
 
 def _shared(entries: np.ndarray) -> np.ndarray:
-    return ((entries & procfs.PM_PRESENT) != 0) & ((entries & procfs.PM_EXCLUSIVE) == 0)
+    shared: np.ndarray = ((entries & procfs.PM_PRESENT) != 0) & ((entries & procfs.PM_EXCLUSIVE) == 0)
+    return shared
 
 
 ReaderFactory = Callable[[int], MemReader]
@@ -508,7 +507,7 @@ def by_cause(report: PageReport, hm: HeapMap, *, procfs_root: str = "/proc",
             except ProcessGone as err:  # the worker exited: its pages can no longer be read
                 if err.pid == master:
                     raise
-                res.causes = {c: 0 for c in CAUSES} | {"unknown": res.copied_bytes}
+                res.causes = dict.fromkeys(CAUSES, 0) | {"unknown": res.copied_bytes}
                 res.changed_words = dict.fromkeys(CAUSES, 0)
                 res.originals = dict.fromkeys(ORIGINALS, 0) | {"none": res.copied_bytes}
     except ProcessGone as err:
@@ -545,14 +544,18 @@ def _master_exited(master: int) -> ProcessGone:
 
 
 def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_root: str = "/proc",
-              open_reader: ReaderFactory | None = None) -> Attribution:
+              open_reader: ReaderFactory | None = None, layouts: dict[str, Any] | None = None) -> Attribution:
     """By-type view of every worker, plus the by-cause view when ``causes`` and memory is readable.
 
     Without the rights to read process memory the result still has the by-type view and
-    ``causes_error`` says what is needed.
+    ``causes_error`` says what is needed. ``layouts``: a dict the caller keeps for as long as it
+    attributes with the same ``hm`` (``record``): the join's sorted ranges are computed once.
     """
     t0 = time.perf_counter()
-    lay = _layout(hm)
+    layouts = {} if layouts is None else layouts
+    lay = layouts.get("types")
+    if lay is None:
+        lay = layouts["types"] = _layout(hm)
     workers = by_type(report, hm, _lay=lay)
     unknown_name = getattr(hm, "unknown_name", None)  # maps read from outside (cowprof.remote)
     if unknown_name is not None:
@@ -563,7 +566,9 @@ def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_ro
     if causes:
         try:
             # a changed word in memory holding no verifiable object counts as outside any record
-            cause_lay = _layout(hm.for_causes()) if hasattr(hm, "for_causes") else lay
+            cause_lay = layouts.get("causes")
+            if cause_lay is None:
+                cause_lay = layouts["causes"] = _layout(hm.for_causes()) if hasattr(hm, "for_causes") else lay
             workers = by_cause(report, hm, procfs_root=procfs_root, open_reader=open_reader, _lay=cause_lay,
                                _types=workers)
         except MemoryAccessDenied as err:

@@ -9,7 +9,6 @@ code, never a traceback.
 from __future__ import annotations
 
 import enum
-import errno
 import importlib.util
 import math
 import os
@@ -28,7 +27,7 @@ import typer
 from typer.core import TyperGroup
 
 from cowprof import __version__
-from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, OutputError, ProcessGone
+from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _click_exc
@@ -36,6 +35,7 @@ except ImportError:  # pragma: no cover - older typer with click as a dependency
     from click import exceptions as _click_exc  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
+    from cowprof.attributor import Attributor
     from cowprof.record import RecordWriter
     from cowprof.sampler import Sample, Sampler
 
@@ -75,8 +75,9 @@ class CowprofGroup(TyperGroup):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
-        code = _run_group(self, args, prog_name or PROG, complete_var, extra)
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        code = _run_group(self, args, prog_name or PROG, complete_var,
+                          {"windows_expand_args": windows_expand_args, **extra})
         if standalone_mode:
             sys.exit(code)
         return code
@@ -195,6 +196,14 @@ class By(str, enum.Enum):
     function = "function"
 
 
+class RecordBy(str, enum.Enum):
+    """``record --by`` groupings stored in each sample (``cause`` includes ``type``)."""
+
+    type = "type"
+    cause = "cause"
+    function = "function"
+
+
 PidArg = Annotated[int, typer.Argument(min=1, show_default=False,
                                        help="PID of the master or of any worker of the tree.")]
 IntervalOpt = Annotated[float, typer.Option("--interval", "-i", parser=_seconds, metavar="SECONDS",
@@ -236,12 +245,23 @@ def _target_info(sampler: Sampler, *, interval: float, duration: float | None = 
 
 
 def _record_loop(sampler: Sampler, writer: RecordWriter,
-                 on_sample: Callable[[Sample], None] | None = None) -> str:
-    """Write every sample of ``sampler``; returns why it stopped. Ctrl-C/SIGTERM stop it cleanly
-    (the sample in progress is dropped, every written line is complete)."""
+                 on_sample: Callable[[Sample], None] | None = None, *,
+                 attributor: Attributor | None = None, top: int | None = None) -> str:
+    """Write every sample of ``sampler`` (and with ``attributor`` its attribution line); returns
+    why it stopped. Ctrl-C/SIGTERM stop it cleanly (the sample in progress is dropped, every
+    written line is complete). The first sample whose attribution fails says why on stderr."""
+    warned = False
     try:
         for sample in sampler:
             writer.write(sample)
+            if attributor is not None and sample.report is not None:
+                sa = attributor.attribute(sample.report)
+                writer.write_attribution(sample.index, sa, top=top)
+                problem = sa.error or sa.functions_error
+                if problem is not None and not warned:
+                    warned = True
+                    _err(f"sample {sample.index} has no attribution{'' if sa.error else ' by function'}: "
+                         f"{problem} (pages are still recorded)")
             if on_sample is not None:
                 on_sample(sample)
     except KeyboardInterrupt:
@@ -261,7 +281,7 @@ def _record_loop(sampler: Sampler, writer: RecordWriter,
 def snapshot(
     pid: PidArg,
     json_out: Annotated[bool, typer.Option("--json", help="Print the page-report JSON "
-                                           "(README.md) instead of a table.")] = False,
+                                           "(docs/measure.md) instead of a table.")] = False,
     by: Annotated[By, typer.Option("--by", case_sensitive=False,
                                    help="Group by worker, memory region, Python type of the copied "
                                         "bytes (from the master's heap map, else read from its memory: "
@@ -403,11 +423,20 @@ def record(
                                         help="Overwrite FILE if it exists.")] = False,
     count: Annotated[int | None, typer.Option(min=1, hidden=True,
                                               help="Stop after N samples (tests).")] = None,
+    by: Annotated[list[RecordBy] | None, typer.Option(
+        "--by", case_sensitive=False,
+        help="Also store each sample's copied bytes by Python type, by cause (includes type; reads "
+             "process memory every sample) or by function (reads the master's memory); repeat for "
+             "several. Uses the master's heap map, else reads its objects from memory (root or ptrace "
+             "rights).")] = None,
+    top_n: Annotated[int, typer.Option("--top", min=1, help="Types per worker and functions kept "
+                                                           "per sample with --by.")] = 20,
 ) -> int:
     """Record samples to a file until the master exits, --duration ends, or Ctrl-C.
 
     Every completed sample is on disk at once (one flushed JSON line each), so killing the recorder
-    loses at most the sample in progress. View it with `cowprof report`.
+    loses at most the sample in progress. View it with `cowprof report`. With --by, each sample
+    line is followed by its attribution (see docs/live-record.md, `record --by`).
     """
     from rich.console import Console
     from rich.markup import escape
@@ -418,7 +447,13 @@ def record(
     from cowprof.sampler import Sampler
 
     _check_new_output(output, force)  # fail before touching the target
-    sampler = Sampler(pid, interval=interval, duration=duration, count=count)
+    groupings = sorted({b.value for b in by or ()}, key=[b.value for b in RecordBy].index)
+    sampler = Sampler(pid, interval=interval, duration=duration, count=count, keep_addresses=bool(groupings))
+    attributor = None
+    if groupings:
+        from cowprof.attributor import Attributor
+
+        attributor = Attributor(sampler.master, causes="cause" in groupings, functions="function" in groupings)
     console = Console(stderr=True, highlight=False)
     failed = 0
     columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
@@ -426,7 +461,7 @@ def record(
         columns.append(BarColumn())
     columns += [TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
     with RecordWriter(output, target=_target_info(sampler, interval=interval, duration=duration),
-                      force=force) as writer, \
+                      force=force, attribution={"by": groupings, "top": top_n} if groupings else None) as writer, \
             Progress(*columns, console=console, transient=True,
                      disable=not console.is_terminal) as progress:
         task = progress.add_task(escape(f"recording master {sampler.master} to {output}"),
@@ -444,30 +479,38 @@ def record(
             progress.update(task, completed=sample.elapsed, status=escape(status))
 
         with _interrupt_on_term():
-            reason = _record_loop(sampler, writer, on_sample)
+            reason = _record_loop(sampler, writer, on_sample, attributor=attributor, top=top_n)
             writer.close(reason)
     fail_note = f", {failed} failed" if failed else ""
     _err(f"recorded {writer.samples} samples{fail_note} to {output} ({reason})")
     return 0
 
 
-@app.command(epilog="Example: [bold]cowprof report run.jsonl --html run.html[/bold]")
+@app.command(epilog="Examples: [bold]cowprof report run.jsonl --html run.html[/bold]  ·  "
+                    "[bold]cowprof report run.jsonl --json > run.json[/bold]")
 def report(
     file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False, parser=_path,
                                          help="A record file from `cowprof record`.")],
     html: Annotated[Path | None, typer.Option("--html", metavar="OUT", parser=_path,
                                               help="Also write a self-contained HTML report with "
-                                                   "charts (needs cowprof\\[html]).")] = None,
+                                                   "charts (needs cowprof\\[html]); OUT must not "
+                                                   "exist unless --force.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the recording over time as JSON "
+                                           "(docs/attribute.md) instead of tables.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace the --html OUT file if it "
+                                                              "exists (never a symlink).")] = False,
 ) -> int:
     """Summarize a recording in the terminal, optionally also as an HTML report with charts.
 
-    The charts: copied MiB per worker over time, shared % over time, region breakdown.
+    The charts: copied MiB per worker over time, shared % over time, region breakdown; for a
+    recording made with --by, copied bytes by type and by cause over time and the top functions.
     """
     import io
 
     from cowprof.record import read_record
-    from cowprof.reporters import table
 
+    if html is not None and not force:
+        _check_new_output(html, force)  # before reading or rendering anything
     recording = read_record(file)
     for warning in recording.warnings:
         _err(f"warning: {warning}")
@@ -478,13 +521,18 @@ def report(
         buf = io.StringIO()
         html_reporter.render(recording, file=buf)
         html_text = buf.getvalue()
-    table.render_recording(recording, file=sys.stdout)
+    if json_out:
+        from cowprof.reporters import jsonout
+
+        jsonout.render_recording(recording, file=sys.stdout)
+    else:
+        from cowprof.reporters import table
+
+        table.render_recording(recording, file=sys.stdout)
     if html is not None and html_text is not None:
-        try:
-            html.write_text(html_text, encoding="utf-8")
-        except OSError as exc:
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
-            raise (OutputError if full else BadInput)(f"cannot write {html}: {exc.strerror or exc}") from None
+        from cowprof.outfile import write_new
+
+        write_new(os.fspath(html), html_text.encode("utf-8"), force=force)
         _err(f"wrote {html}")
     return 0
 
@@ -509,7 +557,7 @@ def _split_config(args: Sequence[str]) -> tuple[list[str], str | None]:
             rest.extend(args[i:])
             break
         name, eq, val = a.partition("=")
-        if a == "-c" or name in _CONFIG_LONG and not eq:
+        if a == "-c" or (name in _CONFIG_LONG and not eq):
             if i + 1 >= len(args):
                 raise BadInput(f"gunicorn option {a} needs a value")
             config = args[i + 1]
@@ -735,4 +783,5 @@ _reflow_help()
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     command = typer.main.get_command(app)
-    return command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    code: int = command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    return code

@@ -307,7 +307,7 @@ class Exporter:
         except CowprofError as exc:
             self._error(str(exc))
             return
-        except Exception as exc:  # a bug must not kill a long-running exporter: log it, go on
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill a long-running exporter: log it, go on
             self._error(f"{type(exc).__name__}: {exc}", exc_info=True)
             return
         self._scan_seconds = time.perf_counter() - started
@@ -523,7 +523,7 @@ def serve(pid: int | None, *, port: int = 9464, bind: str = "127.0.0.1", interva
         thread.start()
         log.info("watching master PID %d; serving http://%s:%d/metrics; scanning every %g s; "
                  "on a master restart, looking for it by %s", master.pid,
-                 f"[{host}]" if ":" in str(host) else host, real_port, interval, finder.describe())
+                 f"[{host!s}]" if ":" in str(host) else host, real_port, interval, finder.describe())
         exporter.run(interval, stop)
         log.info("stopping on %s", signals.received or "request")
         return 0

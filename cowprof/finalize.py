@@ -60,7 +60,7 @@ _OPAQUE = (type, types.ModuleType, types.FunctionType, types.CodeType, types.Bui
 
 # weak references to the objects with a finalizer the walks left mortal; the objects themselves
 # for the few types that take no weak reference
-_weak: list[weakref.ref] = []
+_weak: list[weakref.ref[Any]] = []
 _strong: list[Any] = []
 _state: dict[str, Any] = {"finished_in": None, "fallback_in": None}
 
@@ -117,7 +117,7 @@ def install() -> bool:
     current = sys.__dict__.get("__interactivehook__")
     if type(current) is _ExitHook:
         return False
-    sys.__interactivehook__ = _ExitHook(current)  # type: ignore[attr-defined]
+    sys.__interactivehook__ = _ExitHook(current)
     return True
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from types import FrameType
 
 from cowprof.prepare import PrepareReport
 from cowprof.recipes import prepare_parent
@@ -32,7 +33,7 @@ __all__ = ["REPORT", "in_fork_server_preload"]
 
 def in_fork_server_preload() -> bool:
     """Whether this import runs inside ``multiprocessing.forkserver.main`` (the preload step)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     suffix = os.path.join("multiprocessing", "forkserver.py")
     while frame is not None:
         if frame.f_code.co_name == "main" and frame.f_code.co_filename.endswith(suffix):

@@ -380,7 +380,8 @@ def _flask_plan(app: Any) -> Plan:
     hooks = [f for funcs in (app.before_request_funcs, app.after_request_funcs) for fs in funcs.values() for f in fs]
     foreign = [f for f in hooks if not _from_packages(f, ("flask", "werkzeug"))]
     if foreign:
-        p.requests_skipped = (f"request hooks not from Flask ({', '.join(getattr(f, '__qualname__', '?') for f in foreign[:3])}) "
+        names = ", ".join(getattr(f, "__qualname__", "?") for f in foreign[:3])
+        p.requests_skipped = (f"request hooks not from Flask ({names}) "
                               "run on every request; name read-only paths in COWPROF_WARMUP to warm up through them")
     else:
         p.requests.append(MISSING_PATH)
@@ -397,14 +398,15 @@ def _foreign_middleware(m: Any) -> bool:
     class, or a callable it was given (``@app.middleware("http")`` wraps a user function)."""
     if not _from_packages(getattr(m, "cls", m), _STARLETTE_PACKAGES):
         return True
-    given = list(getattr(m, "args", ()) or ()) + list((getattr(m, "kwargs", None) or getattr(m, "options", None) or {}).values())
+    options = getattr(m, "kwargs", None) or getattr(m, "options", None) or {}
+    given = list(getattr(m, "args", ()) or ()) + list(options.values())
     return any(callable(v) and not isinstance(v, type) and not _from_packages(v, _STARLETTE_PACKAGES) for v in given)
 
 
 def _middleware_name(m: Any) -> str:
     given = (getattr(m, "kwargs", None) or getattr(m, "options", None) or {}).get("dispatch")
     target = given if given is not None else getattr(m, "cls", m)
-    return getattr(target, "__qualname__", None) or getattr(target, "__name__", "?")
+    return str(getattr(target, "__qualname__", None) or getattr(target, "__name__", "?"))
 
 
 def _starlette_plan(app: Any, framework: str) -> Plan:
@@ -439,7 +441,8 @@ def _starlette_plan(app: Any, framework: str) -> Plan:
     if framework == "fastapi" and getattr(app, "openapi_url", None):
         p.steps.append(("OpenAPI schema", openapi))
     if foreign:
-        p.requests_skipped = (f"middleware not from Starlette/FastAPI ({', '.join(_middleware_name(m) for m in foreign[:3])}) "
+        names = ", ".join(_middleware_name(m) for m in foreign[:3])
+        p.requests_skipped = (f"middleware not from Starlette/FastAPI ({names}) "
                               "runs on every request; name read-only paths in COWPROF_WARMUP to warm up through it")
         return p
     p.requests.append(MISSING_PATH)

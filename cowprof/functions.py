@@ -61,6 +61,8 @@ class FunctionAttribution:
     modules: list[tuple[str, int]]  # largest first
     unnamed_code_bytes: int = 0  # code objects whose fields did not check out
     seconds: float = 0.0
+    other_functions_bytes: int = 0  # beyond ``functions`` (a top-N list read back from JSON)
+    other_modules_bytes: int = 0
 
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         fn = self.functions if top is None else self.functions[:top]
@@ -70,10 +72,22 @@ class FunctionAttribution:
             "seconds": self.seconds, "copied_bytes": self.copied_bytes, "code_bytes": self.code_bytes,
             "unnamed_code_bytes": self.unnamed_code_bytes,
             "functions": [{"function": f.name, "file": f.filename, "line": f.firstlineno, "bytes": b} for f, b in fn],
-            "other_functions_bytes": sum(b for _f, b in self.functions[len(fn):]),
+            "other_functions_bytes": self.other_functions_bytes + sum(b for _f, b in self.functions[len(fn):]),
             "modules": [{"module": m, "bytes": b} for m, b in mods],
-            "other_modules_bytes": sum(b for _m, b in self.modules[len(mods):]),
+            "other_modules_bytes": self.other_modules_bytes + sum(b for _m, b in self.modules[len(mods):]),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FunctionAttribution:
+        """The inverse of :meth:`to_dict` (fields checked by the caller, e.g. a record reader)."""
+        return cls(master=int(d["master"]), taken_at=float(d["taken_at"]), source=str(d["source"]),
+                   copied_bytes=int(d["copied_bytes"]), code_bytes=int(d["code_bytes"]),
+                   functions=[(Function(str(f["function"]), str(f["file"]), int(f["line"])), int(f["bytes"]))
+                              for f in d["functions"]],
+                   modules=[(str(m["module"]), int(m["bytes"])) for m in d["modules"]],
+                   unnamed_code_bytes=int(d["unnamed_code_bytes"]), seconds=float(d["seconds"]),
+                   other_functions_bytes=int(d["other_functions_bytes"]),
+                   other_modules_bytes=int(d["other_modules_bytes"]))
 
 
 def module_of(type_name: str) -> str:
@@ -121,15 +135,22 @@ def _code_info(mem: Memory, interp: Interpreter, addr: int) -> tuple[str, str, i
 
 
 def by_function(report: PageReport, hm: HeapMap, mem: Memory, interp: Interpreter, *,
-                source: str = "heapmap") -> FunctionAttribution:
-    """All workers' copied bytes by function (code objects) and by module of the objects' types."""
+                source: str = "heapmap", cache: dict[str, Any] | None = None) -> FunctionAttribution:
+    """All workers' copied bytes by function (code objects) and by module of the objects' types.
+
+    ``cache``: a dict the caller keeps across calls for the same master (``record``): the join's
+    ranges and the functions' modules are kept while ``hm`` is the same object, the names read for
+    each code object address for as long as the dict lives."""
     t0 = time.perf_counter()
-    pages = np.unique(np.concatenate([np.asarray(w.copied_addrs, dtype=np.uint64) for w in report.workers])) \
-        if report.workers else np.zeros(0, np.uint64)
+    cache = {} if cache is None else cache
+    if cache.get("map") is not hm:
+        cache.update(map=hm, layout=attribution.layout_of(hm), modules=None)
+    codes: dict[int, tuple[str, str, int] | None] = cache.setdefault("code", {})
     # every worker's pages: a page copied by two workers counts twice, as in the by-type view
     per_rec = np.zeros(len(hm), dtype=np.float64)
     for w in report.workers:
-        per_rec += attribution.record_bytes(hm, np.asarray(w.copied_addrs, dtype=np.uint64), report.page_size)
+        per_rec += attribution.record_bytes(hm, np.asarray(w.copied_addrs, dtype=np.uint64), report.page_size,
+                                            _lay=cache["layout"])
     names = [str(n) for n in hm.type_names.tolist()]
     unknown_name = getattr(hm, "unknown_name", None)
     by_module: dict[str, float] = {}
@@ -148,12 +169,16 @@ def by_function(report: PageReport, hm: HeapMap, mem: Memory, interp: Interprete
         t = names.index("code")
         pre = int(hm.type_preheader[t]) if hm.type_preheader is not None and hm.type_preheader.size > t else 0
         recs = np.flatnonzero((np.asarray(hm.type) == t) & (per_rec > 0))
-        modules = _function_modules(mem, interp, hm)
+        if cache["modules"] is None:
+            cache["modules"] = _function_modules(mem, interp, hm)
+        modules = cache["modules"]
         for r in recs.tolist():
             addr = int(hm.addr[r]) + pre
             b = float(per_rec[r])
             code_bytes += b
-            info = _code_info(mem, interp, addr)
+            if addr not in codes:
+                codes[addr] = _code_info(mem, interp, addr)
+            info = codes[addr]
             if info is None:
                 unnamed += b
                 continue
@@ -161,12 +186,12 @@ def by_function(report: PageReport, hm: HeapMap, mem: Memory, interp: Interprete
             mod = modules.get(addr)
             key = Function(f"{mod}.{qual}" if mod else qual, fname, line)
             functions[key] = functions.get(key, 0.0) + b
-    rows = sorted(((f, int(round(b))) for f, b in functions.items()), key=lambda fb: (-fb[1], fb[0].name))
-    mods = sorted(((m, int(round(b))) for m, b in by_module.items()), key=lambda mb: (-mb[1], mb[0]))
+    rows = sorted(((f, round(b)) for f, b in functions.items()), key=lambda fb: (-fb[1], fb[0].name))
+    mods = sorted(((m, round(b)) for m, b in by_module.items()), key=lambda mb: (-mb[1], mb[0]))
     return FunctionAttribution(master=report.master.pid, taken_at=report.taken_at, source=source,
                                copied_bytes=sum(w.copied_bytes for w in report.workers),
-                               code_bytes=int(round(code_bytes)), functions=rows, modules=mods,
-                               unnamed_code_bytes=int(round(unnamed)), seconds=time.perf_counter() - t0)
+                               code_bytes=round(code_bytes), functions=rows, modules=mods,
+                               unnamed_code_bytes=round(unnamed), seconds=time.perf_counter() - t0)
 
 
 def snapshot(pid: int, *, procfs_root: str = "/proc", heapmap_dir: str | None = None,

@@ -21,7 +21,7 @@ kernel copies the pages, in every worker. The hooks here fix that at the right m
   after it loaded its dirty apps: gunicorn's ``dirty_post_fork`` runs in the dirty arbiter, not in
   the new worker) run :func:`cowprof.after_fork` before the user's own.
 
-Two ways to use it (README.md has the details):
+Two ways to use it (docs/servers.md has the details):
 
 1. As the config module: ``gunicorn -c python:cowprof.gunicorn app:app``. To keep your own config
    file, name it in ``COWPROF_GUNICORN_CONFIG`` (a path, or ``python:module``): it is executed the way
@@ -62,9 +62,9 @@ from typing import Any
 
 from cowprof import preload
 from cowprof.errors import BadInput
+from cowprof.gunicorn_requests import worker_transport
 from cowprof.prepare import PrepareReport, after_fork, prepare_fork
 from cowprof.recipes import WarmupResult, warm_up
-from cowprof.gunicorn_requests import worker_transport
 from cowprof.warmup import WarmupOptions, warm_up_app
 
 __all__ = [
@@ -73,6 +73,8 @@ __all__ = [
     "make_post_fork", "make_when_ready", "on_dirty_starting", "on_starting", "options_from_env", "post_fork",
     "prepare_master", "warm_up", "when_ready",
 ]
+
+Hook = Callable[..., Any]  # a gunicorn server hook: arguments per hook, result ignored
 
 ENV_CONFIG = "COWPROF_GUNICORN_CONFIG"
 ENV_PREPARE = "COWPROF_PREPARE"
@@ -219,7 +221,7 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
             try:
                 with worker_transport(server) if opts.warmup_server else contextlib.nullcontext() as transport:
                     result = warm_up_app(app, wopts, log=log, transport=transport)
-            except Exception:  # noqa: BLE001 - a warm-up must never keep the server from starting
+            except Exception:  # a warm-up must never keep the server from starting
                 log.exception("cowprof: warm-up failed; preparing without it")
             else:
                 log.info("cowprof: %s", result.summary())
@@ -232,7 +234,7 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
     else:
         try:
             report = prepare_fork(**dict(opts.prepare_kwargs))
-        except Exception:  # noqa: BLE001 - an optimisation must not keep the server from starting
+        except Exception:  # an optimisation must not keep the server from starting
             log.exception("cowprof: prepare_fork failed; workers fork from the unprepared heap")
             payload["skipped"] = "prepare_fork failed"
         else:
@@ -258,7 +260,7 @@ def _preload_learned(server: Any, log: Any, payload: dict[str, Any]) -> None:
     payload["preload"] = {"imported": list(imported), "failed": list(failed)}
 
 
-def _mark(fn: Callable, user_hook: Callable | None) -> Callable:
+def _mark(fn: Hook, user_hook: Hook | None) -> Hook:
     setattr(fn, _HOOK_MARK, True)
     fn.__wrapped_user_hook__ = user_hook  # type: ignore[attr-defined]
     return fn
@@ -268,13 +270,14 @@ def _is_ours(hook: Any) -> bool:
     return bool(getattr(hook, _HOOK_MARK, False))
 
 
-def _resolve_hook(hook: Any) -> Callable | None:
+def _resolve_hook(hook: object) -> Hook | None:
     """A hook as gunicorn accepts it: a callable, or a 'module.name' string."""
     if hook is None or callable(hook):
         return hook
     if isinstance(hook, str) and "." in hook:
         mod_name, obj_name = hook.rsplit(".", 1)
-        return getattr(importlib.import_module(mod_name), obj_name)
+        found: Hook = getattr(importlib.import_module(mod_name), obj_name)
+        return found
     raise BadInput(f"a gunicorn hook must be callable or a 'module.name' string, got {hook!r}")
 
 
@@ -290,7 +293,7 @@ def _prepare_once(server: Any, options: HookOptions) -> None:
     prepare_master(server, options)
 
 
-def make_on_starting(user_hook: Callable | None = None, options: HookOptions = HookOptions()) -> Callable:
+def make_on_starting(user_hook: Hook | None = None, options: HookOptions = HookOptions()) -> Hook:
     """An ``on_starting(server)`` hook: ``user_hook(server)`` first; then, when gunicorn will fork a
     dirty arbiter (it does so after ``on_starting``, before ``when_ready``), :func:`prepare_master`."""
     if _is_ours(user_hook):
@@ -305,7 +308,7 @@ def make_on_starting(user_hook: Callable | None = None, options: HookOptions = H
     return _mark(on_starting, user_hook)
 
 
-def make_when_ready(user_hook: Callable | None = None, options: HookOptions = HookOptions()) -> Callable:
+def make_when_ready(user_hook: Hook | None = None, options: HookOptions = HookOptions()) -> Hook:
     """A ``when_ready(server)`` hook: ``user_hook(server)`` first, then :func:`prepare_master`
     (unless ``on_starting`` already prepared, for a dirty arbiter)."""
     if _is_ours(user_hook):
@@ -319,7 +322,7 @@ def make_when_ready(user_hook: Callable | None = None, options: HookOptions = Ho
     return _mark(when_ready, user_hook)
 
 
-def make_post_fork(user_hook: Callable | None = None) -> Callable:
+def make_post_fork(user_hook: Hook | None = None) -> Hook:
     """A ``post_fork(server, worker)`` hook: :func:`cowprof.after_fork` first, then ``user_hook``."""
     if _is_ours(user_hook):
         return user_hook  # type: ignore[return-value]
@@ -332,7 +335,7 @@ def make_post_fork(user_hook: Callable | None = None) -> Callable:
     return _mark(post_fork, user_hook)
 
 
-def _after_fork_then(user_hook: Callable | None, name: str) -> Callable:
+def _after_fork_then(user_hook: Hook | None, name: str) -> Hook:
     """A one-argument hook named ``name``: :func:`cowprof.after_fork`, then ``user_hook(arg)``."""
     if _is_ours(user_hook):
         return user_hook  # type: ignore[return-value]
@@ -346,13 +349,13 @@ def _after_fork_then(user_hook: Callable | None, name: str) -> Callable:
     return _mark(hook, user_hook)
 
 
-def make_on_dirty_starting(user_hook: Callable | None = None) -> Callable:
+def make_on_dirty_starting(user_hook: Hook | None = None) -> Hook:
     """An ``on_dirty_starting(arbiter)`` hook (in the dirty arbiter, right after the master forked
     it): :func:`cowprof.after_fork` first, then ``user_hook``."""
     return _after_fork_then(user_hook, "on_dirty_starting")
 
 
-def make_dirty_worker_init(user_hook: Callable | None = None) -> Callable:
+def make_dirty_worker_init(user_hook: Hook | None = None) -> Hook:
     """A ``dirty_worker_init(worker)`` hook (in each dirty worker, once its dirty apps are loaded):
     :func:`cowprof.after_fork` first, then ``user_hook``."""
     return _after_fork_then(user_hook, "dirty_worker_init")
@@ -447,7 +450,7 @@ def _load_from_env() -> None:
     except BadInput as err:
         print(f"cowprof: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    except Exception:
+    except Exception:  # noqa: BLE001 - the user's config file: its traceback, then exit 1
         print(f"cowprof: failed to read the gunicorn config {location!r} ({ENV_CONFIG}):", file=sys.stderr)
         traceback.print_exc()
         raise SystemExit(1) from None

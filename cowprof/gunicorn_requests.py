@@ -45,7 +45,7 @@ class _NoAccessLog:
 
 
 def _request_bytes(target: str) -> bytes:
-    scheme, host, _port, path, query, netloc = request_target(target)
+    scheme, _host, _port, path, query, netloc = request_target(target)
     lines = [f"GET {path}{'?' + query if query else ''} HTTP/1.1", f"Host: {netloc}",
              "User-Agent: cowprof-warmup", "Connection: close"]
     if scheme == "https":  # gunicorn trusts this header from 127.0.0.1 (forwarded_allow_ips)

@@ -389,7 +389,8 @@ def _checked_layout(path: str, layout: Any) -> dict[str, Any] | None:
         for k in _LAYOUT_INTS) and isinstance(layout.get("basicsize", {}), dict)
     if not ok:
         raise CorruptHeapMap(f"{path}: corrupt heap map layout")
-    return layout
+    checked: dict[str, Any] = layout
+    return checked
 
 
 def _unlink_own(dir_fd: int, name: str) -> None:
@@ -671,9 +672,9 @@ def _open_map(name: str, dir_fd: int | None, owners: Collection[int] | None) -> 
     return f
 
 
-def _check_meta(meta: Any, version: int) -> dict[str, Any]:
+def _check_meta(raw: Any, version: int) -> dict[str, Any]:
     """The metadata when it has the documented keys and types; ValueError otherwise."""
-    meta = untrusted.obj(meta, "the metadata")
+    meta = untrusted.obj(raw, "the metadata")
     fmt = untrusted.integer(meta, "format", optional=version == 2)  # maps written before it was recorded: 2
     if fmt is not None and fmt != version:
         raise ValueError(f"'format' {fmt} is not the header's {version}")

@@ -17,7 +17,7 @@ still maps a shared page). When every worker with a page at that address is excl
 can tell from page tables alone who wrote (in a one-worker tree, the master or the worker; with
 more, all workers or the master and all but one): the master counts it in ``ambiguous_bytes`` and
 the worker as copied, with the worker's ``ambiguous_bytes`` counting its copied pages that no other
-worker maps. See README.md.
+worker maps. See docs/measure.md.
 
 Two modes: ``exclusive-bit`` (any user allowed to read the target's pagemap) and ``pfn`` (root:
 PFNs and ``/proc/kpagecount``, which adds ``shared_with_master_bytes`` and the ``sharers``
@@ -117,7 +117,7 @@ class MasterPages:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MasterPages:
+    def from_dict(cls, d: Any) -> MasterPages:
         d = untrusted.obj(d, "'master'")
         return cls(
             pid=_pid(d), started_at=untrusted.timestamp(d, "started_at", optional=True) or 0.0,
@@ -180,7 +180,7 @@ class WorkerPages:
 
 @dataclass
 class PageReport:
-    """One scan of a tree. ``to_dict()`` is the documented, stable JSON (README.md)."""
+    """One scan of a tree. ``to_dict()`` is the documented, stable JSON (docs/measure.md)."""
 
     version: int
     taken_at: float
@@ -324,7 +324,8 @@ _IOV_MAX = 1024
 def _is(key: np.ndarray, test: tuple[int, int], tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``key & mask == value`` into ``out`` (bool), with ``tmp`` (uint8) as scratch."""
     np.bitwise_and(key, np.uint8(test[0]), out=tmp)
-    return np.equal(tmp, np.uint8(test[1]), out=out)
+    np.equal(tmp, np.uint8(test[1]), out=out)
+    return out
 
 
 class _Buffers:
@@ -766,10 +767,10 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
         w.shared &= w.present
 
         def at_master(a: np.ndarray) -> np.ndarray:
-            if w.m_idx is None:
+            if w.m_idx is None:  # noqa: B023 - called in this iteration only
                 return a
             scratch.fill(0)
-            scratch[w.m_idx] = a  # indexes are unique within one worker (the extra slot aside)
+            scratch[w.m_idx] = a  # noqa: B023 - indexes are unique within one worker (the extra slot aside)
             return scratch[:-1]
 
         p = at_master(w.present.view(np.uint8))
@@ -814,6 +815,7 @@ def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_address
     m_tmp &= seen_any
     solo_own[:-1] &= m_tmp.view(bool)
     for w in workers:
+        assert w.key is not None and w.present is not None and w.shared is not None  # set by step 4
         layout = w.pages.layout
         wb = layout.buffers()
         copied = _is(w.key, _W_COPIED, wb.tmp, wb.copied)

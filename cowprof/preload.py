@@ -234,7 +234,7 @@ def import_learned(key: str | None = None, log: Any = None) -> tuple[tuple[str, 
         try:
             importlib.import_module(name)
             imported.append(name)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit from a module must not stop the server
+        except BaseException as exc:  # SystemExit from a module must not stop the server
             failed.append(name)
             if log is not None:
                 log.warning("cowprof: learned preload of %s failed: %s: %s", name, type(exc).__name__, exc)
@@ -246,7 +246,8 @@ def import_learned(key: str | None = None, log: Any = None) -> tuple[tuple[str, 
 
 def preloaded() -> tuple[str, ...]:
     """The modules :func:`import_learned` imported in this process."""
-    return _state["imported"]
+    imported: tuple[str, ...] = _state["imported"]
+    return imported
 
 
 # ---------------------------------------------------------------------------------- worker side

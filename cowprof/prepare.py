@@ -16,7 +16,7 @@
 5. ``malloc_trim(0)`` — hands free malloc memory back to the OS instead of to the first worker
    that touches it.
 
-Policy lives here; the native module only walks. See README "Heap preparation" for trade-offs
+Policy lives here; the native module only walks. See docs/fix.md for trade-offs
 (prepared objects are never freed; a second call only handles objects created since).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 try:
     from cowprof import _native
 except ImportError as exc:  # a source checkout without the build, or an unsupported platform
-    _native = None
+    _native = None  # type: ignore[assignment]  # (checked before every use)
     _NATIVE_IMPORT_ERROR: str | None = f"cowprof._native is not built ({exc})"
 else:
     _NATIVE_IMPORT_ERROR = None
@@ -220,8 +220,8 @@ def prepare_fork(
             # (Objects someone else froze between two calls are not: documented.)
             full_walk = False
         gc_head, managed = _heapmap_module.preheader_sizes()
-        kwargs = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head, managed_preheader=managed,
-                      new_only=not full_walk)
+        kwargs: dict[str, Any] = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head,
+                                      managed_preheader=managed, new_only=not full_walk)
         segment = _heapmap_segment(heapmap, full_walk) if record else None
         t = _phase(phases, "setup", t)
         if segment is not None:
@@ -326,12 +326,13 @@ def _fill(request: bool | int) -> Any:
 def _heapmap_segment(heapmap: bool | str, full_walk: bool) -> Any:
     """The heap map file the walk will stream into, or None (with a warning) if it cannot be created."""
     from cowprof import heapmap as hm
+    from cowprof.errors import BadInput
 
     directory = heapmap if isinstance(heapmap, str) else None
     seq = 0 if full_walk else _state["heapmap_seq"] + 1
     try:
         return hm.Segment(os.getpid(), directory, seq)
-    except (OSError, hm.BadInput) as exc:
+    except (OSError, BadInput) as exc:
         warnings.warn(f"cowprof: heap map not saved: {exc}", RuntimeWarning, stacklevel=3)
         return None
 

@@ -1,6 +1,6 @@
 """Fork recipe helpers: warm-up, and prepare/restore for servers other than gunicorn.
 
-See README.md (gunicorn has its own hooks: :mod:`cowprof.gunicorn`).
+See docs/servers.md (gunicorn has its own hooks: :mod:`cowprof.gunicorn`).
 
 The rule is the same everywhere: :func:`cowprof.prepare_fork` in the parent once everything the
 children will share is loaded, right before the first fork; :func:`cowprof.after_fork` in each child
@@ -20,6 +20,7 @@ right after it. What differs is where a server lets you run code at those two mo
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from cowprof.prepare import PrepareReport, after_fork, prepare_fork
@@ -70,7 +71,7 @@ def uwsgi_postfork() -> bool:
     is on). Returns False outside uWSGI (``uwsgidecorators`` is only importable inside it).
     """
     try:
-        import uwsgidecorators  # type: ignore[import-not-found]
+        import uwsgidecorators
     except ImportError:
         return False
     uwsgidecorators.postfork(after_fork)

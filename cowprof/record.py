@@ -1,14 +1,20 @@
 """Record files: page-report samples over time, as versioned JSON Lines.
 
-Layout (``version`` 1), one JSON object per line, UTF-8::
+Layout (format 1.1: ``version`` 1, ``minor`` 1), one JSON object per line, UTF-8::
 
-    {"format": "cowprof-record", "version": 1, "created_at": 1763780000.0,
+    {"format": "cowprof-record", "version": 1, "minor": 1, "created_at": 1763780000.0,
      "target": {"pid": 10, "requested_pid": 11, "cmdline": [...], "interval": 1.0},
-     "cowprof_version": "0.1.0"}
+     "attribution": {"by": ["type", "cause"], "top": 20}, "cowprof_version": "0.1.0"}
     {"kind": "sample", "index": 0, "time": ..., "elapsed": 0.0, "lateness": 0.001,
      "error": null, "report": {<PageReport.to_dict()>}}
+    {"kind": "attribution", "sample": 0, ...}    (record --by: see cowprof.record_attribution)
     {"kind": "sample", "index": 1, ..., "error": {"type": "AccessDenied", "message": "..."}, "report": null}
     {"kind": "end", "time": ..., "samples": 2, "reason": "target-exited"}
+
+Versions: ``version`` changes when existing lines change meaning (a reader refuses a version it
+does not know); ``minor`` counts compatible additions (new line kinds, new optional header keys):
+1.0 files (no ``minor``) are read as 1.1 files without attribution, and a reader of 1.0 reads a
+1.1 file as pages only, skipping the ``attribution`` lines. Any ``minor`` is read.
 
 Why this shape: append-only text that survives a killed recorder. Each line goes to the kernel
 with unbuffered ``write`` calls as soon as its sample completes (and is fsync'd at most every few
@@ -18,11 +24,12 @@ line and :class:`~cowprof.errors.OutputError` says how many samples it keeps. JS
 a record file is data, safe to open from anywhere, and read strictly: every field of the header,
 the samples and the end line must have its documented type, and a line longer than
 ``MAX_LINE_BYTES`` is corrupt (reading never holds more than one line of it in memory at once).
-Unknown ``kind`` values are skipped so later version-1 writers can add line kinds; anything that
-changes the meaning of existing lines bumps ``version``.
+Unknown ``kind`` values are skipped so later version-1 writers can add line kinds (bumping
+``minor``); anything that changes the meaning of existing lines bumps ``version``.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -32,17 +39,23 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cowprof import __version__, untrusted
+from cowprof import __version__, record_attribution, untrusted
 from cowprof.errors import BadInput, CowprofError, OutputError, RecordFileError
+from cowprof.outfile import open_new
 
 if TYPE_CHECKING:
+    from cowprof.attribution import Attribution
+    from cowprof.attributor import SampleAttribution
+    from cowprof.functions import FunctionAttribution
     from cowprof.pages import PageReport
     from cowprof.sampler import Sample
 
-__all__ = ["FORMAT", "VERSION", "RecordWriter", "Recording", "RecordedSample", "read_record"]
+__all__ = ["FORMAT", "MINOR", "VERSION", "RecordWriter", "Recording", "RecordedSample", "read_record"]
 
 FORMAT = "cowprof-record"
 VERSION = 1
+MINOR = 1
+"""1: ``attribution`` lines and the header's ``attribution`` (``record --by``)."""
 FSYNC_EVERY = 5.0
 """Seconds between fsyncs: a flushed line already survives the recorder being killed; fsync only
 protects against the machine going down, so it need not cost a disk flush per sample."""
@@ -67,31 +80,19 @@ class RecordWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, target: dict[str, Any], force: bool = False,
-                 fsync_every: float = FSYNC_EVERY) -> None:
+                 fsync_every: float = FSYNC_EVERY, attribution: dict[str, Any] | None = None) -> None:
         self.path = os.fspath(path)
         self.samples = 0
         self._fsync_every = fsync_every
         self._last_fsync = time.monotonic()
         self._size = 0  # bytes of complete lines written
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
-        try:
-            self._fd = os.open(self.path, flags, 0o600)
-        except FileExistsError:
-            raise BadInput(f"{self.path} already exists (use --force to overwrite it)") from None
-        except IsADirectoryError:
-            raise BadInput(f"{self.path} is a directory") from None
-        except FileNotFoundError:
-            raise BadInput(f"cannot create {self.path}: no such directory") from None
-        except PermissionError:
-            raise BadInput(f"cannot create {self.path}: permission denied") from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise BadInput(f"{self.path} is a symbolic link (not following it)") from None
-            raise BadInput(f"cannot create {self.path}: {exc.strerror or exc}") from None
+        self._fd = open_new(self.path, force=force)
         self._created = not force
         self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
-        header = {"format": FORMAT, "version": VERSION, "created_at": time.time(),
+        header = {"format": FORMAT, "version": VERSION, "minor": MINOR, "created_at": time.time(),
                   "target": target, "cowprof_version": __version__, "hostname": socket.gethostname()}
+        if attribution is not None:
+            header["attribution"] = attribution
         try:
             self._write_line(header, sync=True)
         except OutputError:
@@ -160,6 +161,11 @@ class RecordWriter:
         })
         self.samples += 1
 
+    def write_attribution(self, sample: int, attribution: SampleAttribution, *, top: int | None = None) -> None:
+        """Append the attribution line of sample ``sample`` (written right after it), each
+        worker's types and the functions cut to the ``top`` largest."""
+        self._write_line(record_attribution.line(sample, attribution, top=top))
+
     def close(self, reason: str | None = None) -> None:
         """Write the end line (when ``reason`` is given), fsync and close. Idempotent."""
         if self._fd < 0:
@@ -189,6 +195,11 @@ class RecordedSample:
     lateness: float
     report: PageReport | None
     error: str | None
+    attribution: Attribution | None = None
+    """By type (and cause) of this sample (``record --by``), when its attribution line says so."""
+    functions: FunctionAttribution | None = None
+    attribution_error: str | None = None
+    """Why the sample has no attribution although the recording asked for one."""
 
 
 @dataclass
@@ -205,6 +216,12 @@ class Recording:
     def reports(self) -> list[PageReport]:
         """The samples that hold a report, in order."""
         return [s.report for s in self.samples if s.report is not None]
+
+    @property
+    def attributed_by(self) -> list[str]:
+        """The groupings the recorder was asked for (``record --by``); [] for pages only."""
+        a = self.header.get("attribution")
+        return list(a.get("by") or []) if isinstance(a, dict) else []
 
 
 def _parse_header(path: str, line: bytes) -> dict[str, Any]:
@@ -231,6 +248,11 @@ def _parse_header(path: str, line: bytes) -> dict[str, Any]:
         untrusted.string_list(target, "cmdline", optional=True)
         untrusted.number(target, "interval", minimum=1e-9, optional=True)
         untrusted.number(target, "duration", minimum=1e-9, optional=True)
+        untrusted.integer(header, "minor", minimum=0, optional=True)
+        if header.get("attribution") is not None:
+            attr = untrusted.obj(header["attribution"], "'attribution'")
+            untrusted.string_list(attr, "by")
+            untrusted.integer(attr, "top", minimum=1, optional=True)
     except ValueError as exc:
         raise RecordFileError(f"{path}: corrupt header ({exc})") from None
     return header
@@ -342,7 +364,24 @@ def _read_lines(path: str, lines: Any) -> Recording:
             recording.samples.append(_parse_sample(path, lineno, obj))
         elif kind == "end":
             recording.end = _check_end(path, lineno, obj)
+        elif kind == record_attribution.KIND:
+            _attach(recording, path, lineno, obj)
         elif not isinstance(kind, str):
             raise RecordFileError(f"{path} line {lineno}: corrupt (no line kind)")
         # other kinds: added by a later version-1 writer; skipped on purpose
     return recording
+
+
+def _attach(recording: Recording, path: str, lineno: int, obj: dict[str, Any]) -> None:
+    """Read an attribution line into the sample it follows."""
+    try:
+        ra = record_attribution.parse(obj)
+    except (ValueError, CowprofError) as exc:
+        raise RecordFileError(f"{path} line {lineno}: corrupt attribution ({exc})") from None
+    last = recording.samples[-1] if recording.samples else None
+    if last is None or last.index != ra.sample:
+        raise RecordFileError(f"{path} line {lineno}: corrupt attribution (of sample {ra.sample}, "
+                              "which is not the sample before it)")
+    recording.warnings.extend(f"{path} line {lineno}: {w}" for w in ra.warnings)
+    recording.samples[-1] = dataclasses.replace(last, attribution=ra.attribution, functions=ra.functions,
+                                                attribution_error=ra.error or ra.functions_error)

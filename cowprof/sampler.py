@@ -20,16 +20,13 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from cowprof.errors import CowprofError
+from cowprof.timer import CPU_BURST_SECONDS, Timer
 
 if TYPE_CHECKING:
     from cowprof.pages import PageReport, Scanner
     from cowprof.tree import Tree
 
 __all__ = ["Sample", "Sampler", "StopReason", "CPU_BURST_SECONDS"]
-
-#: depth of the CPU cap's token bucket, in seconds of credit at ``max_cpu``
-CPU_BURST_SECONDS = 10.0
-
 
 class StopReason:
     """Why a :class:`Sampler` stopped (``Sampler.stop_reason``); plain strings, stored in record files."""
@@ -90,20 +87,20 @@ class Sampler:
     taken immediately. Ticks are on a fixed grid (``start + k * interval``); ticks missed because a scan
     was slower than the interval are skipped, and the delay shows up as the next sample's ``lateness``.
 
-    ``max_cpu`` (a fraction of one core) caps this process's CPU use with a token bucket: CPU credit
-    accrues at ``max_cpu`` per second of wall time, up to ``CPU_BURST_SECONDS`` worth, and each
-    sample spends what it cost (the scan, plus what the consumer did with the sample before asking
-    for the next one). When the credit runs out, the next tick waits until it is back to zero, so
-    the interval stretches on trees too busy to scan every ``interval`` within the cap
-    (``effective_interval`` says by how much), while an occasional full scan of a mostly unchanged
-    tree does not. Over any span of T seconds the sampler uses at most ``max_cpu * (T +
-    CPU_BURST_SECONDS)`` CPU seconds. A full page scan of a 1 GiB tree costs ~12-20 ms of CPU: at
-    1 Hz that alone is 1.3-2% of a core.
+    ``max_cpu`` (a fraction of one core) caps this process's CPU use (:class:`cowprof.timer.Timer`'s
+    token bucket): each sample spends what it cost (the scan, plus what the consumer did with the
+    sample before asking for the next one), so the interval stretches on trees too busy to scan
+    every ``interval`` within the cap (``effective_interval`` says by how much), while an
+    occasional full scan of a mostly unchanged tree does not. A full page scan of a 1 GiB tree
+    costs ~12-20 ms of CPU: at 1 Hz that alone is 1.3-2% of a core.
 
     ``tolerance`` and ``max_age`` go to the :class:`cowprof.pages.Scanner`: with ``tolerance`` > 0 a
     sample may hold the previous report while few pages can have changed since (``drift_pages``
     bounds how many); 0 (the default, for ``record`` and ``export``) re-reads the page tables
     whenever anything changed.
+
+    ``keep_addresses`` keeps each worker's copied page addresses in the reports (for attribution:
+    ``record --by``).
 
     ``find_tree``, ``scan``, ``is_alive``, ``clock``, ``wall_clock``, ``sleep`` and ``cpu_clock`` are
     injectable for tests; by default they are a :class:`cowprof.tree.TreeWatcher` (``find_tree`` that
@@ -124,6 +121,7 @@ class Sampler:
         max_cpu: float | None = None,
         tolerance: float = 0.0,
         max_age: float | None = None,
+        keep_addresses: bool = False,
         find_tree: Callable[[int], Tree] | None = None,
         scan: Callable[[Tree, bool | None], PageReport] | None = None,
         is_alive: Callable[[int], bool] | None = None,
@@ -132,13 +130,10 @@ class Sampler:
         sleep: Callable[[float], Any] = time.sleep,
         cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
-        if not interval > 0:
-            raise ValueError("interval must be > 0")
-        if max_cpu is not None and not 0 < max_cpu <= 1:
-            raise ValueError("max_cpu must be in (0, 1]")
+        self._timer_args: dict[str, Any] = dict(interval=interval, duration=duration, count=count,
+                                                max_cpu=max_cpu, clock=clock, cpu_clock=cpu_clock)
+        self.timer = Timer(**self._timer_args)  # validates the schedule's arguments
         self.interval = float(interval)
-        self.effective_interval = float(interval)
-        """Seconds between the last sample and the next one (> interval when max_cpu stretches it)."""
         self.max_cpu = max_cpu
         self.duration = duration
         self.count = count
@@ -154,7 +149,7 @@ class Sampler:
             self.scanner: Scanner | None = scanner
 
             def scan(tree: Tree, _privileged: bool | None) -> PageReport:
-                return scanner.scan(tree)
+                return scanner.scan(tree, keep_addresses=keep_addresses)
         else:
             self.scanner = None
         self._find_tree = find_tree
@@ -162,7 +157,6 @@ class Sampler:
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
-        self._cpu_clock = cpu_clock
         self._stopped = False
         self.stop_reason: str | None = None
         self.samples_taken = 0
@@ -203,25 +197,24 @@ class Sampler:
         return Sample(index=index, time=wall, elapsed=began - start, lateness=lateness, report=report,
                       error=error, drift_pages=drift)
 
+    @property
+    def effective_interval(self) -> float:
+        """Seconds between the last sample and the next one (> interval when max_cpu stretches it)."""
+        return self.timer.effective_interval
+
     def __iter__(self) -> Iterator[Sample]:
-        start = self._clock()
-        tick = 0  # index on the grid start + k * interval
-        scheduled = start
+        timer = self.timer = Timer(**self._timer_args)
+        start = timer.start()
         index = 0
-        depth = (self.max_cpu or 0.0) * CPU_BURST_SECONDS
-        credit, credit_at = depth, start  # CPU seconds we may still spend, and when it was counted
-        cpu_mark = self._cpu_clock()
         while True:
             if self._stopped:
                 self.stop_reason = StopReason.STOPPED
                 return
-            if self.count is not None and index >= self.count:
-                self.stop_reason = StopReason.COUNT
+            expired = timer.expired()
+            if expired is not None:
+                self.stop_reason = StopReason.COUNT if expired == "count" else StopReason.DURATION
                 return
-            # the last sample is the one at ``duration`` (inclusive), checked before sleeping to it
-            if self.duration is not None and scheduled - start > self.duration + 1e-9:
-                self.stop_reason = StopReason.DURATION
-                return
+            scheduled = timer.due()
             delay = scheduled - self._clock()
             if delay > 0:
                 self._sleep(delay)
@@ -238,23 +231,5 @@ class Sampler:
                 return
             index += 1
             self.samples_taken = index
-            began = start + sample.elapsed
             yield sample
-            # next tick on the grid that is still in the future (skip the ones a slow scan missed)
-            now = self._clock()
-            tick = max(tick + 1, math.floor((now - start) / self.interval) + 1)
-            scheduled = start + tick * self.interval
-            if self.max_cpu is not None:
-                # CPU cap: this cycle cost `spent` CPU seconds of the whole process (liveness check,
-                # scan, whatever the consumer did with the sample); once the credit is used up,
-                # wait until it has grown back to zero
-                cpu_now = self._cpu_clock()
-                spent = max(0.0, cpu_now - cpu_mark)
-                cpu_mark = cpu_now
-                credit = min(depth, credit + (now - credit_at) * self.max_cpu) - spent
-                credit_at = now
-                earliest = now - credit / self.max_cpu if credit < 0 else now
-                if earliest > scheduled:
-                    scheduled = earliest
-                    tick = max(tick, math.ceil((earliest - start) / self.interval - 1e-9))
-            self.effective_interval = scheduled - began
+            timer.done(start + sample.elapsed)

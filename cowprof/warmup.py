@@ -32,7 +32,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from io import BytesIO
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -130,7 +130,7 @@ def _call_wsgi(app: Callable[..., Iterable[bytes]], target: str) -> str:
     """Status line of one GET of ``target`` through the WSGI ``app`` (body read and closed)."""
     status: list[str] = []
 
-    def start_response(st: str, headers: list, exc_info: Any = None) -> Callable:
+    def start_response(st: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
         status[:] = [st]
         return lambda chunk: None
 
@@ -181,7 +181,7 @@ async def _call_asgi(app: Any, target: str) -> int:
 
 def is_asgi(app: Any) -> bool:
     """Whether ``app`` is an ASGI 3 application (an async callable) rather than a WSGI one."""
-    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))  # noqa: B004 - the method itself
 
 
 class _Tally:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class LoadResult:
     first_error: str | None = None
     latencies: np.ndarray | None = field(default=None, repr=False, compare=False)  # ms, for merging
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("latencies")
         d["status"] = {str(k): v for k, v in self.status.items()}
@@ -156,7 +157,8 @@ def run_load(host: str, port: int, paths: Sequence[str], *, concurrency: int = 8
         raise BadInput("deadline and timeout must be positive")
     started = time.monotonic()
     shared = _Shared(paths, started + deadline)
-    per_thread = [([], {}, [0]) for _ in range(min(concurrency, max(1, len(paths))))]
+    per_thread: list[tuple[list[float], dict[int, int], list[int]]] = [
+        ([], {}, [0]) for _ in range(min(concurrency, max(1, len(paths))))]
     threads = [threading.Thread(target=_client, args=(shared, host, port, timeout, *state),
                                 name=f"cowprof-load-{n}", daemon=True)
                for n, state in enumerate(per_thread)]

@@ -39,7 +39,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -48,6 +48,9 @@ from cowprof.errors import BadInput, CowprofError, ProcessGone
 from demo.loadgen import LoadResult, merge_results, run_load
 from cowprof.pages import PageReport, scan
 from cowprof.tree import Tree, find_tree
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "sample_app"
@@ -103,7 +106,8 @@ def _sample_traffic() -> Any:
 
 def sample_request_paths(count: int, seed: int = 7) -> list[str]:
     """The demo's request list (``sample_app.traffic.request_paths``)."""
-    return _sample_traffic().request_paths(count, seed=seed)
+    paths: list[str] = _sample_traffic().request_paths(count, seed=seed)
+    return paths
 
 
 def _warmup_paths() -> str:
@@ -300,7 +304,7 @@ def footer(results: Sequence[ModeResult], cfg: DemoConfig) -> str:
     )
 
 
-def build_table(results: Sequence[ModeResult], cfg: DemoConfig, columns: Sequence[Column] = COLUMNS):
+def build_table(results: Sequence[ModeResult], cfg: DemoConfig, columns: Sequence[Column] = COLUMNS) -> Table:
     """A Rich table with one row per mode."""
     from rich.table import Table
 
@@ -346,7 +350,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _alive(pid: int) -> bool:
@@ -358,7 +363,7 @@ def _alive(pid: int) -> bool:
 
 def _get_json(port: int, path: str, timeout: float = 5.0) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
             return json.loads(resp.read()) if resp.status == 200 else None
     except (OSError, ValueError):
         return None
@@ -387,7 +392,7 @@ class GunicornProcess:
                "--workers", str(cfg.workers), "--worker-class", "sync"] + (["--preload"] if spec.preload else [])
         self.port = port
         self.workers: tuple[int, ...] = ()
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
@@ -420,7 +425,7 @@ class GunicornProcess:
             self._log.close()
 
 
-def stop_master(proc: subprocess.Popen, workers: Sequence[int], timeout: float = 30.0) -> None:
+def stop_master(proc: subprocess.Popen[bytes], workers: Sequence[int], timeout: float = 30.0) -> None:
     """Stops a server master we started: SIGTERM (graceful), SIGKILL after ``timeout``; then SIGKILL
     to any of its ``workers`` still alive 5 s later (they normally exit with their master)."""
     if proc.poll() is None:
@@ -547,9 +552,12 @@ def run_modes(modes: Sequence[str], cfg: DemoConfig, paths: Sequence[str], *,
                 run = running[(i + k) % len(running)]
                 mode = run.spec.name
                 before = tree_cpu_seconds(run.tree)
+
+                def on_progress(d: int, t: int, _r: _Running = run, _m: str = mode) -> None:
+                    note(_m, "load", _r.done + d, len(paths))
+
                 load = run_load("127.0.0.1", run.server.port, paths[lo:hi], concurrency=cfg.concurrency,
-                                deadline=per_batch_deadline, timeout=cfg.request_timeout,
-                                on_progress=lambda d, t, _r=run, _m=mode: note(_m, "load", _r.done + d, len(paths)))
+                                deadline=per_batch_deadline, timeout=cfg.request_timeout, on_progress=on_progress)
                 run.cpu_seconds += tree_cpu_seconds(run.tree) - before
                 run.loads.append(load)
                 run.done += hi - lo

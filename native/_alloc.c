@@ -149,7 +149,7 @@ static size_t leak_blocks(size_t size, size_t n) {
     } while (0)
 
 PyDoc_STRVAR(fill_pools_doc,
-"fill_pools(*, max_bytes, empty_pools=True) -> dict\n\n"
+"fill_pools($module, /, *, max_bytes, empty_pools=True)\n--\n\n"
 "Allocate (and never free) the free blocks of every partly used pymalloc pool and, with\n"
 "empty_pools, blocks of the largest size class in the arenas' empty pools, so that allocations\n"
 "made after this call (in a forked child) start in fresh pools. Spends at most max_bytes.\n"
@@ -256,7 +256,7 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
 }
 
 PyDoc_STRVAR(stats_doc,
-"stats() -> dict | None\n\n"
+"stats($module, /)\n--\n\n"
 "The pymalloc statistics fill_pools() works from: size_classes (list of (block size, pools in use,\n"
 "blocks in use, free blocks)), empty_pools, pool_size, arenas; None when pymalloc is not in use.\n"
 "Raises RuntimeError when they cannot be parsed.");

@@ -961,8 +961,8 @@ static void walk_free(cp_walk *w) {
     } while (0)
 
 PyDoc_STRVAR(walk_doc,
-"walk(*, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16, hash_strings=True,\n"
-"     tag_types=True, new_only=False, heapmap_format=3, heapmap_copy_fd=-1) -> dict\n\n"
+"walk($module, /, *, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16,\n"
+"     hash_strings=True, tag_types=True, new_only=False, heapmap_format=3, heapmap_copy_fd=-1)\n--\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
 "new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
@@ -971,7 +971,7 @@ PyDoc_STRVAR(walk_doc,
 "untracked, bytes, strings_hashed, types_tagged), seconds, cpu_seconds (of the walking thread) and\n"
 "'finalizable' (list of the objects with a finalizer it left mortal). With heapmap_fd (an open file,\n"
 "written from its current offset) the heap map records (address, size, type index) are written there\n"
-"by a writer thread: heapmap_format 3 encodes them (chunks of three value streams, see\n"
+"by a writer thread: heapmap_format 3 encodes them (chunks of four value streams, see\n"
 "cowprof/heapmap.py), 2 writes them raw as <u8 addr, <u4 size, <u4 type index>; heapmap_copy_fd, when\n"
 "given, also gets them raw. The result then has 'heapmap_records' (count), 'heapmap_bytes' (written to\n"
 "heapmap_fd), 'heapmap_format', 'heapmap_error' (None or the OSError of a failed write),\n"
@@ -1117,7 +1117,7 @@ error:
 /* ---- exit finalization (policy and order: cowprof/finalize.py) ----------------------------- */
 
 PyDoc_STRVAR(unfinalized_doc,
-"unfinalized(objects: list) -> list\n\n"
+"unfinalized($module, objects, /)\n--\n\n"
 "The objects of the list whose type has a finalizer (tp_finalize) and that were not finalized yet.\n"
 "(gc.get_objects() gives the tracked objects outside the permanent generation; the GC's own visit,\n"
 "PyUnstable_GC_VisitObjects, also lists the permanent generation on 3.14+: the whole prepared heap.)");
@@ -1140,7 +1140,7 @@ static PyObject *cp_unfinalized(PyObject *self, PyObject *objects) {
 }
 
 PyDoc_STRVAR(call_finalizer_doc,
-"call_finalizer(obj) -> bool\n\n"
+"call_finalizer($module, obj, /)\n--\n\n"
 "Run obj's tp_finalize the way CPython does before freeing it (PyObject_CallFinalizer): at most once\n"
 "for a GC object, which gets the finalized flag, so freeing it later does not run it again. An object\n"
 "outside the GC has no such flag: it is given a reference that is never released, so it is never\n"
@@ -1157,7 +1157,7 @@ static PyObject *cp_call_finalizer(PyObject *self, PyObject *op) {
     Py_RETURN_TRUE;
 }
 
-PyDoc_STRVAR(is_immortal_doc, "is_immortal(obj) -> bool\n\nWhether obj's refcount holds the immortal value.");
+PyDoc_STRVAR(is_immortal_doc, "is_immortal($module, obj, /)\n--\n\nWhether obj's refcount holds the immortal value.");
 
 static PyObject *cp_is_immortal(PyObject *self, PyObject *obj) {
     return PyBool_FromLong(_Py_IsImmortal(obj));
@@ -1165,7 +1165,7 @@ static PyObject *cp_is_immortal(PyObject *self, PyObject *obj) {
 
 #endif /* CP_CAN_WALK */
 
-PyDoc_STRVAR(trim_doc, "trim() -> bool\n\nmalloc_trim(0): give free heap memory back to the OS (glibc only).\n"
+PyDoc_STRVAR(trim_doc, "trim($module, /)\n--\n\nmalloc_trim(0): give free heap memory back to the OS (glibc only).\n"
                        "Returns True if memory was released, False if not or unavailable.");
 
 static PyObject *cp_trim(PyObject *self, PyObject *unused) {
@@ -1177,7 +1177,7 @@ static PyObject *cp_trim(PyObject *self, PyObject *unused) {
 #endif
 }
 
-PyDoc_STRVAR(info_doc, "info() -> dict\n\nWhat this build can do: can_walk, reason (why not), scheme, untested,\n"
+PyDoc_STRVAR(info_doc, "info($module, /)\n--\n\nWhat this build can do: can_walk, reason (why not), scheme, untested,\n"
                        "compiled_for, debug_build, has_malloc_trim, immortal_refcnt (what the walk writes, or\n"
                        "None), and the object layout of the headers it was compiled against: refcount_offset,\n"
                        "refcount_size (the word holding the count, and on 3.14+ ob_overflow and ob_flags),\n"

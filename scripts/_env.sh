@@ -12,7 +12,8 @@ COWPROF_SID_VERSIONS="3.14 3.15"
 # for cowprof's extension (and uWSGI, which also links libcrypt), and the servers the test suite starts
 COWPROF_SID_PACKAGES="python3.14 python3.14-dev python3.14-venv python3.14-dbg python3.15 python3.15-dev
 python3.15-venv gcc libc6-dev libcrypt-dev ca-certificates"
-COWPROF_SID_SERVICES="redis-server"
+# (chromium: the HTML report's browser test, tests/integration/test_html_browser.py)
+COWPROF_SID_SERVICES="redis-server chromium"
 
 _cowprof_log() { printf '[cowprof setup] %s\n' "$*" >&2; }
 
@@ -180,8 +181,10 @@ ensure_venv() {
        ! in_python_env "$want" "$venv/bin/python" -c "import cowprof._native" >/dev/null 2>&1; then
         _cowprof_log "installing cowprof and its dependencies into $venv (Python $want)"
         local log="$venv/pip-install.log"
+        # --no-compile: byte-compiling every installed file (all of Django, Celery...) was most of the
+        # install's CPU; Python compiles what is imported, once, on first use
         if ! in_python_env "$want" /bin/sh -c '"$1" -m pip install --disable-pip-version-check --upgrade pip setuptools &&
-               "$1" -m pip install --disable-pip-version-check -e "$2[test]"' sh "$venv/bin/python" "$COWPROF_ROOT" >"$log" 2>&1; then
+               "$1" -m pip install --disable-pip-version-check --no-compile -e "$2[test]"' sh "$venv/bin/python" "$COWPROF_ROOT" >"$log" 2>&1; then
             tail -n 40 "$log" >&2
             _cowprof_log "installing into $venv failed; the full log is $log"
             return 1
@@ -193,18 +196,31 @@ ensure_venv() {
 
 # ---- services the test suite starts itself ---------------------------------------------------------
 
-# ensure_test_services: installs Debian's redis-server when it is missing (tests/integration/
-# test_servers.py starts one per Celery test on a free 127.0.0.1 port); as root with apt-get,
-# otherwise it says what to install and returns 1.
-ensure_test_services() {
-    command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] && return 0
+# _ensure_debian_package COMMAND PACKAGE WHY: installs PACKAGE with apt-get when COMMAND is missing
+# (as root with apt-get), otherwise says what to install and returns 1.
+_ensure_debian_package() {
+    local cmd=$1 pkg=$2 why=$3
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/bin/$cmd" ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        _cowprof_log "installing redis-server (the Celery tests start it on a free loopback port)"
-        if { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server ||
-             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }; } >&2; then
+        _cowprof_log "installing $pkg ($why)"
+        if { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" ||
+             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg"; }; } >&2; then
             return 0
         fi
     fi
-    _cowprof_log "redis-server is missing; install it (Debian: apt-get install redis-server)"
+    _cowprof_log "$cmd is missing; install it (Debian: apt-get install $pkg)"
     return 1
+}
+
+# ensure_test_services: installs Debian's redis-server when it is missing (tests/integration/
+# test_servers.py starts one per Celery test on a free 127.0.0.1 port) and, with CI=true, Debian's
+# chromium (tests/integration/test_html_browser.py loads the HTML report in it headless; elsewhere
+# that test skips, saying so, without it). Returns 1 when one could not be installed.
+ensure_test_services() {
+    local status=0
+    _ensure_debian_package redis-server redis-server "the Celery tests start it on a free loopback port" || status=1
+    if [ "${CI:-}" = "true" ]; then
+        _ensure_debian_package chromium chromium "the HTML report's browser test" || status=1
+    fi
+    return $status
 }

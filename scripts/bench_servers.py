@@ -5,7 +5,7 @@ One table: each cell (gunicorn sync / gthread / UvicornWorker / gunicorn's own A
 Celery prefork with Redis, a multiprocessing fork Pool; running the Django, Flask, FastAPI,
 Celery and multiprocessing fixtures of tests/serverapps) in each mode: ``baseline`` (the app
 preloaded, nothing else), ``gc-freeze`` (the ``gc`` documentation's recipe) and ``cowprof``
-(README.md's recipe for that server, default settings). Within a cell the modes' servers run side
+(docs/servers.md's recipe for that server, default settings). Within a cell the modes' servers run side
 by side and get the same requests (or tasks) in interleaved batches, so whatever else runs on the
 machine slows every mode alike (tests/prefork_servers.py, ``run_cell``). After the load, with the
 workers still running, cowprof's page scan gives per worker the copied bytes (mean, max, and the

@@ -1,7 +1,7 @@
 """A real gunicorn started for a test or a benchmark: any app, any directory, a free loopback port.
 
 ``GunicornServer(cwd, app, workers, env, log_path)`` runs ``python -m gunicorn -c
-python:cowprof.gunicorn --preload`` (the hook module and nothing else, as the README tells users)
+python:cowprof.gunicorn --preload`` (the hook module and nothing else, as the docs tell users)
 with the caller's environment additions; ``wait_ready()`` waits for the workers (and for the
 hook's report when ``COWPROF_PREPARE_REPORT`` is set); ``stop()`` ends the master by PID (SIGTERM,
 then SIGKILL) and any worker left over.

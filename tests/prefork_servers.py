@@ -3,7 +3,7 @@
 
 A *cell* is one server running one app (``Cell("gunicorn-sync", "django")``); a *mode* is the fork
 recipe it runs with: ``baseline`` (the app preloaded, nothing else), ``gc-freeze`` (the ``gc``
-module documentation's recipe) or ``cowprof`` (README.md's recipe for that server, default
+module documentation's recipe) or ``cowprof`` (docs/servers.md's recipe for that server, default
 settings). :func:`run_cell` starts one server per mode side by side, each on a free 127.0.0.1
 port (Celery: with its own ``redis-server`` on a free port), sends each the same bounded load in
 interleaved batches (so that whatever else runs on the machine slows every mode alike), measures

@@ -23,7 +23,8 @@ from ..pages import PageReport
 from .heap import UNKNOWN, Found, find_objects
 from .target import Interpreter, Memory, UnsupportedTarget, find_interpreter
 
-__all__ = ["UNKNOWN_RECORD", "RemoteHeapMap", "UnsupportedTarget", "heapmap_from_memory", "copied_pages"]
+__all__ = ["UNKNOWN_RECORD", "RemoteHeapMap", "UnsupportedTarget", "heapmap_from_memory", "copied_pages",
+           "merge_remote"]
 
 #: type name of the records of allocated memory holding no verifiable object
 UNKNOWN_RECORD = UNKNOWN_RECORD_NAME = "(unknown memory)"
@@ -76,21 +77,56 @@ def _layout(interp: Interpreter, mem: Memory) -> dict[str, object]:
 
 
 def heapmap_from_memory(report: PageReport, *, procfs_root: str = "/proc",
-                        pages: np.ndarray | None = None) -> RemoteHeapMap:
+                        pages: np.ndarray | None = None, interpreter: Interpreter | None = None) -> RemoteHeapMap:
     """Records of the allocations on the copied pages of ``report`` (or on ``pages``), read from the
     master's memory. Raises :class:`~cowprof.memreader.MemoryAccessDenied` without the rights and
-    :class:`UnsupportedTarget` when the interpreter cannot be read (see :mod:`.target`)."""
+    :class:`UnsupportedTarget` when the interpreter cannot be read (see :mod:`.target`).
+    ``interpreter``: the master's, found by an earlier call (``RemoteHeapMap.interpreter``)."""
     master = report.master.pid
     pages = copied_pages(report) if pages is None else np.unique(np.asarray(pages, dtype=np.uint64))
     with Memory(master, procfs_root) as mem:
-        interp = find_interpreter(master, mem, procfs_root)
+        interp = interpreter or find_interpreter(master, mem, procfs_root)
         found = find_objects(mem, interp, pages, procfs.read_maps(master, procfs_root))
         layout = _layout(interp, mem)
+    return _remote_map(master, found, interp, layout, _heapmap.process_start_ticks(master, procfs_root) or 0)
+
+
+def _remote_map(master: int, found: Found, interp: Interpreter, layout: dict[str, object],
+                start_ticks: int) -> RemoteHeapMap:
     names = [t.name for t in found.types] + [UNKNOWN_RECORD]
     pre = [t.preheader for t in found.types] + [0]
     typ = np.where(found.type == UNKNOWN, len(names) - 1, found.type).astype(np.uint32)
     return RemoteHeapMap(
-        pid=master, start_ticks=_heapmap.process_start_ticks(master, procfs_root) or 0, boot_id="",
+        pid=master, start_ticks=start_ticks, boot_id="",
         created_at=time.time(), addr=found.start, size=np.minimum(found.size, 0xFFFFFFFF).astype(np.uint32),
         type=typ, type_names=np.array(names, dtype=str), type_preheader=np.array(pre, dtype=np.uint8),
         layout=layout, is_buffer=np.zeros(found.start.size, dtype=bool), interpreter=interp, found=found)
+
+
+def merge_remote(old: RemoteHeapMap, new: RemoteHeapMap) -> RemoteHeapMap:
+    """The records of ``old`` plus those of ``new`` (read for more pages of the same master); an
+    allocation found by both (it spans old and new pages) is taken from ``new``. Types are the same
+    type object when their addresses are."""
+    assert old.found is not None and new.found is not None and old.interpreter is not None
+    types = list(old.found.types)
+    index = {t.addr: i for i, t in enumerate(types)}
+    remap = np.empty(len(new.found.types), dtype=np.int64)
+    for i, t in enumerate(new.found.types):
+        if t.addr not in index:
+            index[t.addr] = len(types)
+            types.append(t)
+        remap[i] = index[t.addr]
+    new_type = np.where(new.found.type == UNKNOWN, UNKNOWN, remap[np.maximum(new.found.type, 0)]) \
+        if new.found.type.size else new.found.type
+    start = np.concatenate([new.found.start, old.found.start])
+    size = np.concatenate([new.found.size, old.found.size])
+    typ = np.concatenate([new_type, old.found.type])
+    order = np.argsort(start, kind="stable")  # stable: new's record first at a shared address
+    start, size, typ = start[order], size[order], typ[order]
+    first = np.ones(start.size, dtype=bool)
+    first[1:] = start[1:] != start[:-1]
+    found = Found(start=start[first], size=size[first], type=typ[first], types=types,
+                  pool_pages=old.found.pool_pages + new.found.pool_pages,
+                  chunk_pages=old.found.chunk_pages + new.found.chunk_pages,
+                  other_pages=old.found.other_pages + new.found.other_pages)
+    return _remote_map(old.pid, found, old.interpreter, dict(new.layout or old.layout or {}), old.start_ticks)

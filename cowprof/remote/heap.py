@@ -58,9 +58,12 @@ class Found:
 def plausible_refcount(words: np.ndarray, split: bool) -> np.ndarray:
     """Which 64-bit words can be the refcount word of a live object."""
     low = words & np.uint64(0xFFFFFFFF)
+    ok: np.ndarray
     if split:  # {uint32 ob_refcnt, uint16 ob_overflow, uint16 ob_flags}
-        return (low >= 1) & (((words >> np.uint64(32)) & np.uint64(0xFFFF)) == 0) & ((words >> np.uint64(48)) < 256)
-    return (low >= 1) & (words < np.uint64(1 << 32))
+        ok = (low >= 1) & (((words >> np.uint64(32)) & np.uint64(0xFFFF)) == 0) & ((words >> np.uint64(48)) < 256)
+    else:
+        ok = (low >= 1) & (words < np.uint64(1 << 32))
+    return ok
 
 
 class _Acc:
@@ -185,7 +188,7 @@ def find_objects(mem: Memory, interp: Interpreter, pages: np.ndarray, maps: list
     acc = _Acc()
     in_pool = _pools(mem, interp, types, pages, acc)
     rest = pages[~in_pool]
-    from .chunks import malloc_chunks  # noqa: PLC0415 - the second allocator, see chunks.py
+    from .chunks import malloc_chunks  # the second allocator, see chunks.py
 
     in_chunk = malloc_chunks(mem, interp, types, rest, maps, acc, _identify)
     infos = list(types.infos)

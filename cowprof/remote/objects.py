@@ -13,8 +13,15 @@ import struct
 
 import numpy as np
 
-from .target import (TPFLAGS_HAVE_GC, TPFLAGS_HEAPTYPE, TPFLAGS_PREHEADER, TPFLAGS_READY,
-                     TPFLAGS_TYPE_SUBCLASS, Interpreter, Memory)
+from .target import (
+    TPFLAGS_HAVE_GC,
+    TPFLAGS_HEAPTYPE,
+    TPFLAGS_PREHEADER,
+    TPFLAGS_READY,
+    TPFLAGS_TYPE_SUBCLASS,
+    Interpreter,
+    Memory,
+)
 
 __all__ = ["TypeInfo", "TypeTable", "read_str"]
 
@@ -72,7 +79,7 @@ def dict_get_str(mem: Memory, interp: Interpreter, addr: int, key: str) -> int |
     for i in range(nentries):
         k, v = struct.unpack_from("<QQ", raw, i * entry + koff)
         if k and v and read_str(mem, interp, k, len(key)) == key:
-            return v
+            return int(v)
     return None
 
 
@@ -101,7 +108,8 @@ class TypeTable:
         i = np.searchsorted(starts, addrs, side="right") - 1
         ok = i >= 0
         ok[ok] = addrs[ok] < ends[i[ok]]
-        return ok & (addrs % np.uint64(8) == 0)
+        aligned: np.ndarray = ok & (addrs % np.uint64(8) == 0)
+        return aligned
 
     def resolve(self, candidates: np.ndarray) -> np.ndarray:
         """Verify the type addresses in ``candidates``; returns a bool array: which are types."""
@@ -163,8 +171,8 @@ class TypeTable:
         preheader = (lay.gc_head if flags & TPFLAGS_HAVE_GC else 0) + \
             (lay.managed_preheader if flags & TPFLAGS_PREHEADER else 0)
         if not flags & TPFLAGS_HEAPTYPE:
-            module, _, _ = tp_name.rpartition(".")
-            return TypeInfo(addr, tp_name, module or "builtins", flags, basic, item, preheader)
+            static_module, _, _ = tp_name.rpartition(".")
+            return TypeInfo(addr, tp_name, static_module or "builtins", flags, basic, item, preheader)
         # heap type: ht_name spells tp_name; ht_qualname follows ht_slots; __module__ is in its dict
         ht_name = mem.word(addr + lay.ht_name)
         qual_ptr = mem.word(addr + lay.ht_name + 16)

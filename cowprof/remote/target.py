@@ -206,10 +206,10 @@ class Memory:
         self.load_pages(pages)
         parts = []
         for p in pages.tolist():
-            row = self._pages.get(p)
-            if row is None:
+            cached = self._pages.get(p)
+            if cached is None:
                 return None
-            parts.append(row.tobytes())
+            parts.append(cached.tobytes())
         data = b"".join(parts)
         return data[addr - first : addr - first + size]
 
@@ -339,7 +339,7 @@ def _verified(pid: int, mem: Memory, path: str, addrs: dict[str, int]) -> Interp
     vs = ".".join(map(str, version))
     if layout is None:
         raise UnsupportedTarget(f"process {pid} runs CPython {vs}: attribution from outside knows the "
-                                f"layouts of {', '.join('%d.%d' % v for v in LAYOUTS)} only")
+                                f"layouts of {', '.join(f'{v[0]}.{v[1]}' for v in LAYOUTS)} only")
     missing = [s for s in TYPE_SYMBOLS if s not in addrs]
     if missing:
         raise UnsupportedTarget(f"process {pid}: {path} does not export {', '.join(missing)}")

@@ -1,7 +1,8 @@
 """Reporters: render page reports and recordings they are given (table, JSON, live view, HTML).
 
 Nothing here reads /proc or decides policy. This module holds the small helpers the reporters share:
-byte formatting, the region order, and :func:`worker_series` (per-worker time series of a recording).
+byte formatting, the region order, the causes' labels, :func:`worker_series` (per-worker time series of a recording)
+and :func:`attribution_series` (a recording's copied bytes by type, cause and function over time).
 """
 from __future__ import annotations
 
@@ -10,10 +11,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cowprof.functions import Function
     from cowprof.pages import PageReport, WorkerPages
+    from cowprof.record import Recording
 
-__all__ = ["MiB", "REGION_ORDER", "WorkerSeries", "fmt_bytes", "fmt_mib", "fmt_size", "ordered_regions",
+__all__ = ["CAUSE_LABELS", "MiB", "OTHER_TYPES", "REGION_ORDER", "AttributionSeries", "WorkerSeries",
+           "attribution_series", "fmt_bytes", "fmt_mib", "fmt_size", "ordered_regions",
            "shared_fraction", "worker_series"]
+
+#: what the reporters call each cause of :data:`cowprof.attribution.CAUSES` (the JSON keeps the keys)
+CAUSE_LABELS: dict[str, str] = {
+    "refcount": "refcount",
+    "gc_header": "GC header",
+    "str_hash": "str hash",
+    "other_field": "other object field",
+    "allocator": "allocator / free block",
+    "identical": "identical content",
+    "unknown": "unknown original",
+}
 
 MiB = 1 << 20
 REGION_ORDER = ("python", "heap", "stack", "file", "other")
@@ -118,3 +133,91 @@ def worker_series(reports: Iterable[PageReport]) -> list[WorkerSeries]:
             frac = shared_fraction(w)
             series.shared_pct.append(None if frac is None else 100.0 * frac)
     return list(by_key.values())
+
+
+OTHER_TYPES = "(other types)"
+"""The series of all types beyond the top ones (and of the types each sample's top-N cut off)."""
+
+
+@dataclass
+class AttributionSeries:
+    """A recording's attributed samples, all workers together: copied bytes by type and by cause
+    over time, and the functions whose code objects were copied most in the last sample."""
+
+    times: list[float]
+    """Unix seconds (``PageReport.taken_at``) of each attributed sample."""
+    copied_bytes: list[int]
+    types: list[tuple[str, list[int]]]
+    """The ``top`` types with the most copied bytes at any time (largest first), then
+    :data:`OTHER_TYPES`, ``"no object"`` and ``"unknown"`` when not all zero; the values of each
+    sample add up to its ``copied_bytes``."""
+    causes: list[tuple[str, list[int | None]]] | None
+    """Bytes per cause (all of :data:`cowprof.attribution.CAUSES` that are ever non-zero); None in a
+    sample without the by-cause view; None altogether when no sample has it."""
+    causes_error: str | None
+    """Why the last attributed sample has no by-cause view (when ``record --by cause`` was asked)."""
+    functions: list[tuple[Function, int, int]]
+    """(function, copied bytes in the last sample with functions, most at any time), largest first."""
+    function_code_bytes: int
+    function_copied_bytes: int
+    function_times: list[float]
+    function_series: list[tuple[str, list[int]]]
+    """The shown functions' copied bytes at each of ``function_times``."""
+    missing: int
+    """Samples with a report but no attribution (the reason of the last one is ``last_error``)."""
+    last_error: str | None
+
+
+def attribution_series(recording: Recording, *, top: int = 8, top_functions: int = 10) -> AttributionSeries | None:
+    """The attribution of a recording over time, or None when it holds none (``record`` without
+    ``--by``, or every attribution failed)."""
+    from cowprof.attribution import CAUSES, NO_OBJECT, UNKNOWN_MEMORY
+
+    attributed = [s for s in recording.samples if s.attribution is not None and s.report is not None]
+    with_functions = [s for s in recording.samples if s.functions is not None]
+    missing = [s for s in recording.samples if s.report is not None and s.attribution is None]
+    if not attributed and not with_functions:
+        return None
+    totals = [dict(s.attribution.total_types()) for s in attributed if s.attribution is not None]
+    special = {NO_OBJECT, UNKNOWN_MEMORY, OTHER_TYPES}
+    peak: dict[str, int] = {}
+    for t in totals:
+        for name, b in t.items():
+            if name not in special:
+                peak[name] = max(peak.get(name, 0), b)
+    shown = sorted(peak, key=lambda n: (-peak[n], n))[:top]
+    copied = [sum(w.copied_bytes for w in s.attribution.workers) for s in attributed if s.attribution is not None]
+    types = [(name, [t.get(name, 0) for t in totals]) for name in shown]
+    no_object = [t.get(NO_OBJECT, 0) for t in totals]
+    unknown = [t.get(UNKNOWN_MEMORY, 0) for t in totals]
+    other = [c - sum(v[i] for _n, v in types) - no_object[i] - unknown[i] for i, c in enumerate(copied)]
+    for name, values in ((OTHER_TYPES, other), (NO_OBJECT, no_object), (UNKNOWN_MEMORY, unknown)):
+        if any(values):
+            types.append((name, values))
+    causes = None
+    if any(s.attribution.has_causes for s in attributed):  # type: ignore[union-attr]
+        per = [dict(s.attribution.total_causes() or []) if s.attribution.has_causes else None  # type: ignore[union-attr]
+               for s in attributed]
+        causes = [(c, [None if p is None else p.get(c, 0) for p in per]) for c in CAUSES
+                  if any(p and p.get(c) for p in per)]
+    causes_error = attributed[-1].attribution.causes_error if attributed else None  # type: ignore[union-attr]
+    functions: list[tuple[Function, int, int]] = []
+    function_series: list[tuple[str, list[int]]] = []
+    code_bytes = fn_copied = 0
+    if with_functions:
+        last = with_functions[-1].functions
+        assert last is not None
+        code_bytes, fn_copied = last.code_bytes, last.copied_bytes
+        per_sample = [{f.name + "@" + f.where: b for f, b in s.functions.functions} for s in with_functions]  # type: ignore[union-attr]
+        for f, b in last.functions[:top_functions]:
+            key = f.name + "@" + f.where
+            values = [p.get(key, 0) for p in per_sample]
+            functions.append((f, b, max(values)))
+            function_series.append((f.name, values))
+    return AttributionSeries(
+        times=[s.report.taken_at for s in attributed], copied_bytes=copied, types=types,  # type: ignore[union-attr]
+        causes=causes, causes_error=causes_error, functions=functions, function_code_bytes=code_bytes,
+        function_copied_bytes=fn_copied,
+        function_times=[s.report.taken_at if s.report is not None else s.time for s in with_functions],
+        function_series=function_series, missing=len(missing),
+        last_error=missing[-1].attribution_error if missing else None)

@@ -1,4 +1,5 @@
-"""Rich tables and JSON for attribution (``cowprof snapshot PID --by type|cause``).
+"""Rich tables and JSON for attribution (``cowprof snapshot PID --by type|cause``, and
+``cowprof report`` of a recording made with ``record --by``).
 
 Only rendering: the data comes from :func:`cowprof.attribution.attribute` /
 :func:`cowprof.attribution.snapshot`. Every ``render*`` function takes ``file=`` (default stdout).
@@ -19,9 +20,10 @@ from cowprof.reporters import fmt_size
 if TYPE_CHECKING:
     from cowprof.attribution import Attribution, WorkerAttribution
     from cowprof.functions import FunctionAttribution
+    from cowprof.reporters import AttributionSeries
 
-__all__ = ["MAX_WORKER_COLUMNS", "cause_table", "function_tables", "render", "render_functions",
-           "render_functions_json", "render_json", "type_table"]
+__all__ = ["MAX_WORKER_COLUMNS", "cause_table", "function_tables", "over_time_tables", "render",
+           "render_functions", "render_functions_json", "render_json", "type_table"]
 
 #: at most this many per-worker columns (the workers with the most copied bytes); JSON has all
 MAX_WORKER_COLUMNS = 6
@@ -92,7 +94,8 @@ def type_table(attr: Attribution, *, top: int = 10, title: str | None = None) ->
 def cause_table(attr: Attribution, *, title: str | None = None) -> Table:
     """Copied bytes per cause over all workers (largest first) with the changed 64-bit words, one
     column per worker; the caption says where the originals were read from."""
-    from cowprof.attribution import CAUSE_LABELS, CAUSES, ORIGINALS
+    from cowprof.attribution import CAUSES, ORIGINALS
+    from cowprof.reporters import CAUSE_LABELS
 
     total_copied = sum(w.copied_bytes for w in attr.workers)
     workers = _shown_workers(attr)
@@ -144,7 +147,7 @@ def render(attr: Attribution, *, by: str = "type", top: int = 10, file: IO[str] 
 
 def render_json(attr: Attribution, *, top: int | None = None, file: IO[str] | None = None,
                 indent: int | None = 2) -> None:
-    """Write ``attr.to_dict(top)`` (README.md) as JSON followed by a newline."""
+    """Write ``attr.to_dict(top)`` (docs/attribute.md) as JSON followed by a newline."""
     out = file if file is not None else sys.stdout
     out.write(json.dumps(attr.to_dict(top), indent=indent, allow_nan=False) + "\n")
     out.flush()
@@ -189,7 +192,54 @@ def render_functions(fa: FunctionAttribution, *, top: int = 10, file: IO[str] | 
 
 def render_functions_json(fa: FunctionAttribution, *, top: int | None = None, file: IO[str] | None = None,
                           indent: int | None = 2) -> None:
-    """Write ``fa.to_dict(top)`` (README.md) as JSON followed by a newline."""
+    """Write ``fa.to_dict(top)`` (docs/attribute.md) as JSON followed by a newline."""
     out = file if file is not None else sys.stdout
     out.write(json.dumps(fa.to_dict(top), indent=indent, allow_nan=False) + "\n")
     out.flush()
+
+
+def over_time_tables(series: AttributionSeries) -> list[RenderableType]:
+    """``cowprof report`` of a recording made with ``--by``: copied bytes by type and by cause
+    (first, last and largest value over the recording, share of the last sample) and the top
+    functions of the last sample."""
+    from cowprof.reporters import CAUSE_LABELS
+
+    out: list[RenderableType] = []
+    span = series.times[-1] - series.times[0] if series.times else 0.0
+    last_copied = series.copied_bytes[-1] if series.copied_bytes else 0
+
+    def table(title: str, first_col: str, rows: list[tuple[str, list[int | None]]]) -> Table:
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption=f"{len(series.times)} attributed samples over {span:.0f}s"
+                          + (f"; {series.missing} without attribution (last: {series.last_error})"
+                             if series.missing else ""), caption_justify="left")
+        for col in (first_col, "First", "Last", "Max", "Of copied (last)"):
+            t.add_column(col, justify="left" if col == first_col else "right", no_wrap=col == first_col)
+        for name, values in rows:
+            known = [v for v in values if v is not None]
+            if not known:
+                continue
+            t.add_row(name, fmt_size(known[0]), fmt_size(known[-1]), fmt_size(max(known)),
+                      _pct(values[-1] or 0, last_copied) if values[-1] is not None else "-")
+        return t
+
+    if series.times:
+        out.append(table("Copied bytes by type over the recording (all workers)", "Type",
+                         list(series.types)))  # type: ignore[arg-type]
+    if series.causes is not None:
+        out.append(table("Copied bytes by cause over the recording (all workers)", "Cause",
+                         [(CAUSE_LABELS.get(c, c), v) for c, v in series.causes]))
+    elif series.causes_error and series.causes_error != "not requested":
+        out.append(Text(f"by cause unavailable: {series.causes_error}", style="yellow"))
+    if series.functions:
+        t = Table(title="Top functions by copied bytes of their code objects (last sample)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption=f"code objects {fmt_size(series.function_code_bytes)} of "
+                          f"{fmt_size(series.function_copied_bytes)} copied", caption_justify="left")
+        for col in ("Copied", "Max", "Of copied", "Function", "File:line"):
+            t.add_column(col, justify="left" if col in ("Function", "File:line") else "right",
+                         no_wrap=col != "File:line", overflow="fold")
+        for f, b, m in series.functions:
+            t.add_row(fmt_size(b), fmt_size(m), _pct(b, series.function_copied_bytes), f.name, f.where)
+        out.append(t)
+    return out

@@ -1,9 +1,12 @@
 """Self-contained HTML report of a recording, with plotly charts.
 
 Three charts: copied MiB per worker over time, shared % over time, and the region breakdown of the
-last sample. plotly.js is inlined once (``include_plotlyjs=True``) so the file works offline and
-has no external script. plotly is the optional extra ``cowprof[html]``; without it :func:`render`
-raises a one-line :class:`~cowprof.errors.CowprofError`.
+last sample. A recording made with ``record --by`` adds stacked area charts of the copied bytes by
+type and by cause over time and a bar chart and table of the top functions (last sample).
+plotly.js is inlined once (``include_plotlyjs=True``) so the file works offline and has no
+external script (tests/integration/test_html_browser.py loads it in headless Chromium with the
+network off). plotly is the optional extra ``cowprof[html]``; without it :func:`render` raises a
+one-line :class:`~cowprof.errors.CowprofError`.
 """
 from __future__ import annotations
 
@@ -13,19 +16,26 @@ from typing import IO, TYPE_CHECKING, Any
 
 from cowprof import __version__
 from cowprof.errors import CowprofError
-from cowprof.reporters import MiB, fmt_bytes, ordered_regions, worker_series
+from cowprof.reporters import AttributionSeries, MiB, attribution_series, fmt_bytes, ordered_regions, worker_series
 
 if TYPE_CHECKING:
     from cowprof.record import Recording
 
-__all__ = ["CHART_IDS", "render"]
+__all__ = ["CHART_IDS", "PAGE_CHARTS", "render"]
 
 CHART_IDS = {
     "copied": "cowprof-copied",
     "shared": "cowprof-shared",
     "regions": "cowprof-regions",
+    "types": "cowprof-types",
+    "causes": "cowprof-causes",
+    "functions": "cowprof-functions",
 }
-"""The div ids of the three charts (stable: tests and users' scripts may look for them)."""
+"""The div ids of the charts (stable: tests and users' scripts may look for them). The last three
+are there only for a recording made with ``record --by`` (``causes``: ``--by cause``;
+``functions``: ``--by function``)."""
+PAGE_CHARTS = ("copied", "shared", "regions")
+"""The charts of every report (the others need ``record --by``)."""
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -84,7 +94,55 @@ def _figures(recording: Recording) -> dict[str, Any]:
             ys = [sum(getattr(w.regions[k], f"{kind}_bytes") for w in last.workers if k in w.regions)
                   / MiB for k in keys]
             regions.add_trace(go.Bar(x=keys, y=ys, name=kind, marker_color=colour))
-    return {"copied": copied, "shared": shared, "regions": regions}
+    figures = {"copied": copied, "shared": shared, "regions": regions}
+    attributed = attribution_series(recording)
+    if attributed is not None:
+        figures.update(_attribution_figures(go, attributed, t0, layout))
+    return figures
+
+
+def _attribution_figures(go: Any, series: AttributionSeries, t0: float, layout: dict[str, Any]) -> dict[str, Any]:
+    from cowprof.reporters import CAUSE_LABELS
+
+    out: dict[str, Any] = {}
+    xs = [t - t0 for t in series.times]
+    if series.times:
+        types = go.Figure(layout=dict(layout, title="Copied MiB by type over time (all workers, stacked)",
+                                      yaxis_title="copied (MiB)", legend_title_text="type"))
+        for name, values in series.types:
+            types.add_trace(go.Scatter(x=xs, y=[v / MiB for v in values], name=name, mode="lines",
+                                       stackgroup="types"))
+        out["types"] = types
+    if series.causes is not None:
+        causes = go.Figure(layout=dict(layout, title="Copied MiB by cause over time (all workers, stacked)",
+                                       yaxis_title="copied (MiB)", legend_title_text="cause"))
+        for cause, per_sample in series.causes:
+            pts = [(x, v / MiB) for x, v in zip(xs, per_sample) if v is not None]
+            causes.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
+                                        name=CAUSE_LABELS.get(cause, cause), mode="lines", stackgroup="causes"))
+        out["causes"] = causes
+    if series.functions:
+        names = [f.name for f, _b, _m in series.functions][::-1]  # largest at the top
+        fig = go.Figure(layout=dict(layout, title="Top functions by copied KiB of their code objects (last sample)",
+                                    xaxis_title="copied (KiB)", yaxis_title="", showlegend=False,
+                                    height=max(300, 60 + 28 * len(names)), margin=dict(l=320, r=20, t=60, b=50)))
+        fig.add_trace(go.Bar(x=[b / 1024 for _f, b, _m in series.functions][::-1], y=names, orientation="h",
+                             hovertext=[f.where for f, _b, _m in series.functions][::-1], marker_color="#5b7bd5"))
+        out["functions"] = fig
+    return out
+
+
+def _functions_html(series: AttributionSeries | None) -> str:
+    if series is None or not series.functions:
+        return ""
+    esc = _html.escape
+    rows = ["<tr><th>function</th><th>file:line</th><th>copied (last)</th><th>max</th></tr>"]
+    for f, b, m in series.functions:
+        rows.append(f"<tr><td>{esc(f.name)}</td><td>{esc(f.where)}</td><td>{fmt_bytes(b)}</td>"
+                    f"<td>{fmt_bytes(m)}</td></tr>")
+    return ("<h2>Top functions (last sample)</h2><p class='meta'>code objects "
+            f"{fmt_bytes(series.function_code_bytes)} of {fmt_bytes(series.function_copied_bytes)} copied</p>"
+            "<table>" + "".join(rows) + "</table>")
 
 
 def _summary_html(recording: Recording) -> str:
@@ -99,14 +157,19 @@ def _summary_html(recording: Recording) -> str:
     span = samples[-1].elapsed - samples[0].elapsed if samples else 0.0
     end = recording.end.get("reason", "?") if recording.end else "no end line (recorder killed?)"
     parts = [
-        f"<p class='meta'>Recorded {esc(created_s)} by cowprof {esc(str(h.get('cowprof_version')))}"
-        f" &middot; target master {esc(str(target.get('pid', '?')))} &middot; {len(samples)} samples"
-        f" ({failed} failed) over {span:.1f}s &middot; ended: {esc(str(end))}</p>"]
+        (f"<p class='meta'>Recorded {esc(created_s)} by cowprof {esc(str(h.get('cowprof_version')))}"
+         f" &middot; target master {esc(str(target.get('pid', '?')))} &middot; {len(samples)} samples"
+         f" ({failed} failed) over {span:.1f}s &middot; ended: {esc(str(end))}</p>")]
     if target.get("cmdline"):
         parts.append(f"<p class='meta'>command: <code>{esc(' '.join(map(str, target['cmdline'])))}"
                      "</code></p>")
-    for w in recording.warnings:
-        parts.append(f"<p class='warn'>warning: {esc(w)}</p>")
+    for warning in recording.warnings:
+        parts.append(f"<p class='warn'>warning: {esc(warning)}</p>")
+    if recording.attributed_by:
+        missing = [s for s in samples if s.report is not None and s.attribution is None]
+        parts.append(f"<p class='meta'>attribution recorded by {esc(', '.join(recording.attributed_by))}"
+                     + (f"; <span class='warn'>{len(missing)} samples without it (last: "
+                        f"{esc(str(missing[-1].attribution_error))})</span>" if missing else "") + "</p>")
     reports = recording.reports
     if reports:
         last = reports[-1]
@@ -138,5 +201,6 @@ def render(recording: Recording, *, file: IO[str]) -> None:
         out.append(fig.to_html(full_html=False, include_plotlyjs=first, div_id=CHART_IDS[name],
                                config={"displaylogo": False, "responsive": True}))
         first = False
+    out.append(_functions_html(attribution_series(recording)))
     out.append(f"<p class='meta'>Generated by cowprof {__version__}.</p></body></html>")
     file.write("\n".join(out) + "\n")

@@ -9,7 +9,7 @@ latest report simply stop being exposed: no label set ever leaks, whatever the w
 Conventions (https://prometheus.io/docs/practices/naming/): base units (bytes, seconds), ``_bytes``
 / ``_seconds`` / ``_total`` suffixes, one label only (``pid``) on per-worker series so the
 cardinality is the number of live workers; the worker's start time is a gauge of its own, never a
-label. The metric names and meanings are documented in ``README.md``.
+label. The metric names and meanings are documented in ``docs/fleet.md``.
 """
 from __future__ import annotations
 
@@ -161,4 +161,5 @@ def render(report: PageReport | Any | None, status: ExporterStatus | None = None
         )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReportCollector(lambda: (report, status)))
-    return generate_latest(registry)
+    text: bytes = generate_latest(registry)
+    return text

@@ -13,7 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cowprof.reporters import fmt_size, ordered_regions, shared_fraction, worker_series
+from cowprof.reporters import attribution_series, fmt_size, ordered_regions, shared_fraction, worker_series
 
 if TYPE_CHECKING:
     from cowprof.pages import PageReport
@@ -155,7 +155,7 @@ def recording_summary(recording: Recording) -> RenderableType:
     # user data (paths, command lines, error messages) goes in as plain text, never as markup
     head = Text()
     head.append(recording.path, style="bold")
-    lines = [f": cowprof record v{h.get('version')}, target master {target.get('pid', '?')}"]
+    lines = [f": cowprof record v{h.get('version')}.{h.get('minor', 0)}, target master {target.get('pid', '?')}"]
     cmd = target.get("cmdline")
     if cmd:
         lines.append("command: " + " ".join(str(c) for c in cmd)[:200])
@@ -195,6 +195,15 @@ def recording_summary(recording: Recording) -> RenderableType:
         last = reports[-1]
         parts.append(worker_table(last, title="Last sample, by worker"))
         parts.append(region_table(last, title="Last sample, by region"))
+    attributed = attribution_series(recording)
+    if attributed is not None:
+        from cowprof.reporters.attribution import over_time_tables
+
+        parts.extend(over_time_tables(attributed))
+    elif recording.attributed_by:
+        last_error = next((s.attribution_error for s in reversed(recording.samples) if s.attribution_error), None)
+        parts.append(Text(f"recorded --by {','.join(recording.attributed_by)}, but no sample has an attribution"
+                          + (f": {last_error}" if last_error else ""), style="yellow"))
     return Group(*parts)
 
 

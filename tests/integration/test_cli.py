@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from forktree import ForkTree
 
 from cowprof.pages import PageReport
 from cowprof.record import read_record
+from conftest import assert_one_line_error, run_main
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 COWPROF = [sys.executable, "-m", "cowprof"]
@@ -205,6 +207,8 @@ def test_permission_denied_for_real():
 
 
 WSGI_APP = """\
+
+
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
@@ -255,3 +259,61 @@ def test_run_gunicorn_with_record(tmp_path):
     # the two forks
     assert max(len(r.workers) for r in reports) == 2
     assert recording.header["target"]["pid"] == reports[0].master.pid
+
+
+# --- cowprof.cli.main in this process, on real processes ------------------------------------
+
+def test_real_missing_pid_and_lone_process(capsys):
+    with open("/proc/sys/kernel/pid_max") as fh:
+        missing = int(fh.read()) + 1  # above pid_max: can never exist
+    code, _, err = run_main(capsys, "snapshot", str(missing))
+    assert_one_line_error(err, code, 3, str(missing))
+    lone = subprocess.Popen(["sleep", "30"])
+    try:
+        code, _, err = run_main(capsys, "snapshot", str(lone.pid))
+        assert_one_line_error(err, code, 5, "not part of a pre-fork tree")
+    finally:
+        lone.kill()
+        lone.wait()
+
+
+@pytest.fixture
+def fake_gunicorn(tmp_path):
+    """An executable named gunicorn that reports its argv and env, then exits with $FAKE_RC."""
+    path = tmp_path / "bin" / "gunicorn"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, os, sys
+        print(json.dumps({{"argv": sys.argv[1:], "config": os.environ.get("COWPROF_GUNICORN_CONFIG"),
+                          "prepare": os.environ.get("COWPROF_PREPARE")}}), flush=True)
+        sys.exit(int(os.environ.get("FAKE_RC", "0")))
+        """))
+    path.chmod(0o755)
+    return path
+
+
+def test_run_execs_the_rewritten_command_and_returns_its_status(fake_gunicorn, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_RC", "3")
+    out = subprocess.run([sys.executable, "-m", "cowprof", "run", "--no-prepare", "--",
+                          str(fake_gunicorn), "-c", "g.conf.py", "-w", "2", "app:app"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["argv"] == ["-c", "python:cowprof.gunicorn", "-w", "2", "app:app"]
+    assert seen["config"] == str(tmp_path / "g.conf.py") and seen["prepare"] == "0"
+
+
+def test_run_refuses_to_overwrite_record_before_starting(fake_gunicorn, tmp_path, capsys):
+    rec = tmp_path / "r.jsonl"
+    rec.write_text("keep\n")
+    code, out, err = run_main(capsys, "run", "--record", str(rec), "--", str(fake_gunicorn), "app:app")
+    assert_one_line_error(err, code, 2, "already exists")
+    assert out == ""  # the fake gunicorn never ran
+
+
+def test_python_m_cowprof():
+    out = subprocess.run([sys.executable, "-m", "cowprof", "--help"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "COLUMNS": "100"})
+    assert out.returncode == 0 and "Usage: cowprof" in out.stdout and "snapshot" in out.stdout

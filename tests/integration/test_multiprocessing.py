@@ -1,4 +1,4 @@
-"""multiprocessing Pools, with the recipes of README "multiprocessing": the ``fork`` context prepared
+"""multiprocessing Pools, with the recipes of docs/servers.md, "multiprocessing": the ``fork`` context prepared
 with ``prepare_parent``, and a ``forkserver`` (the Linux default since 3.14) whose server preloads the
 heap and ``cowprof.forkserver``. Each pool's workers read the whole shared heap and are measured by
 the page scan while alive; the same pool without cowprof must fail the bar."""

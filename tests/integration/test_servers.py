@@ -2,7 +2,7 @@
 
 Each cell (server x fixture app, see tests/prefork_servers.py and tests/serverapps/) runs in two
 modes side by side: ``baseline`` (the app preloaded in the master, nothing else) and ``cowprof``
-(README.md's recipe for that server, default settings: gunicorn's ``-c python:cowprof.gunicorn``,
+(docs/servers.md's recipe for that server, default settings: gunicorn's ``-c python:cowprof.gunicorn``,
 the uWSGI, Celery and multiprocessing recipes). Both get the same small bounded load (2 workers,
 a few hundred requests or tasks); then cowprof's own page scan classifies every worker's pages
 with the workers still running. The bar, per app: the worst worker copies at most ``BAR_PCT`` % of

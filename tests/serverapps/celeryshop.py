@@ -3,7 +3,7 @@
 The broker and result backend are ``$CELERYSHOP_BROKER`` (a Redis URL). ``SERVERAPPS_MODE`` picks
 the fork recipe: ``baseline`` none; ``gc-freeze`` the ``gc`` documentation's (``gc.disable()`` at
 import, ``gc.freeze()`` in ``worker_init``, ``gc.enable()`` in ``worker_process_init``); ``cowprof``
-README.md's Celery recipe (``cowprof.prepare_fork()`` in ``worker_init``: sent in the main process
+docs/servers.md's Celery recipe (``cowprof.prepare_fork()`` in ``worker_init``: sent in the main process
 after the app and its task modules are imported, before the prefork pool forks its children;
 ``cowprof.after_fork()`` in ``worker_process_init``, sent in each child).
 

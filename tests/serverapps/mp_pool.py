@@ -4,7 +4,7 @@
 
 Builds ``--copies`` copies of the fixed catalog as Python objects, applies the fork recipe of
 ``--mode`` (``baseline`` none; ``gc-freeze`` the ``gc`` documentation's: ``gc.disable()`` first,
-``gc.freeze()`` before the pool, ``gc.enable()`` as the pool initializer; ``cowprof`` README.md's:
+``gc.freeze()`` before the pool, ``gc.enable()`` as the pool initializer; ``cowprof`` docs/servers.md's:
 ``cowprof.recipes.prepare_parent()`` before the pool, ``after_fork`` registered for the children),
 creates a ``fork`` Pool and prints ``READY <parent pid> <worker pids...>``. Then it reads commands
 from stdin: ``run N`` maps N tasks over the pool (each reads every product and review) and prints

@@ -3,7 +3,7 @@
 Imports the WSGI app named by ``SERVERAPPS_WSGI`` (``module:attribute``) and applies the fork
 recipe of ``SERVERAPPS_MODE``: ``baseline`` nothing; ``gc-freeze`` the ``gc`` documentation's
 (``gc.disable()`` before the import, ``gc.freeze()`` after it, ``gc.enable()`` in uWSGI's
-``postfork``); ``cowprof`` README.md's uWSGI recipe (``prepare_parent(register_child_hook=False)``
+``postfork``); ``cowprof`` docs/servers.md's uWSGI recipe (``prepare_parent(register_child_hook=False)``
 and ``uwsgi_postfork()`` at the end of the WSGI module). uWSGI imports this module in its master,
 before it forks the workers (no ``lazy-apps``).
 """

@@ -9,7 +9,6 @@ import io
 import json
 import mmap
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -20,8 +19,9 @@ from cowprof import procfs
 from cowprof.errors import BadInput, ProcessGone
 from cowprof.heapmap import HeapMap
 from cowprof.memreader import MemoryAccessDenied, MemReader
-from cowprof.pages import MasterPages, PageReport, WorkerPages
+from cowprof.pages import PageReport
 from cowprof.reporters import attribution as rep
+from conftest import master_dict, page_report, worker_dict
 
 PS = 4096
 
@@ -42,13 +42,9 @@ def make_hm(records: list[tuple[int, int, str]], pre: dict[str, int], **extra) -
 
 
 def make_report(copied: dict[int, list[int]], master: int = 100) -> PageReport:
-    workers = [WorkerPages(pid=pid, started_at=0.0, rss_bytes=0, pss_bytes=0, uss_bytes=0, swap_bytes=0,
-                           shared_bytes=0, copied_bytes=len(a) * PS, new_bytes=0, regions={},
-                           copied_addrs=np.array(a, dtype=np.uint64)) for pid, a in copied.items()]
-    m = MasterPages(pid=master, started_at=0.0, rss_bytes=0, pss_bytes=0, uss_bytes=0, swap_bytes=0,
-                    diverged_bytes=0, regions={})
-    return PageReport(version=1, taken_at=1.0, privileged=False, mode="exclusive-bit", page_size=PS,
-                      scan_seconds=0.0, master=m, workers=workers, gone=[])
+    """Workers that copied the pages at ``copied[pid]`` (their addresses, as a scan keeps them)."""
+    return page_report([worker_dict(pid, len(a) * PS) for pid, a in copied.items()], master=master_dict(master),
+                       page_size=PS, copied_addrs=copied)
 
 
 # ------------------------------------------------------------------------------------ by type
@@ -160,29 +156,6 @@ def test_object_layout_facts_hold_in_this_interpreter():
         assert info["immortal_refcnt"] == 3 << 30 and "ob_flags" in info["scheme"]
     else:
         assert info["immortal_refcnt"] == 0xFFFFFFFF
-
-
-@needs_native
-def test_immortalizing_writes_only_the_refcount_word():
-    """What the walk writes into an object lies inside the layout's refcount word, so a worker page
-    changed there is attributed to "refcount"."""
-    out = subprocess.run([sys.executable, "-c", """
-import ctypes, json, sys
-from cowprof import _native, heapmap
-lay = heapmap.object_layout(*heapmap.preheader_sizes())
-obj = [float(i) + 0.5 for i in range(3)]
-x = obj[1]
-before = ctypes.string_at(id(x), sys.getsizeof(x))
-_native.walk(hash_strings=False, tag_types=False)
-after = ctypes.string_at(id(x), sys.getsizeof(x))
-changed = [i for i in range(len(before)) if before[i] != after[i]]
-print(json.dumps({"changed": changed, "lo": lay["refcount_offset"], "hi": lay["refcount_offset"] + lay["refcount_size"],
-                  "immortal": _native.is_immortal(x)}))
-"""], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    r = json.loads(out.stdout)
-    assert r["immortal"] and r["changed"]
-    assert all(r["lo"] <= i < r["hi"] for i in r["changed"]), r
 
 
 # ---------------------------------------------------------------------------------- by cause
@@ -361,24 +334,6 @@ def test_missing_heapmap_is_a_one_line_bad_input(tmp_path):
         att.find_heapmap(os.getpid(), directory=str(tmp_path))
     assert isinstance(err.value, BadInput) and err.value.exit_code == 2
     assert "prepare_fork" in str(err.value) and "\n" not in str(err.value)
-
-
-def test_candidate_dirs_come_from_the_masters_environment(tmp_path):
-    code = "import sys; print('up', flush=True); sys.stdin.read()"
-    env = {"PATH": os.environ.get("PATH", ""), "XDG_RUNTIME_DIR": "/run/user/4242", "HOME": "/home/srv"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=e)
-             for e in (env, {**env, "COWPROF_HEAPMAP_DIR": str(tmp_path / "maps")})]
-    try:
-        for p in procs:
-            assert p.stdout.readline() == b"up\n"
-        plain, explicit = (att._candidate_dirs(p.pid, "/proc") for p in procs)
-    finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(timeout=10)
-            p.stdout.close()
-    assert "/run/user/4242/cowprof" in plain and "/home/srv/.cache/cowprof/heapmaps" in plain
-    assert str(tmp_path / "maps") in explicit and "/run/user/4242/cowprof" not in explicit
 
 
 # ------------------------------------------------------------------------- JSON and rendering

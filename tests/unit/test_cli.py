@@ -3,10 +3,7 @@ codes, and the ``run`` argument rewriting. Real processes are in tests/integrati
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import textwrap
 
 import pytest
 from typer.testing import CliRunner
@@ -19,29 +16,11 @@ from cowprof import cli
 from cowprof.errors import AccessDenied, BadInput, NotAPreforkTree, ProcessGone
 from cowprof.pages import PageReport
 from cowprof.record import read_record
-from cowprof.sampler import Sampler, StopReason
+from cowprof.sampler import StopReason
 from cowprof.tree import Tree
+from conftest import MiB, assert_one_line_error, page_report, run_main, worker_dict
 
-MiB = 1 << 20
 runner = CliRunner()
-
-
-def report_dict(t: float = 1000.0, workers: dict[int, int] | None = None) -> dict:
-    """Documented page-report JSON; ``workers`` maps PID -> copied bytes."""
-    workers = {11: 3 * MiB, 12: 7 * MiB} if workers is None else workers
-    return {
-        "version": 1, "taken_at": t, "privileged": False, "mode": "exclusive-bit", "page_size": 4096,
-        "scan_seconds": 0.01,
-        "master": {"pid": 10, "started_at": 900.0, "rss_bytes": 40 * MiB, "pss_bytes": 20 * MiB,
-                   "uss_bytes": 5 * MiB, "swap_bytes": 0, "diverged_bytes": 0, "regions": {}},
-        "workers": [
-            {"pid": pid, "started_at": 901.0, "rss_bytes": 30 * MiB, "pss_bytes": 10 * MiB,
-             "uss_bytes": c, "swap_bytes": 0, "shared_bytes": 16 * MiB, "copied_bytes": c,
-             "new_bytes": MiB,
-             "regions": {"python": {"shared_bytes": 16 * MiB, "copied_bytes": c, "new_bytes": MiB}}}
-            for pid, c in workers.items()],
-        "gone": [],
-    }
 
 
 class FakeTree:
@@ -61,8 +40,8 @@ class FakeTree:
         if self.scan_error is not None:
             raise self.scan_error
         self.scans += 1
-        return PageReport.from_dict(report_dict(1000.0 + self.scans,
-                                                {11: 3 * MiB + self.scans * MiB, 12: 7 * MiB}))
+        return page_report([worker_dict(11, 3 * MiB + self.scans * MiB), worker_dict(12, 7 * MiB)],
+                           taken_at=1000.0 + self.scans)
 
 
 @pytest.fixture
@@ -76,21 +55,6 @@ def fake(monkeypatch):
     # the fake tree's processes have no /proc: no late-import records either
     monkeypatch.setattr(cowprof.preload, "late_imports", lambda master, workers=None, **kw: cowprof.preload.LateImports(master))
     return f
-
-
-def assert_one_line_error(result_or_err: str, code: int, expected_code: int, needle: str) -> None:
-    err = result_or_err
-    assert code == expected_code, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("cowprof: ") and needle in lines[0], err
-    assert "Traceback" not in err
-
-
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- help ------------------------------------------------------------------------------------
@@ -163,20 +127,6 @@ def test_permission_denied_while_scanning(monkeypatch, capsys):
     monkeypatch.setattr(cowprof.pages, "scan", f.scan)
     code, out, err = run_main(capsys, "snapshot", "10")
     assert_one_line_error(err, code, 4, "permission denied reading process 11")
-
-
-def test_real_missing_pid_and_lone_process(capsys):
-    with open("/proc/sys/kernel/pid_max") as fh:
-        missing = int(fh.read()) + 1  # above pid_max: can never exist
-    code, _, err = run_main(capsys, "snapshot", str(missing))
-    assert_one_line_error(err, code, 3, str(missing))
-    lone = subprocess.Popen(["sleep", "30"])
-    try:
-        code, _, err = run_main(capsys, "snapshot", str(lone.pid))
-        assert_one_line_error(err, code, 5, "not part of a pre-fork tree")
-    finally:
-        lone.kill()
-        lone.wait()
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -329,121 +279,6 @@ def test_report_truncated_file_warns_and_keeps_the_rest(fake, tmp_path, capsys):
     assert err.startswith("cowprof: warning:") and "truncated" in err and len(err.splitlines()) == 1
 
 
-# --- sampler ---------------------------------------------------------------------------------
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, s: float) -> None:
-        self.now += s
-
-
-def test_sampler_grid_lateness_and_errors():
-    clock = Clock()
-    calls = []
-
-    def scan(tree, privileged):
-        calls.append(clock.now)
-        if len(calls) == 2:
-            clock.now += 2.5  # a slow scan: misses two ticks
-            raise AccessDenied(11)
-        return PageReport.from_dict(report_dict())
-
-    s = Sampler(10, interval=1.0, count=4, find_tree=lambda pid: Tree(10, (11,)), scan=scan,
-                is_alive=lambda pid: True, clock=clock, wall_clock=clock, sleep=clock.sleep)
-    samples = list(s)
-    assert [x.index for x in samples] == [0, 1, 2, 3]
-    assert samples[1].error is not None and samples[1].report is None
-    assert calls == [0.0, 1.0, 4.0, 5.0]  # ticks 2 and 3 skipped after the slow scan
-    assert s.stop_reason == StopReason.COUNT
-
-
-def test_sampler_follows_the_master_and_stops_when_it_exits():
-    clock = Clock()
-    alive = [True, True, False]
-    asked = []
-
-    def find_tree(pid):
-        asked.append(pid)
-        return Tree(10, (11,))
-
-    s = Sampler(11, interval=1.0, find_tree=find_tree, scan=lambda t, p: PageReport.from_dict(report_dict()),
-                is_alive=lambda pid: alive.pop(0), clock=clock, wall_clock=clock, sleep=clock.sleep)
-    assert s.master == 10
-    assert len(list(s)) == 2
-    assert asked == [11, 10]  # the first tree from the constructor, then re-discovered by master
-    assert s.stop_reason == StopReason.TARGET_EXITED
-
-
-def test_sampler_duration_is_inclusive():
-    clock = Clock()
-    s = Sampler(10, interval=0.5, duration=2.0, find_tree=lambda pid: Tree(10, (11,)),
-                scan=lambda t, p: PageReport.from_dict(report_dict()), is_alive=lambda pid: True,
-                clock=clock, wall_clock=clock, sleep=clock.sleep)
-    assert [x.elapsed for x in s] == [0.0, 0.5, 1.0, 1.5, 2.0]
-    assert s.stop_reason == StopReason.DURATION
-
-
-@pytest.mark.parametrize("max_cpu, gap", [(None, 1.0), (0.02, 2.5)])
-def test_sampler_cpu_cap_stretches_the_interval(max_cpu, gap):
-    """Each sample costs 50 ms of CPU: uncapped (the baseline) that is 1 Hz; capped at 2% of a
-    core, samples come every 2.5 s once the burst credit (10 s at 2% = 0.2 s) is spent."""
-    from cowprof.sampler import CPU_BURST_SECONDS
-
-    clock = Clock()
-    cpu = [0.0]
-
-    def scan(tree, privileged):
-        cpu[0] += 0.05
-        return PageReport.from_dict(report_dict())
-
-    s = Sampler(10, interval=1.0, count=30, max_cpu=max_cpu, find_tree=lambda pid: Tree(10, (11,)),
-                scan=scan, is_alive=lambda pid: True, clock=clock, wall_clock=clock,
-                sleep=clock.sleep, cpu_clock=lambda: cpu[0])
-    times = [x.elapsed for x in s]
-    gaps = [round(b - a, 6) for a, b in zip(times, times[1:])]
-    assert gaps[0] == 1.0 and gaps[-10:] == [gap] * 10
-    # the CPU of all samples but the last, over the time up to the last one: at most the cap,
-    # plus the burst credit
-    assert cpu[0] - 0.05 <= (max_cpu or 1.0) * (times[-1] + CPU_BURST_SECONDS) + 1e-9
-
-
-def test_sampler_cpu_cap_lets_a_rare_expensive_scan_through():
-    """Mostly cheap samples (an unchanged tree) with a 60 ms full scan every 10th: under a 1.5% cap
-    the average allows 1 Hz, so the credit absorbs the expensive ones (a smoothed per-sample
-    cost would stretch the interval to 4 s after each of them)."""
-    clock = Clock()
-    cpu = [0.0]
-    n = [0]
-
-    def scan(tree, privileged):
-        cpu[0] += 0.06 if n[0] % 10 == 0 else 0.002
-        n[0] += 1
-        return PageReport.from_dict(report_dict())
-
-    s = Sampler(10, interval=1.0, count=40, max_cpu=0.015, find_tree=lambda pid: Tree(10, (11,)),
-                scan=scan, is_alive=lambda pid: True, clock=clock, wall_clock=clock,
-                sleep=clock.sleep, cpu_clock=lambda: cpu[0])
-    times = [x.elapsed for x in s]
-    assert [round(b - a, 6) for a, b in zip(times, times[1:])] == [1.0] * 39
-
-
-def test_sampler_error_when_master_dies_mid_scan_ends_cleanly():
-    clock = Clock()
-    alive = [True, False]
-
-    def scan(tree, privileged):
-        raise ProcessGone(10)
-
-    s = Sampler(10, find_tree=lambda pid: Tree(10, (11,)), scan=scan,
-                is_alive=lambda pid: alive.pop(0), clock=clock, wall_clock=clock, sleep=clock.sleep)
-    assert list(s) == [] and s.stop_reason == StopReason.TARGET_EXITED
-
-
 # --- run -------------------------------------------------------------------------------------
 
 def rewrite(args, tmp_path, environ=None, prepare=True):
@@ -499,45 +334,9 @@ def test_run_bad_commands(tmp_path, args, needle):
         rewrite(args, tmp_path)
 
 
-@pytest.fixture
-def fake_gunicorn(tmp_path):
-    """An executable named gunicorn that reports its argv and env, then exits with $FAKE_RC."""
-    path = tmp_path / "bin" / "gunicorn"
-    path.parent.mkdir()
-    path.write_text(textwrap.dedent(f"""\
-        #!{sys.executable}
-        import json, os, sys
-        print(json.dumps({{"argv": sys.argv[1:], "config": os.environ.get("COWPROF_GUNICORN_CONFIG"),
-                          "prepare": os.environ.get("COWPROF_PREPARE")}}), flush=True)
-        sys.exit(int(os.environ.get("FAKE_RC", "0")))
-        """))
-    path.chmod(0o755)
-    return path
-
-
-def test_run_execs_the_rewritten_command_and_returns_its_status(fake_gunicorn, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FAKE_RC", "3")
-    out = subprocess.run([sys.executable, "-m", "cowprof", "run", "--no-prepare", "--",
-                          str(fake_gunicorn), "-c", "g.conf.py", "-w", "2", "app:app"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 3, out.stderr
-    seen = json.loads(out.stdout)
-    assert seen["argv"] == ["-c", "python:cowprof.gunicorn", "-w", "2", "app:app"]
-    assert seen["config"] == str(tmp_path / "g.conf.py") and seen["prepare"] == "0"
-
-
 def test_run_missing_gunicorn(capsys, tmp_path):
     code, out, err = run_main(capsys, "run", "--", str(tmp_path / "gunicorn"), "app:app")
     assert_one_line_error(err, code, 2, "not an executable")
-
-
-def test_run_refuses_to_overwrite_record_before_starting(fake_gunicorn, tmp_path, capsys):
-    rec = tmp_path / "r.jsonl"
-    rec.write_text("keep\n")
-    code, out, err = run_main(capsys, "run", "--record", str(rec), "--", str(fake_gunicorn), "app:app")
-    assert_one_line_error(err, code, 2, "already exists")
-    assert out == ""  # the fake gunicorn never ran
 
 
 def test_exit_status_of_signalled_child():
@@ -567,9 +366,3 @@ def test_export_without_the_module(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "cowprof.exporter", None)
     code, out, err = run_main(capsys, "export", "123")
     assert_one_line_error(err, code, 1, "cowprof.exporter")
-
-
-def test_python_m_cowprof():
-    out = subprocess.run([sys.executable, "-m", "cowprof", "--help"], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "COLUMNS": "100"})
-    assert out.returncode == 0 and "Usage: cowprof" in out.stdout and "snapshot" in out.stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from types import SimpleNamespace
@@ -18,8 +17,6 @@ import pytest
 import cowprof.gunicorn as cg
 from cowprof.recipes import _environ_for
 from cowprof.errors import BadInput
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class FakeLog:
@@ -359,98 +356,7 @@ def test_module_globals_set_no_other_gunicorn_setting():
     assert [k for k in vars(cg) if k in names] == [h for h in hooks if h in names]
 
 
-_LOAD_AS_GUNICORN = """
-import json, sys
-from gunicorn.app.base import Application
-class Probe(Application):
-    def load_config(self): pass
-    def init(self, parser, opts, args): pass
-    def load(self): pass
-app = Probe()
-app.load_config_from_module_name_or_filename("python:cowprof.gunicorn")
-c = app.cfg
-print(json.dumps({"workers": c.workers, "preload": c.preload_app, "bind": c.bind,
-                  "when_ready": getattr(c.when_ready, "_cowprof_hook", False),
-                  "post_fork": getattr(c.post_fork, "_cowprof_hook", False),
-                  "user_on_starting": getattr(getattr(c.on_starting, "__wrapped_user_hook__", None), "__module__", None),
-                  "wraps_user_hook": c.when_ready.__wrapped_user_hook__ is not None}))
-"""
-
-
-def _gunicorn_load(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COWPROF_")}
-    env.update(env_extra)
-    return subprocess.run([sys.executable, "-c", _LOAD_AS_GUNICORN], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-
-
-def test_gunicorn_loads_module_with_user_config(tmp_path):
-    conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text("workers = 5\npreload_app = True\nbind = '127.0.0.1:0'\n"
-                    "def on_starting(server):\n    pass\n"
-                    "def when_ready(server):\n    pass\n")
-    proc = _gunicorn_load({"COWPROF_GUNICORN_CONFIG": str(conf)})
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
-    assert got == {"workers": 5, "preload": True, "bind": ["127.0.0.1:0"], "when_ready": True,
-                   "post_fork": True, "user_on_starting": "__config__", "wraps_user_hook": True}
-
-
-def test_gunicorn_loads_module_without_user_config():
-    proc = _gunicorn_load({})
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
-    assert got["when_ready"] and got["post_fork"] and got["workers"] == 1
-
-
-def test_missing_user_config_is_one_line_error(tmp_path):
-    proc = _gunicorn_load({"COWPROF_GUNICORN_CONFIG": str(tmp_path / "missing.py")})
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"cowprof: COWPROF_GUNICORN_CONFIG: no such config file: '{tmp_path / 'missing.py'}'"]
-
-
-def test_user_config_can_install_itself(tmp_path):
-    # a config that calls install() is loaded through COWPROF_GUNICORN_CONFIG: no double wrapping
-    conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text("from cowprof.gunicorn import install\nworkers = 2\ninstall(globals())\n")
-    proc = _gunicorn_load({"COWPROF_GUNICORN_CONFIG": str(conf)})
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
-    assert got["when_ready"] is True and got["wraps_user_hook"] is False and got["workers"] == 2
-
-
 string_hook.calls = []
-
-
-# --- cowprof.recipes (other pre-fork servers): a real os.fork in a child interpreter -----------
-
-_FORK_PROG = """
-import gc, os, sys
-from cowprof import disable_gc_until_fork
-from cowprof.recipes import prepare_parent, register_after_fork, uwsgi_postfork
-disable_gc_until_fork()
-data = [{"k": str(i), "v": float(i)} for i in range(10000)]
-report = prepare_parent()
-again = register_after_fork()
-r, w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    os.write(w, b"1" if gc.isenabled() else b"0")
-    os._exit(0)
-os.waitpid(pid, 0)
-print(os.read(r, 1).decode(), int(gc.isenabled()), int(again), int(uwsgi_postfork()), int(report.frozen > 0))
-"""
-
-
-def test_prepare_parent_restores_gc_in_forked_children():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COWPROF_")}
-    proc = subprocess.run([sys.executable, "-c", _FORK_PROG], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    # child: GC back on (after_fork ran through os.register_at_fork); parent: still off until its
-    # own fork-time policy says otherwise; a second registration is refused; no uWSGI here
-    assert proc.stdout.split() == ["1", "0", "0", "0", "1"]
 
 
 def test_apply_user_config_from_python_module(calls, tmp_path, monkeypatch):

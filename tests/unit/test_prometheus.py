@@ -1,23 +1,20 @@
-"""Unit tests of the Prometheus reporter and of the exporter's scan/reattach state machine.
+"""Unit tests of the Prometheus reporter and of the exporter's options and PID files.
 
-The reporter is fed documented-JSON-shaped reports (``PageReport.from_dict``); the exporter's loop
-runs against fake ``find_tree``/``scan`` functions but real (``sleep``) processes as masters, so
-the liveness, PID-file and command-line logic is exercised for real, in well under a second each.
+The reporter is fed documented-JSON-shaped reports (``PageReport.from_dict``). The exporter's
+scan/reattach state machine, which needs real processes as masters, is in
+tests/integration/test_exporter_reattach.py.
 """
 from __future__ import annotations
 
 import copy
 import os
 import socket
-import subprocess
-import time
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cowprof.errors import BadInput, NotAPreforkTree, ProcessGone
-from cowprof.exporter import Exporter, MasterFinder, _bind, identify, read_pidfile, serve
+from cowprof.errors import BadInput
+from cowprof.exporter import _bind, read_pidfile, serve
 from cowprof.reporters.prometheus import (
     MASTER_GAUGES,
     WORKER_GAUGES,
@@ -26,30 +23,20 @@ from cowprof.reporters.prometheus import (
     metric_families,
     render,
 )
-
-MiB = 1 << 20
-
-
-def _region(shared: int, copied: int, new: int) -> dict:
-    return {"shared_bytes": shared, "copied_bytes": copied, "new_bytes": new}
+from conftest import MiB, master_dict, region_dict, report_dict, worker_dict
 
 
 def _worker(pid: int, k: int) -> dict:
     # distinct values per worker and per field, so a swapped attribute or label is caught
-    return {"pid": pid, "started_at": 1763779001.0 + k, "rss_bytes": 40 * MiB + k * 4096,
-            "pss_bytes": 21 * MiB + k * 4096, "uss_bytes": 3 * MiB + k * 4096,
-            "swap_bytes": k * 8192, "shared_bytes": 35 * MiB + k, "copied_bytes": 2 * MiB + 7 * k,
-            "new_bytes": 1 * MiB + 11 * k,
-            "regions": {"python": _region(35 * MiB + k, 2 * MiB + 7 * k, 1 * MiB + 11 * k)}}
+    return worker_dict(pid, 2 * MiB + 7 * k, started_at=1763779001.0 + k, rss=40 * MiB + k * 4096,
+                       pss=21 * MiB + k * 4096, uss=3 * MiB + k * 4096, swap=k * 8192, shared=35 * MiB + k,
+                       new=1 * MiB + 11 * k)
 
 
 def _report_dict(pids: list[int], master: int = 100) -> dict:
-    return {"version": 1, "taken_at": 1763780000.5, "privileged": False, "mode": "exclusive-bit",
-            "page_size": 4096, "scan_seconds": 0.05,
-            "master": {"pid": master, "started_at": 1763779000.0, "rss_bytes": 50 * MiB,
-                       "pss_bytes": 30 * MiB, "uss_bytes": 5 * MiB, "swap_bytes": 0,
-                       "diverged_bytes": 12288, "regions": {"python": _region(0, 0, 0)}},
-            "workers": [_worker(pid, k) for k, pid in enumerate(pids, 1)], "gone": []}
+    return report_dict([_worker(pid, k) for k, pid in enumerate(pids, 1)], taken_at=1763780000.5, scan_seconds=0.05,
+                       master=master_dict(master, started_at=1763779000.0, rss=50 * MiB, pss=30 * MiB,
+                                          diverged=12288, regions={"python": region_dict()}))
 
 
 def _as_report(d: dict):
@@ -197,170 +184,8 @@ def test_up_needs_both_attachment_and_a_report():
 
 
 # ---------------------------------------------------------------------------------------------
-# Exporter state machine: fake find_tree/scan, real processes as masters
+# Exporter: PID files, options, binding
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def procs():
-    """Start ``sleep`` processes (stand-in masters); kill and reap exactly those afterwards."""
-    started: list[subprocess.Popen] = []
-
-    def start(*argv: str) -> subprocess.Popen:
-        p = subprocess.Popen(list(argv) or ["sleep", "60"], stdin=subprocess.DEVNULL)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
-class FakeTree:
-    """find_tree/scan stand-ins: masters listed in ``trees`` have the given workers."""
-
-    def __init__(self) -> None:
-        self.trees: dict[int, list[int]] = {}
-        self.fail: Exception | None = None
-        self.scans = 0
-
-    def find_tree(self, pid: int):
-        if identify(pid) is None:
-            raise ProcessGone(pid)
-        if not self.trees.get(pid):  # like cowprof.tree.find_tree: no workers, no tree
-            raise NotAPreforkTree(f"PID {pid} has no workers")
-        return SimpleNamespace(master=pid, workers=tuple(self.trees[pid]))
-
-    def scan(self, tree):
-        if self.fail is not None:
-            raise self.fail
-        self.scans += 1
-        return _as_report(_report_dict(list(tree.workers), master=tree.master))
-
-
-def _exporter(fake: FakeTree, pid: int, *, pidfile: str | None = None, cmdline: str | None = None):
-    finder = MasterFinder(pidfile=pidfile, cmdline=cmdline, find_tree=fake.find_tree)
-    return Exporter(identify(pid), finder, find_tree=fake.find_tree, scan=fake.scan)
-
-
-def _kill(p: subprocess.Popen) -> None:
-    p.kill()
-    p.wait()
-
-
-def test_scan_publishes_and_a_worker_change_shows(procs):
-    fake = FakeTree()
-    m = procs()
-    fake.trees[m.pid] = [11, 12]
-    exp = _exporter(fake, m.pid)
-    exp.step()
-    report, status = exp.snapshot()
-    assert status.up and status.scans_total == 1 and status.master_pid == m.pid
-    assert sorted(w.pid for w in report.workers) == [11, 12]
-    fake.trees[m.pid] = [12, 13]
-    exp.step()
-    report, status = exp.snapshot()
-    assert sorted(w.pid for w in report.workers) == [12, 13] and status.scans_total == 2
-
-
-def test_scan_errors_are_counted_and_clear_the_data(procs):
-    fake = FakeTree()
-    m = procs()
-    fake.trees[m.pid] = [11]
-    exp = _exporter(fake, m.pid)
-    exp.step()
-    fake.fail = PermissionError("boom")  # an unexpected error: logged, counted, loop goes on
-    exp.step()
-    exp.step()
-    report, status = exp.snapshot()
-    assert report is None and not status.up and status.scrape_errors_total == 2
-    fake.fail = None
-    exp.step()
-    report, status = exp.snapshot()
-    assert report is not None and status.up and status.scrape_errors_total == 2
-
-
-def test_a_master_left_without_workers_is_up_with_zero_workers(procs):
-    fake = FakeTree()
-    m = procs()
-    fake.trees[m.pid] = [11, 12]
-    exp = _exporter(fake, m.pid)
-    exp.step()
-    fake.trees[m.pid] = []  # e.g. all workers recycled at once
-    exp.step()
-    report, status = exp.snapshot()
-    assert status.up and status.scrape_errors_total == 0 and exp.master.pid == m.pid
-    fams = {f.name: f for f in metric_families(report, status)}
-    assert fams["cowprof_workers"].samples[0].value == 0
-    assert fams["cowprof_worker_rss_bytes"].samples == []
-    fake.trees[m.pid] = [13]
-    exp.step()
-    assert [w.pid for w in exp.snapshot()[0].workers] == [13]
-
-
-def test_master_exit_detaches_then_pidfile_reattaches(procs, tmp_path, caplog):
-    caplog.set_level("INFO", logger="cowprof.exporter")
-    fake = FakeTree()
-    old, new = procs(), procs()
-    fake.trees[old.pid] = [11]
-    fake.trees[new.pid] = [21, 22]
-    pidfile = tmp_path / "app.pid"
-    pidfile.write_text(f"{old.pid}\n")
-    exp = _exporter(fake, old.pid, pidfile=str(pidfile))
-    exp.step()
-    assert exp.snapshot()[1].up
-    _kill(old)
-    exp.step()
-    report, status = exp.snapshot()
-    assert report is None and not status.up and exp.master is None
-    exp.step()  # the PID file still names the dead master: keep waiting
-    assert exp.master is None
-    pidfile.write_text(f"{new.pid}\n")
-    exp.step()
-    report, status = exp.snapshot()
-    assert exp.master.pid == new.pid and status.up
-    assert sorted(w.pid for w in report.workers) == [21, 22]
-    assert f"reattached to master PID {new.pid}" in caplog.text
-    assert f"master PID {old.pid} exited" in caplog.text
-
-
-def test_master_exit_then_reattach_by_command_line(procs):
-    fake = FakeTree()
-    argv = ["sleep", "61.5"]  # an unusual command line nobody else runs
-    old = procs(*argv)
-    other = procs("sleep", "61.25")  # different command line: never picked
-    fake.trees[old.pid] = [11]
-    fake.trees[other.pid] = [31]
-    exp = _exporter(fake, old.pid)
-    exp.step()
-    _kill(old)
-    exp.step()
-    assert exp.master is None
-    exp.step()
-    assert exp.master is None  # nothing matches yet
-    # the finder only takes processes started after the old master (by psutil's create_time,
-    # which has clock-tick resolution): a restart takes longer than a tick, this test may not
-    time.sleep(3 / os.sysconf("SC_CLK_TCK"))
-    new = procs(*argv)
-    exp.step()
-    assert exp.master is None  # a match without workers is not a master
-    fake.trees[new.pid] = [41]
-    exp.step()
-    assert exp.master is not None and exp.master.pid == new.pid
-    assert [w.pid for w in exp.snapshot()[0].workers] == [41]
-
-
-def test_reused_pid_is_not_the_old_master(procs):
-    fake = FakeTree()
-    m = procs()
-    fake.trees[m.pid] = [11]
-    exp = _exporter(fake, m.pid)
-    # same PID, another start time: what a PID reuse after the master's exit looks like
-    exp._master = exp._last_master = type(exp.master)(m.pid, exp.master.create_time - 100, "x")
-    exp.step()
-    assert exp.master is None and not exp.snapshot()[1].up
-
 
 def test_read_pidfile_errors(tmp_path):
     with pytest.raises(BadInput, match="does not exist"):

@@ -10,32 +10,20 @@ from cowprof.errors import AccessDenied, BadInput, RecordFileError
 from cowprof.pages import PageReport
 from cowprof.record import FORMAT, VERSION, RecordWriter, read_record
 from cowprof.sampler import Sample
-
-MiB = 1 << 20
+from conftest import MiB, master_dict, region_dict, worker_dict
+from conftest import report_dict as shared_report_dict
+from conftest import sample as shared_sample
 
 
 def report_dict(t: float = 1000.0, copied: tuple[int, ...] = (3 * MiB, 1 * MiB)) -> dict:
-    """A page report in the documented JSON shape (docs/CONTRACTS.md)."""
-    regions = {"python": {"shared_bytes": 8 * MiB, "copied_bytes": 0, "new_bytes": 0}}
-    return {
-        "version": 1, "taken_at": t, "privileged": False, "mode": "exclusive-bit", "page_size": 4096,
-        "scan_seconds": 0.01,
-        "master": {"pid": 10, "started_at": 900.0, "rss_bytes": 40 * MiB, "pss_bytes": 20 * MiB,
-                   "uss_bytes": 5 * MiB, "swap_bytes": 0, "diverged_bytes": 4096, "regions": regions},
-        "workers": [
-            {"pid": 11 + i, "started_at": 901.0, "rss_bytes": 30 * MiB, "pss_bytes": 10 * MiB,
-             "uss_bytes": c, "swap_bytes": 0, "shared_bytes": 8 * MiB, "copied_bytes": c,
-             "new_bytes": MiB, "regions": {"python": {"shared_bytes": 8 * MiB, "copied_bytes": c,
-                                                      "new_bytes": MiB}}}
-            for i, c in enumerate(copied)],
-        "gone": [],
-    }
+    """Workers 11, 12, ... that copied ``copied`` bytes each."""
+    return shared_report_dict([worker_dict(11 + i, c, shared=8 * MiB) for i, c in enumerate(copied)], taken_at=t,
+                              master=master_dict(diverged=4096, regions={"python": region_dict(8 * MiB)}))
 
 
 def sample(i: int, *, error: Exception | None = None, copied: tuple[int, ...] = (3 * MiB, MiB)) -> Sample:
     report = None if error else PageReport.from_dict(report_dict(1000.0 + i, copied))
-    return Sample(index=i, time=1000.0 + i, elapsed=float(i), lateness=0.001 * i, report=report,
-                  error=error)
+    return shared_sample(i, report, error=error, time=1000.0 + i, lateness=0.001 * i)
 
 
 def write_record(path, n: int = 3, *, end: str | None = "duration") -> None:

@@ -15,39 +15,19 @@ from cowprof.reporters import fmt_bytes, fmt_size, live, table, worker_series
 from cowprof.reporters import html as html_reporter
 from cowprof.reporters import jsonout
 from cowprof.sampler import Sample
+from conftest import MiB, master_dict, page_report, region_dict, sample, worker_dict
 
-MiB = 1 << 20
 
-
-def report_dict(t: float = 1000.0, workers: dict[int, int] | None = None, *,
-                started: dict[int, float] | None = None) -> dict:
-    """Documented page-report JSON; ``workers`` maps PID -> copied bytes."""
+def report(t: float = 1000.0, workers: dict[int, int] | None = None, *,
+           started: dict[int, float] | None = None) -> PageReport:
+    """Three workers by default; ``workers`` maps PID -> copied bytes (a quarter of them in the heap)."""
     workers = {11: 3 * MiB, 12: 7 * MiB, 13: 1 * MiB} if workers is None else workers
     started = started or {}
-    return {
-        "version": 1, "taken_at": t, "privileged": False, "mode": "exclusive-bit", "page_size": 4096,
-        "scan_seconds": 0.01,
-        "master": {"pid": 10, "started_at": 900.0, "rss_bytes": 40 * MiB, "pss_bytes": 20 * MiB,
-                   "uss_bytes": 5 * MiB, "swap_bytes": 0, "diverged_bytes": 8192,
-                   "regions": {"python": {"shared_bytes": 30 * MiB, "copied_bytes": 0, "new_bytes": 0}}},
-        "workers": [
-            {"pid": pid, "started_at": started.get(pid, 901.0), "rss_bytes": 30 * MiB,
-             "pss_bytes": 10 * MiB, "uss_bytes": c + MiB, "swap_bytes": 0, "shared_bytes": 16 * MiB,
-             "copied_bytes": c, "new_bytes": MiB,
-             "regions": {"python": {"shared_bytes": 12 * MiB, "copied_bytes": c - c // 4, "new_bytes": MiB},
-                         "heap": {"shared_bytes": 4 * MiB, "copied_bytes": c // 4, "new_bytes": 0}}}
-            for pid, c in workers.items()],
-        "gone": [],
-    }
-
-
-def report(*args, **kwargs) -> PageReport:
-    return PageReport.from_dict(report_dict(*args, **kwargs))
-
-
-def sample(i: int, rep: PageReport | None, error: Exception | None = None) -> Sample:
-    return Sample(index=i, time=rep.taken_at if rep else 0.0, elapsed=float(i), lateness=0.0,
-                  report=rep, error=error)
+    return page_report(
+        [worker_dict(pid, c, started_at=started.get(pid, 901.0), uss=c + MiB,
+                     regions={"python": region_dict(12 * MiB, c - c // 4, MiB), "heap": region_dict(4 * MiB, c // 4)})
+         for pid, c in workers.items()],
+        taken_at=t, master=master_dict(diverged=8192, regions={"python": region_dict(30 * MiB)}))
 
 
 def render_table(rep: PageReport, by: str = "worker") -> str:
@@ -208,7 +188,7 @@ def test_html_is_self_contained_with_three_charts(recording):
     buf = io.StringIO()
     html_reporter.render(recording, file=buf)
     doc = buf.getvalue()
-    for div_id in html_reporter.CHART_IDS.values():
+    for div_id in (html_reporter.CHART_IDS[k] for k in html_reporter.PAGE_CHARTS):
         assert f'id="{div_id}"' in doc
     for title in ("Copied MiB per worker over time", "Shared % over time", "Region breakdown"):
         assert title in doc

@@ -1,0 +1,26 @@
+# Typed stub of the native module (native/_alloc.c), checked against it by mypy.stubtest
+# (scripts/check_types).
+from typing import TypedDict, type_check_only
+
+@type_check_only  # the functions return plain dicts
+class FillPools(TypedDict):
+    filled: bool
+    reason: str | None
+    filler_bytes: int
+    blocks: int
+    avail_before: int
+    avail_after: int
+    empty_pools_before: int
+    empty_pools_after: int
+    pool_size: int
+    seconds: float
+
+@type_check_only  # the functions return plain dicts
+class Stats(TypedDict):
+    size_classes: list[tuple[int, int, int, int]]  # block size, pools in use, blocks in use, free blocks
+    empty_pools: int
+    pool_size: int
+    arenas: int
+
+def fill_pools(*, max_bytes: int, empty_pools: bool = True) -> FillPools: ...
+def stats() -> Stats | None: ...

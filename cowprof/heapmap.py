@@ -528,7 +528,7 @@ def encode_v3(addr: np.ndarray, size: np.ndarray, typ: np.ndarray,
     prev = np.uint64(0)
     for c0 in range(0, addr.size, chunk_records):
         a = addr[c0:c0 + chunk_records]
-        any_bits = int(np.bitwise_or.reduce(a)) | int(prev)
+        any_bits = int(np.bitwise_or.reduce(a, keepdims=True)[0]) | int(prev)
         shift = (any_bits & -any_bits).bit_length() - 1 if any_bits else 0
         prevs = np.concatenate([np.array([prev], dtype=np.uint64), a[:-1]])
         d = (a - prevs).view(np.int64) >> np.int64(shift)
@@ -768,10 +768,10 @@ def _read_stream(data: np.ndarray, pos: int, count: int, out: np.ndarray) -> int
         out[:] = padded.view("<u8").ravel()
     if exceptions:
         table = data[end:stop].view(_EXCEPTION)
-        if int(table["index"].max()) >= count:
+        if int(np.max(table["index"])) >= count:
             raise ValueError("a stream's exception is out of range")
         out[table["index"]] = table["value"]
-    return stop
+    return int(stop)
 
 
 def _decode_v3(data: np.ndarray, n: int, type_size: np.ndarray, n_types: int) -> tuple[np.ndarray, ...]:
@@ -800,9 +800,9 @@ def _decode_v3(data: np.ndarray, n: int, type_size: np.ndarray, n_types: int) ->
             scratch = np.empty(cn, dtype=np.uint64)
         local = scratch[:cn]
         pos = _read_stream(data, pos, cn, local)
-        if int(local.max()) >> 1 >= n_kinds:
+        if int(np.max(local)) >> 1 >= n_kinds:
             raise ValueError("a record's type is not among its chunk's")
-        if int(kinds.max()) >= n_types:
+        if int(np.max(kinds)) >= n_types:
             raise ValueError("a record's type index has no name")
         tv[done:done + cn] = (kinds[local >> np.uint64(1)] << np.uint64(1)) | (local & np.uint64(1))
         own_sizes = np.empty(n_own, dtype=np.uint64)
@@ -815,7 +815,7 @@ def _decode_v3(data: np.ndarray, n: int, type_size: np.ndarray, n_types: int) ->
     own = (tv & 1).astype(bool)
     tv >>= 1
     own_values = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.uint64)
-    if own_values.size != int(own.sum()) or (own_values.size and int(own_values.max()) > 0xFFFFFFFF):
+    if own_values.size != int(own.sum()) or (own_values.size and int(np.max(own_values)) > 0xFFFFFFFF):
         raise ValueError("the records' own sizes do not add up")
     size = type_size[tv]
     size[own] = own_values

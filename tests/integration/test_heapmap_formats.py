@@ -37,7 +37,7 @@ def test_by_type_and_by_cause_are_the_same_from_both_formats(tmp_path):
         report = scan(find_tree(app.master), keep_addresses=True)
         from_new = attribution.attribute(report, new, causes=True)
         from_old = attribution.attribute(report, old, causes=True)
-    assert from_new.causes_error is None
+    assert from_new.causes_error is None, from_new.causes_error
     assert all(w.copied_bytes > 1 << 20 and dict(w.types).get("str", 0) > w.copied_bytes / 2
                for w in from_new.workers)  # the tables hold something to compare
     assert _tables(from_new) == _tables(from_old)

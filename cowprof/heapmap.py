@@ -13,7 +13,7 @@ in the order the walk produced them (``read`` sorts), then the metadata as UTF-8
 start_ticks, boot_id, created_at, seq, type_names, type_preheader, layout; type_size in version 3).
 A file whose size is not exactly what its header says is truncated and rejected.
 
-* Version 3 (written since issue 17; 3-4 bytes a record instead of 16): chunks of at most 16,384
+* Version 3 (written since issue 17; ~4 bytes a record instead of 16): chunks of at most 16,384
   records, each a 16-byte header ``<IIII`` (records, records with their own size, shift, types) and
   four streams of unsigned values: the zigzag-encoded delta of each record's address from the
   previous record's (across chunks; the first from 0) in units of ``1 << shift`` (the chunk's
@@ -34,8 +34,8 @@ removes the master's older segments, a repeat call (which walks only the objects
 writes the next segment. ``load`` merges a master's segments (the newer record wins).
 
 The walk streams the records straight into ``<name>.writing`` (a writer thread in the native
-module encodes and writes them on another core while the walk goes on); the metadata and header follow and the
-file is renamed into place, so a reader sees a map complete or not at all.
+module encodes and writes them on another core while the walk goes on); the metadata and header
+follow and the file is renamed into place, so a reader sees a map complete or not at all.
 
 The directory is private and proven so before anything is written (:func:`_open_dir`): missing
 components are created 0700, the directory is opened without following a symlink and must be ours

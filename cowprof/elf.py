@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from ._values import Frozen, field
 
 __all__ = ["LoadExtent", "NOT_AN_IMAGE", "Unsupported", "cached_extent", "clear_cache", "read_extent"]
 
@@ -32,8 +34,7 @@ _PN_XNUM = 0xFFFF  # the real count is elsewhere (section header 0): not support
 CACHE_SIZE = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class LoadExtent:
+class LoadExtent(Frozen):
     """Virtual addresses, relative to the load bias, of a file's loaded image.
 
     ``first_vaddr``: page start of the ``PT_LOAD`` segment mapped from file offset 0 (where the
@@ -42,9 +43,15 @@ class LoadExtent:
     it has no ``.bss``.
     """
 
-    first_vaddr: int
-    end_vaddr: int
-    image: bool = True
+    __slots__ = ()
+    _fields = ("first_vaddr", "end_vaddr", "image")
+
+    def __new__(cls, first_vaddr: int, end_vaddr: int, image: bool = True) -> LoadExtent:
+        return tuple.__new__(cls, (first_vaddr, end_vaddr, image))
+
+    first_vaddr: int = field(0)
+    end_vaddr: int = field(1)
+    image: bool = field(2)
 
 
 NOT_AN_IMAGE = LoadExtent(0, 0, image=False)
@@ -101,6 +108,7 @@ def read_extent(fd: int, page_size: int) -> LoadExtent:
 
 
 _cache: dict[tuple[str, int], LoadExtent | None] = {}
+_cache_lock = threading.Lock()  # scans read processes in threads
 
 
 def cached_extent(dev: str, inode: int, open_file: Callable[[], int | None], page_size: int) -> LoadExtent | None:
@@ -126,12 +134,14 @@ def cached_extent(dev: str, inode: int, open_file: Callable[[], int | None], pag
         return None
     finally:
         os.close(fd)
-    if len(_cache) >= CACHE_SIZE:
-        del _cache[next(iter(_cache))]  # the oldest entry
-    _cache[key] = extent
+    with _cache_lock:
+        if len(_cache) >= CACHE_SIZE:
+            del _cache[next(iter(_cache))]  # the oldest entry
+        _cache[key] = extent
     return extent
 
 
 def clear_cache() -> None:
     """Forget every cached file (tests; a file rewritten in place under the same inode)."""
-    _cache.clear()
+    with _cache_lock:
+        _cache.clear()

@@ -36,9 +36,9 @@ import stat
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
+from cowprof._values import Frozen, Mutable, field
 from cowprof.errors import CowprofError, ProcessGone
 
 __all__ = ["ENV_DIR", "ENV_KEY", "ENV_PRELOAD", "LateImports", "app_key", "directory", "import_learned",
@@ -148,14 +148,18 @@ def _module_names(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------- master side
 
 
-@dataclass(frozen=True)
-class Learned:
+class Learned(Frozen):
     """What :func:`learn` found for this app."""
 
-    key: str
-    modules: tuple[str, ...] = ()
-    """Modules that workers of earlier masters of this app imported after the fork."""
-    error: str | None = None
+    __slots__ = ()
+    _fields = ("key", "modules", "error")
+
+    def __new__(cls, key: str, modules: tuple[str, ...] = (), error: str | None = None) -> Learned:
+        return tuple.__new__(cls, (key, modules, error))
+
+    key: str = field(0)
+    modules: tuple[str, ...] = field(1, "Modules that workers of earlier masters of this app imported after the fork.")
+    error: str | None = field(2)
 
 
 def learn(key: str | None = None) -> Learned:
@@ -309,13 +313,17 @@ def watch_imports() -> bool:
 # ---------------------------------------------------------------------------------- profiler side
 
 
-@dataclass
-class LateImports:
+class LateImports(Mutable):
     """The late imports of one master's workers, as found by :func:`late_imports`."""
 
-    master: int
-    workers: dict[int, list[str]] = field(default_factory=dict)
-    directory: str | None = None
+    __slots__ = ("master", "workers", "directory")
+    _fields = __slots__
+
+    def __init__(self, master: int, workers: dict[int, list[str]] | None = None,
+                 directory: str | None = None) -> None:
+        self.master = master
+        self.workers: dict[int, list[str]] = {} if workers is None else workers
+        self.directory = directory
 
     @property
     def modules(self) -> list[str]:

@@ -13,40 +13,23 @@ the parent is the master; otherwise it is not part of a pre-fork tree (:class:`N
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-
-import psutil
 
 from . import procfs
+from ._values import Frozen, field
 from .errors import AccessDenied, CowprofError, NotAPreforkTree, ProcessGone
 
-_PSUTIL_ROOT_LOCK = threading.Lock()
 
-
-@dataclass(frozen=True)
-class Tree:
+class Tree(Frozen):
     """A pre-fork master and its live workers (PIDs, workers in ascending order)."""
 
-    master: int
-    workers: tuple[int, ...]
+    __slots__ = ()
+    _fields = ("master", "workers")
 
+    def __new__(cls, master: int, workers: tuple[int, ...]) -> Tree:
+        return tuple.__new__(cls, (master, workers))
 
-@contextmanager
-def _psutil_root(procfs_root: str) -> Iterator[None]:
-    """Point psutil at another procfs root for the duration (fixture roots in tests)."""
-    if procfs_root == "/proc":
-        yield
-        return
-    with _PSUTIL_ROOT_LOCK:
-        old = psutil.PROCFS_PATH
-        psutil.PROCFS_PATH = procfs_root
-        try:
-            yield
-        finally:
-            psutil.PROCFS_PATH = old
+    master: int = field(0)
+    workers: tuple[int, ...] = field(1)
 
 
 def _aslr_enabled(procfs_root: str) -> bool:
@@ -56,27 +39,85 @@ def _aslr_enabled(procfs_root: str) -> bool:
         return True
 
 
-def _is_fork_of(child: psutil.Process, parent: psutil.Process, procfs_root: str, aslr: bool) -> bool:
+class _Exe:
+    """The executables of a search, each read once: the ``exe`` link, else (no rights to it) the
+    command line's first word when that is an absolute path to an executable file, which is what
+    psutil's ``Process.exe()`` answers (the search used it before)."""
+
+    def __init__(self, procfs_root: str) -> None:
+        self.procfs_root = procfs_root
+        self._seen: dict[int, str] = {}
+
+    def __call__(self, pid: int) -> str:
+        exe = self._seen.get(pid)
+        if exe is None:
+            try:
+                exe = procfs.read_exe(pid, self.procfs_root)
+            except AccessDenied:
+                exe = self._guess(pid)
+                if exe is None:
+                    raise
+            else:
+                if not exe:
+                    try:
+                        exe = self._guess(pid) or ""
+                    except AccessDenied:
+                        pass
+            self._seen[pid] = exe
+        return exe
+
+    def _guess(self, pid: int) -> str | None:
+        cmdline = procfs.read_cmdline(pid, self.procfs_root)
+        exe = cmdline[0] if cmdline else ""
+        if os.path.isabs(exe) and os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return exe
+        return None
+
+
+def _is_fork_of(child: procfs.Stat, parent: procfs.Stat, procfs_root: str, aslr: bool, exe: _Exe) -> bool:
     """True when ``child`` is a fork (without exec) of ``parent``; False for zombies and exec'd ones."""
     try:
-        cst = procfs.read_stat(child.pid, procfs_root)
-        pst = procfs.read_stat(parent.pid, procfs_root)
-        if cst.zombie or pst.zombie or cst.ppid != parent.pid:
+        if child.zombie or parent.zombie or child.ppid != parent.pid:
             return False
-        if child.exe() != parent.exe():
+        if exe(child.pid) != exe(parent.pid):
             return False
-        if (cst.start_stack, cst.start_brk) != (pst.start_stack, pst.start_brk):
+        if (child.start_stack, child.start_brk) != (parent.start_stack, parent.start_brk):
             return False
-        if cst.start_stack == 0 and cst.start_brk == 0:
+        if child.start_stack == 0 and child.start_brk == 0:
             # no ptrace read access to the layout: fall back on the command line
-            return child.cmdline() == parent.cmdline()
-        return aslr or child.cmdline() == parent.cmdline()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessGone):
+            return procfs.read_cmdline(child.pid, procfs_root) == procfs.read_cmdline(parent.pid, procfs_root)
+        return aslr or procfs.read_cmdline(child.pid, procfs_root) == procfs.read_cmdline(parent.pid, procfs_root)
+    except ProcessGone:
         return False
 
 
-def _forked_children(proc: psutil.Process, procfs_root: str, aslr: bool) -> list[int]:
-    return sorted(c.pid for c in proc.children() if _is_fork_of(c, proc, procfs_root, aslr))
+def _children(parent: procfs.Stat, procfs_root: str) -> list[procfs.Stat]:
+    """Every process whose parent is ``parent`` and that started no earlier than it (an older one
+    has a reused parent PID), zombies included, in PID order: ``psutil.Process.children()``."""
+    out = []
+    for pid in procfs.list_pids(procfs_root):
+        try:
+            st = procfs.read_stat(pid, procfs_root)
+        except ProcessGone:
+            continue
+        if st.ppid == parent.pid and st.starttime_ticks >= parent.starttime_ticks:
+            out.append(st)
+    return out
+
+
+def _forked_children(parent: procfs.Stat, procfs_root: str, aslr: bool, exe: _Exe) -> list[int]:
+    return sorted(c.pid for c in _children(parent, procfs_root) if _is_fork_of(c, parent, procfs_root, aslr, exe))
+
+
+def _parent(st: procfs.Stat, procfs_root: str) -> procfs.Stat | None:
+    """The parent of ``st``, unless it is gone or started after it (its PID was reused)."""
+    if st.ppid <= 0:
+        return None
+    try:
+        parent = procfs.read_stat(st.ppid, procfs_root)
+    except ProcessGone:
+        return None
+    return parent if parent.starttime_ticks <= st.starttime_ticks else None
 
 
 def find_tree(pid: int, *, procfs_root: str = "/proc") -> Tree:
@@ -93,22 +134,19 @@ def find_tree(pid: int, *, procfs_root: str = "/proc") -> Tree:
         raise ProcessGone(pid, f"process {pid} has exited (zombie)")
     if st.kernel_thread:
         raise NotAPreforkTree(f"process {pid} is a kernel thread ({st.comm}), not a Python pre-fork server")
-    with _psutil_root(procfs_root):
-        try:
-            proc = psutil.Process(pid)
-            aslr = _aslr_enabled(procfs_root)
-            # psutil's exe() guesses from the command line when it may not read the link: ask the kernel
-            procfs.check_access(pid, procfs_root)
-            workers = _forked_children(proc, procfs_root, aslr)
-            if workers:
-                return Tree(pid, tuple(workers))
-            parent = proc.parent()
-            if parent is not None and parent.pid > 1 and _is_fork_of(proc, parent, procfs_root, aslr):
-                return Tree(parent.pid, tuple(_forked_children(parent, procfs_root, aslr)))
-        except psutil.NoSuchProcess:  # also ZombieProcess
-            raise ProcessGone(pid) from None
-        except psutil.AccessDenied:
-            raise AccessDenied(pid) from None
+    exe = _Exe(procfs_root)
+    try:
+        aslr = _aslr_enabled(procfs_root)
+        # the exe link of a process we may not read would be guessed from its command line: ask the kernel
+        procfs.check_access(pid, procfs_root)
+        workers = _forked_children(st, procfs_root, aslr, exe)
+        if workers:
+            return Tree(pid, tuple(workers))
+        parent = _parent(st, procfs_root)
+        if parent is not None and parent.pid > 1 and _is_fork_of(st, parent, procfs_root, aslr, exe):
+            return Tree(parent.pid, tuple(_forked_children(parent, procfs_root, aslr, exe)))
+    except AccessDenied:
+        raise AccessDenied(pid) from None
     _raise_if_exited(st, procfs_root)
     raise NotAPreforkTree(
         f"process {pid} is not part of a pre-fork tree: it has no forked children and its parent "

@@ -8,7 +8,7 @@ read from its log line), scrapes ``/metrics`` every ``--scrape-every`` seconds f
 seconds and reads the exporter's CPU times (psutil, user + system) after a warm-up. Every process
 it starts is stopped by PID at the end.
 
-    .venv/py3.12/bin/python scripts/bench_export.py [--interval 5] [--duration 30] [--load 0]
+    .venv/py3.12/bin/python scripts/bench_export.py [--interval 5] [--duration 30] [--load 0] [--sample-mb MB]
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def _metric(text: str, name: str) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--sample-mb", type=float, default=None, help="SAMPLE_APP_MB (default: the app's)")
     ap.add_argument("--interval", type=float, default=5.0, help="the exporter's --interval")
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=5.0)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from demo.run import free_port
 
     port = free_port()
-    server, master = start_sample_app(args.workers, None, port)
+    server, master = start_sample_app(args.workers, args.sample_mb, port)
     load = exporter = None
     try:
         if args.load:
@@ -99,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.monotonic()
         rss = pexp.memory_info().rss
         pct = 100.0 * (c1 - c0) / (t1 - t0)
-        print(f"python {platform.python_version()}, {os.cpu_count()} cpus; sample app, master + {args.workers} "
-              f"workers, {f'busy ({args.load} client threads)' if args.load else 'idle'}")
+        master_proc = psutil.Process(master)
+        tree_rss = sum(p.memory_info().rss for p in (master_proc, *master_proc.children()))
+        print(f"python {platform.python_version()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}; sample app"
+              f"{f' (SAMPLE_APP_MB={args.sample_mb:g})' if args.sample_mb else ''}, master + {args.workers} "
+              f"workers, RSS of the tree {tree_rss / 2**20:.0f} MiB, "
+              f"{f'busy ({args.load} client threads)' if args.load else 'idle'}")
         print(f"cowprof export --interval {args.interval:g}: {pct:.2f}% of one core over {t1 - t0:.1f} s; "
               f"{len(latencies)} scrapes every {args.scrape_every:g} s, latency median "
               f"{statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms; "

@@ -7,8 +7,9 @@ and :func:`attribution_series` (a recording's copied bytes by type, cause and fu
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from cowprof._values import Mutable
 
 if TYPE_CHECKING:
     from cowprof.functions import Function
@@ -92,20 +93,24 @@ def ordered_regions(keys: Iterable[str]) -> list[str]:
     return [k for k in REGION_ORDER if k in keys] + sorted(keys - set(REGION_ORDER))
 
 
-@dataclass
-class WorkerSeries:
+class WorkerSeries(Mutable):
     """One worker's values over a recording, one entry per report it appears in."""
 
-    pid: int
-    started_at: float
-    label: str
-    times: list[float] = field(default_factory=list)
-    """Unix seconds (``PageReport.taken_at``)."""
-    copied_bytes: list[int] = field(default_factory=list)
-    shared_bytes: list[int] = field(default_factory=list)
-    new_bytes: list[int] = field(default_factory=list)
-    pss_bytes: list[int] = field(default_factory=list)
-    shared_pct: list[float | None] = field(default_factory=list)
+    __slots__ = ("pid", "started_at", "label", "times", "copied_bytes", "shared_bytes", "new_bytes",
+                 "pss_bytes", "shared_pct")
+    _fields = __slots__
+
+    def __init__(self, pid: int, started_at: float, label: str) -> None:
+        self.pid = pid
+        self.started_at = started_at
+        self.label = label
+        self.times: list[float] = []
+        """Unix seconds (``PageReport.taken_at``)."""
+        self.copied_bytes: list[int] = []
+        self.shared_bytes: list[int] = []
+        self.new_bytes: list[int] = []
+        self.pss_bytes: list[int] = []
+        self.shared_pct: list[float | None] = []
 
 
 def worker_series(reports: Iterable[PageReport]) -> list[WorkerSeries]:
@@ -139,33 +144,44 @@ OTHER_TYPES = "(other types)"
 """The series of all types beyond the top ones (and of the types each sample's top-N cut off)."""
 
 
-@dataclass
-class AttributionSeries:
+class AttributionSeries(Mutable):
     """A recording's attributed samples, all workers together: copied bytes by type and by cause
-    over time, and the functions whose code objects were copied most in the last sample."""
+    over time, and the functions whose code objects were copied most in the last sample.
 
-    times: list[float]
-    """Unix seconds (``PageReport.taken_at``) of each attributed sample."""
-    copied_bytes: list[int]
-    types: list[tuple[str, list[int]]]
-    """The ``top`` types with the most copied bytes at any time (largest first), then
+    ``times``: unix seconds (``PageReport.taken_at``) of each attributed sample. ``types``: the
+    ``top`` types with the most copied bytes at any time (largest first), then
     :data:`OTHER_TYPES`, ``"no object"`` and ``"unknown"`` when not all zero; the values of each
-    sample add up to its ``copied_bytes``."""
-    causes: list[tuple[str, list[int | None]]] | None
-    """Bytes per cause (all of :data:`cowprof.attribution.CAUSES` that are ever non-zero); None in a
-    sample without the by-cause view; None altogether when no sample has it."""
-    causes_error: str | None
-    """Why the last attributed sample has no by-cause view (when ``record --by cause`` was asked)."""
-    functions: list[tuple[Function, int, int]]
-    """(function, copied bytes in the last sample with functions, most at any time), largest first."""
-    function_code_bytes: int
-    function_copied_bytes: int
-    function_times: list[float]
-    function_series: list[tuple[str, list[int]]]
-    """The shown functions' copied bytes at each of ``function_times``."""
-    missing: int
-    """Samples with a report but no attribution (the reason of the last one is ``last_error``)."""
-    last_error: str | None
+    sample add up to its ``copied_bytes``. ``causes``: bytes per cause (all of
+    :data:`cowprof.attribution.CAUSES` that are ever non-zero); None in a sample without the
+    by-cause view; None altogether when no sample has it. ``causes_error``: why the last attributed
+    sample has no by-cause view (when ``record --by cause`` was asked). ``functions``: (function,
+    copied bytes in the last sample with functions, most at any time), largest first.
+    ``function_series``: the shown functions' copied bytes at each of ``function_times``.
+    ``missing``: samples with a report but no attribution (the reason of the last one is
+    ``last_error``).
+    """
+
+    __slots__ = ("times", "copied_bytes", "types", "causes", "causes_error", "functions", "function_code_bytes",
+                 "function_copied_bytes", "function_times", "function_series", "missing", "last_error")
+    _fields = __slots__
+
+    def __init__(self, *, times: list[float], copied_bytes: list[int], types: list[tuple[str, list[int]]],
+                 causes: list[tuple[str, list[int | None]]] | None, causes_error: str | None,
+                 functions: list[tuple[Function, int, int]], function_code_bytes: int, function_copied_bytes: int,
+                 function_times: list[float], function_series: list[tuple[str, list[int]]], missing: int,
+                 last_error: str | None) -> None:
+        self.times = times
+        self.copied_bytes = copied_bytes
+        self.types = types
+        self.causes = causes
+        self.causes_error = causes_error
+        self.functions = functions
+        self.function_code_bytes = function_code_bytes
+        self.function_copied_bytes = function_copied_bytes
+        self.function_times = function_times
+        self.function_series = function_series
+        self.missing = missing
+        self.last_error = last_error
 
 
 def attribution_series(recording: Recording, *, top: int = 8, top_functions: int = 10) -> AttributionSeries | None:

@@ -317,3 +317,58 @@ def test_python_m_cowprof():
     out = subprocess.run([sys.executable, "-m", "cowprof", "--help"], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "COLUMNS": "100"})
     assert out.returncode == 0 and "Usage: cowprof" in out.stdout and "snapshot" in out.stdout
+
+
+# --- start-up: what is imported before the work begins (scripts/bench_startup.py times it) -------
+
+_AT_FIRST_PROC_READ = r'''
+import os, sys
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].startswith("/proc/") and args[0][6:7].isdigit():
+        sys.stdout.write(" ".join(sorted(sys.modules)) + "\n")
+        sys.stdout.flush()
+        os._exit(0)
+sys.addaudithook(hook)
+from cowprof.cli import main
+sys.exit(main())
+'''
+_START_UP_HEAVY = ("typer", "pydantic", "rich", "numpy", "psutil", "dataclasses", "cowprof.prepare",
+                   "cowprof.pages", "cowprof.cli_app")
+
+
+@pytest.mark.parametrize("argv", [["snapshot", "{pid}", "--json"], ["snapshot", "{pid}", "--by", "region"]])
+def test_snapshot_reaches_its_first_proc_read_without_the_heavy_imports(argv):
+    """Before this test's branch: typer (and with it rich and pydantic), numpy, psutil and
+    dataclasses were all imported before snapshot read /proc at all."""
+    args = [a.replace("{pid}", str(os.getpid())) for a in argv]
+    r = subprocess.run([sys.executable, "-c", _AT_FIRST_PROC_READ, *args], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert "cowprof.tree" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in _START_UP_HEAVY or m in _START_UP_HEAVY}
+
+
+def test_help_is_typers_without_markdown_and_tracebacks():
+    """``--help`` loads no numpy, pydantic, psutil or cowprof.prepare, and typer.rich_utils without
+    rich.markdown/rich.traceback, for the very same text as with them loaded first."""
+    code = ("import sys\npre = sys.argv.pop(1)\nif pre:\n    import rich.markdown, rich.traceback\n"
+            "from cowprof.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('MODULES', ' '.join(sorted(sys.modules)))\n")
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm-256color", "FORCE_COLOR": "1"}
+    lean, full = (subprocess.run([sys.executable, "-c", code, pre], capture_output=True, text=True, env=env,
+                                 timeout=60) for pre in ("", "1"))
+    assert lean.returncode == 0 and full.returncode == 0, (lean.stderr, full.stderr)
+    lean_help, lean_modules = lean.stdout.rsplit("MODULES ", 1)
+    full_help, _ = full.stdout.rsplit("MODULES ", 1)
+    assert lean_help == full_help and "Usage" in lean_help and "snapshot" in lean_help and "\x1b[" in lean_help
+    loaded = set(lean_modules.split())
+    assert "typer.rich_utils" in loaded
+    assert not loaded & {"rich.markdown", "rich.traceback", "markdown_it", "numpy", "pydantic", "psutil",
+                         "cowprof.prepare"}
+
+
+def test_procfs_text_readers_and_tree_import_no_numpy():
+    code = "import sys, cowprof.procfs, cowprof.tree, cowprof.pages; print(sorted({'numpy', 'psutil'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr

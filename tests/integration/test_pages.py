@@ -119,9 +119,29 @@ def test_modes_agree_and_pfn_extras(tree):
 
 def test_forced_privileged_without_rights_is_access_denied(monkeypatch):
     monkeypatch.setattr(procfs, "kpagecount_readable", lambda root="/proc": False)
-    with pytest.raises(AccessDenied, match="root"):
-        pages._pfn_mode(True, "/proc")
-    assert pages._pfn_mode(None, "/proc") is False
+    procfs.pfn_access.cache_clear()
+    try:
+        with pytest.raises(AccessDenied, match="root"):
+            pages._pfn_mode(True, "/proc")
+        assert pages._pfn_mode(None, "/proc") is False
+    finally:
+        procfs.pfn_access.cache_clear()
+
+
+def test_rights_are_probed_once(monkeypatch):
+    calls = []
+
+    def probe(root="/proc"):
+        calls.append(root)
+        return False
+
+    monkeypatch.setattr(procfs, "kpagecount_readable", probe)
+    procfs.pfn_access.cache_clear()
+    try:
+        assert [pages._pfn_mode(None, "/proc") for _ in range(3)] == [False] * 3
+        assert calls == ["/proc"]
+    finally:
+        procfs.pfn_access.cache_clear()
 
 
 def test_uss_pss_match_smaps_within_one_page_per_mapping(tree):
@@ -425,3 +445,42 @@ def test_tree_watcher_follows_workers_that_exit():
         t.kill_worker(victim)
         after = tw.find(t.master_pid)
         assert victim not in after.workers and len(after.workers) == 2
+
+
+def test_scans_of_a_real_tree_read_each_stat_once(monkeypatch):
+    """With the master's exit seen through a pidfd: one /proc/PID/stat read per process and scan."""
+    with ForkTree(workers=2, master_mb=2) as t:
+        tree = Tree(t.master_pid, tuple(sorted(t.worker_pids)))
+        reads = []
+        real = procfs.read_stat
+        monkeypatch.setattr(procfs, "read_stat", lambda pid, root="/proc": reads.append(pid) or real(pid, root))
+        scan(tree)
+        assert sorted(reads) == sorted([t.master_pid, *t.worker_pids])
+        sc = pages.Scanner()
+        sc.scan(tree)
+        reads.clear()
+        sc._last = None
+        sc.scan(tree)
+        assert sorted(reads) == sorted([t.master_pid, *t.worker_pids])
+
+
+def test_exit_watch_sees_a_zombie_and_a_reaped_process(tmp_path):
+    import subprocess as sp
+
+    child = sp.Popen(["sleep", "30"])
+    with procfs.ExitWatch(child.pid) as w:
+        assert not w.exited()
+        child.kill()
+        deadline = time.monotonic() + 10
+        while not w.exited() and time.monotonic() < deadline:  # a zombie until reaped below
+            time.sleep(0.01)
+        assert w.exited() and child.poll() is not None and w.exited()
+    with procfs.ExitWatch(child.pid) as w:  # reaped: gone
+        assert w.exited()
+    root = tmp_path / "proc"
+    (root / "77").mkdir(parents=True)
+    (root / "77" / "stat").write_bytes(b"77 (x) S 1 " + b"0 " * 48)
+    with procfs.ExitWatch(77, str(root)) as w:  # another procfs root: stat read again
+        assert not w.exited()
+        (root / "77" / "stat").write_bytes(b"77 (x) Z 1 " + b"0 " * 48)
+        assert w.exited()

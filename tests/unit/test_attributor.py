@@ -3,7 +3,6 @@ change, the join layout is kept, an unchanged report reuses its result, the reco
 master's memory are read for the newly copied pages only, and a failure is the sample's error."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
@@ -69,7 +68,7 @@ def test_an_unchanged_report_reuses_the_by_type_result(tmp_path):
     rep = report({11: [0, 1], 12: [2]})
     a = att.attribute(rep)
     # the sampler answers with the previous report (same page arrays) when nothing faulted
-    b = att.attribute(dataclasses.replace(rep, taken_at=2.0))
+    b = att.attribute(rep.replace(taken_at=2.0))
     assert att.reused == 1 and b.attribution.taken_at == 2.0
     assert [w.to_dict() for w in b.attribution.workers] == [w.to_dict() for w in a.attribution.workers]
     att.attribute(report({11: [0, 1], 12: [2]}))  # a new scan: new arrays, computed again

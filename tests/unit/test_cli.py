@@ -103,6 +103,56 @@ def test_by_choices_match_the_table_reporter():
     assert tuple(b.value for b in cli.By) == BY_CHOICES + ("type", "cause", "function")
 
 
+# --- the fast path: snapshot and --version without the Typer app ----------------------------------
+
+@pytest.mark.parametrize("argv, expected", [
+    (["snapshot", "10"], {"pid": 10}),
+    (["snapshot", "10", "--json"], {"pid": 10, "json_out": True}),
+    (["snapshot", "--json", "10"], {"pid": 10, "json_out": True}),
+    (["snapshot", "10", "--by", "region", "--top", "3"], {"pid": 10, "by": cli.By.region, "top_n": 3}),
+    (["snapshot", "--by=cause", "10", "--top=20", "--json"],
+     {"pid": 10, "by": cli.By.cause, "top_n": 20, "json_out": True}),
+])
+def test_fast_path_takes_the_plain_forms(argv, expected):
+    assert cli._fast_snapshot(argv[1:]) == expected
+    assert cli._fast_path(argv) is not None
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["snapshot"], ["snapshot", "010"], ["snapshot", "+10"], ["snapshot", " 10"], ["snapshot", "0"],
+    ["snapshot", "-5"], ["snapshot", "1e3"], ["snapshot", "١٠"], ["snapshot", "10", "11"],
+    ["snapshot", "10", "--by", "Region"], ["snapshot", "10", "--by", "colour"], ["snapshot", "10", "--by"],
+    ["snapshot", "10", "--top", "0"], ["snapshot", "10", "--top", "x"], ["snapshot", "10", "--top="],
+    ["snapshot", "10", "--json", "--json"], ["snapshot", "10", "--top", "3", "--top", "4"],
+    ["snapshot", "10", "--json=1"], ["snapshot", "10", "--", "--json"], ["snapshot", "10", "-h"],
+    ["snapshot", "10", "--help"], ["snapshot", "10", "--bogus"], ["--version", "snapshot"],
+    ["--help"], ["top", "10"], ["record", "10", "-o", "x"],
+])
+def test_fast_path_leaves_everything_else_to_typer(argv):
+    assert cli._fast_path(argv) is None
+
+
+@pytest.mark.parametrize("argv", [
+    ["snapshot", "10"], ["snapshot", "10", "--json"], ["snapshot", "11", "--by", "region"],
+    ["snapshot", "--json", "--by=worker", "10"], ["--version"],
+])
+@pytest.mark.parametrize("error", [None, ProcessGone(10), NotAPreforkTree("process 10 is not part of a pre-fork tree")])
+def test_fast_path_and_typer_print_the_same(monkeypatch, capsys, argv, error):
+    from cowprof import cli_app
+
+    monkeypatch.setattr(cowprof.preload, "late_imports", lambda master, workers=None, **kw: cowprof.preload.LateImports(master))
+    assert cli._fast_path(argv) is not None
+    outputs = []
+    for run in (cli.main, cli_app.main):
+        f = FakeTree(error)  # each run its own: the fake's reports change from scan to scan
+        monkeypatch.setattr(cowprof.tree, "find_tree", f.find_tree)
+        monkeypatch.setattr(cowprof.pages, "scan", f.scan)
+        code = run(list(argv))
+        out, err = capsys.readouterr()
+        outputs.append((code, json.loads(out) if "--json" in argv and out else out, err))
+    assert outputs[0] == outputs[1]
+
+
 # --- errors: one line, exit code, no traceback -------------------------------------------------
 
 @pytest.mark.parametrize("error, code, needle", [

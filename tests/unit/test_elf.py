@@ -7,7 +7,6 @@ symlinks, FIFOs, replaced and deleted files.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import mmap
 import os
 import stat
@@ -114,7 +113,7 @@ def test_real_libraries_bss_ends_where_the_headers_say():
         assert m.start <= end <= m.end, (prev.path, hex(end), hex(m.start), hex(m.end))
         # without map_files (no such range there: as for a user without CAP_SYS_ADMIN), the path
         # under /proc/PID/root opens the same file
-        fd = procfs.open_mapped_file(os.getpid(), dataclasses.replace(prev, start=prev.start + P))
+        fd = procfs.open_mapped_file(os.getpid(), prev.replace(start=prev.start + P))
         assert fd is not None
         try:
             assert elf.read_extent(fd, P) == ext

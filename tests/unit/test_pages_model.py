@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from elfimage import elf_image
 
-from cowprof import elf, pages, procfs
+from cowprof import _parallel, classify, elf, pages, procfs
+from cowprof.errors import ProcessGone
 from cowprof.tree import Tree
 
 P = procfs.PAGE_SIZE
@@ -291,18 +292,18 @@ def test_workers_with_the_masters_ranges_and_without(tmp_path, monkeypatch):
     """Even workers have the master's very ranges (identity index), odd ones do not."""
     model, root = _model(tmp_path, monkeypatch, 7, 2)
     cache = pages._Cache()
-    m = pages._read_pages(MASTER, root, cache)
-    same = pages._read_pages(model.workers[0], root, cache)
-    other = pages._read_pages(model.workers[1], root, cache)
-    assert pages._master_index(same.layout, m.layout) is None
-    idx = pages._master_index(other.layout, m.layout)
+    m = classify.read_pages(MASTER, root, cache)
+    same = classify.read_pages(model.workers[0], root, cache)
+    other = classify.read_pages(model.workers[1], root, cache)
+    assert classify.master_index(same.layout, m.layout) is None
+    idx = classify.master_index(other.layout, m.layout)
     assert idx is not None and idx.size == other.layout.size and (idx == m.layout.size).any()
 
 
 def test_gap_merged_reads_and_the_short_read_fallback(tmp_path, monkeypatch):
     model, root = _model(tmp_path, monkeypatch, 5, 2)
     cache = pages._Cache()
-    proc = pages._read_pages(MASTER, root, cache)
+    proc = classify.read_pages(MASTER, root, cache)
     layout = proc.layout
     # .data, .bss and the rest of its anonymous mapping (python), the other library's data and
     # anonymous mapping are adjacent, the arenas 5 and 6 pages apart: one read; [heap], [stack] apart
@@ -323,3 +324,62 @@ def test_gap_merged_reads_and_the_short_read_fallback(tmp_path, monkeypatch):
     assert len(calls) == 1  # the fallback read range by range
     ref = model.reference(False)
     _check(pages.scan(Tree(MASTER, tuple(model.workers)), procfs_root=root, keep_addresses=True), ref, False)
+
+
+def test_a_scan_reads_each_process_stat_once(tmp_path, monkeypatch):
+    """scan() and a Scanner's rescan read every process's /proc/PID/stat once (before this branch:
+    the master's two or three times, each worker's twice through a Scanner). The master's exit
+    check at the end is a pidfd on /proc (tests/integration/test_pages.py); for this fixture root
+    it would read stat again, so here it is a stand-in that reads nothing."""
+    model, root = _model(tmp_path, monkeypatch, 4, 3)
+    tree = Tree(MASTER, tuple(model.workers))
+
+    class NoExit(procfs.ExitWatch):
+        def exited(self) -> bool:
+            return False
+
+    monkeypatch.setattr(procfs, "ExitWatch", NoExit)
+    reads: Counter = Counter()
+    real = procfs.read_stat
+
+    def counted(pid, procfs_root="/proc"):
+        reads[pid] += 1
+        return real(pid, procfs_root)
+
+    monkeypatch.setattr(procfs, "read_stat", counted)
+    pages.scan(tree, procfs_root=root)
+    assert reads == {pid: 1 for pid in (MASTER, *model.workers)}
+    sc = pages.Scanner(procfs_root=root)
+    for _ in range(2):
+        reads.clear()
+        sc._last = None  # a full rescan each time
+        sc.scan(tree)
+        assert reads == {pid: 1 for pid in (MASTER, *model.workers)}
+
+
+def test_scans_on_one_thread_and_on_several_agree(tmp_path, monkeypatch):
+    model, root = _model(tmp_path, monkeypatch, 5, 4, True)
+    tree = Tree(MASTER, tuple(model.workers))
+    ref = model.reference(True)
+    for threads in (1, 3):
+        monkeypatch.setattr(_parallel, "READ_THREADS", threads)
+        monkeypatch.setattr(pages, "in_threads", lambda jobs, first=None, threads=threads:
+                            _parallel.in_threads(jobs, first, threads))
+        _check(pages.scan(tree, procfs_root=root, keep_addresses=True), ref, True)
+
+
+def test_a_worker_whose_stat_the_scanner_could_not_read_is_gone(tmp_path, monkeypatch):
+    model, root = _model(tmp_path, monkeypatch, 6, 3)
+    tree = Tree(MASTER, tuple(model.workers))
+    victim = model.workers[1]
+    real = procfs.read_stat
+
+    def gone_once(pid, procfs_root="/proc"):
+        if pid == victim:
+            raise ProcessGone(pid)
+        return real(pid, procfs_root)
+
+    monkeypatch.setattr(procfs, "read_stat", gone_once)
+    rep = pages.Scanner(procfs_root=root).scan(tree)
+    assert rep.gone == [victim] and victim not in [w.pid for w in rep.workers]
+    assert len(rep.workers) == len(model.workers) - 1

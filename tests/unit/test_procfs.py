@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
 
 from cowprof import procfs
+from cowprof.procfs import pagemap
 from cowprof.errors import AccessDenied, CowprofError, ProcessGone
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "procfs")
@@ -209,7 +211,7 @@ def test_pagemap_read_ranges_concatenates_with_offsets(tmp_path):
 
 
 def test_pagemap_big_read_is_chunked(tmp_path, monkeypatch):
-    monkeypatch.setattr(procfs, "PAGEMAP_CHUNK", 3)
+    monkeypatch.setattr(pagemap, "PAGEMAP_CHUNK", 3)
     base = 0x30000000
     ents = {base + i * P: _entries(present=True, pfn=i + 1) for i in range(10)}
     root = _pagemap_root(tmp_path, 79, ents)
@@ -248,13 +250,13 @@ def _kpagecount_root(tmp_path, n):
     return str(root), counts
 
 
-@pytest.mark.parametrize("max_reads", [4096, 3, 1])
-def test_kpagecount_random_pfns_with_duplicates(tmp_path, monkeypatch, max_reads):
-    monkeypatch.setattr(procfs, "KPAGECOUNT_MAX_READS", max_reads)
+@pytest.mark.parametrize("max_reads, threads", [(16384, 1), (16384, 3), (4096, 2), (3, 1), (1, 1)])
+def test_kpagecount_random_pfns_with_duplicates(tmp_path, monkeypatch, max_reads, threads):
+    monkeypatch.setattr(pagemap, "KPAGECOUNT_MAX_READS", max_reads)
     root, counts = _kpagecount_root(tmp_path, 200_000)
     rng = np.random.default_rng(1)
     pfns = np.concatenate([rng.integers(0, 200_000, 5000), np.arange(1000, 1100), [0, 199_999, 5, 5]]).astype(np.uint64)
-    got = procfs.read_kpagecount(pfns, root)
+    got = procfs.read_kpagecount(pfns, root, threads=threads)
     assert got.dtype == np.int64 and got.shape == pfns.shape
     assert (got == counts[pfns.astype(np.int64)].astype(np.int64)).all()
 
@@ -282,3 +284,62 @@ def test_kpagecount_real_when_root():
         pytest.skip("PFNs hidden")
     # our private, written pages are mapped exactly once
     assert procfs.read_kpagecount(b.pfn).tolist() == [1] * 8
+
+
+# ------------------------------------------------------------------ rights, exe, cmdline, pids
+
+
+def test_pfn_probes_agree():
+    """The stack-page probe (no numpy) answers what the probe on a freshly written page answers."""
+    assert procfs.pfns_visible() == pagemap.pfns_visible_in_new_page()
+    procfs.pfn_access.cache_clear()
+    assert procfs.pfn_access() == (procfs.kpagecount_readable() and procfs.pfns_visible())
+
+
+def _proc_dir(tmp_path, pid, cmdline: bytes, state: str = "S"):
+    root = tmp_path / "proc"
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    (d / "cmdline").write_bytes(cmdline)
+    (d / "stat").write_bytes(f"{pid} (x) {state} 1 ".encode() + b"0 " * 48 + b"\n")
+    return str(root), d
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"python\0-m\0app\0", ["python", "-m", "app"]),
+    (b"gunicorn: master [app]", ["gunicorn:", "master", "[app]"]),  # rewritten without NULs
+    (b"gunicorn: worker [app]\0", ["gunicorn:", "worker", "[app]"]),  # spaces, one trailing NUL
+    (b"a b\0c\0", ["a b", "c"]),
+    (b"", []),
+])
+def test_cmdline_split_like_psutil(tmp_path, raw, expected):
+    root, _ = _proc_dir(tmp_path, 90, raw)
+    assert procfs.read_cmdline(90, root) == expected
+
+
+def test_empty_cmdline_of_a_zombie_is_process_gone(tmp_path):
+    root, _ = _proc_dir(tmp_path, 91, b"", state="Z")
+    with pytest.raises(ProcessGone):
+        procfs.read_cmdline(91, root)
+
+
+def test_exe_link(tmp_path):
+    root, d = _proc_dir(tmp_path, 92, b"x\0")
+    os.symlink(sys.executable, d / "exe")
+    assert procfs.read_exe(92, root) == sys.executable
+    os.unlink(d / "exe")
+    os.symlink("/nonexistent/python (deleted)", d / "exe")
+    assert procfs.read_exe(92, root) == "/nonexistent/python"
+    os.unlink(d / "exe")
+    assert procfs.read_exe(92, root) == ""  # no link, the process is there: a kernel thread
+    with pytest.raises(ProcessGone):
+        procfs.read_exe(93, root)
+    assert procfs.read_exe(os.getpid()) == os.path.realpath(sys.executable)
+
+
+def test_list_pids(tmp_path):
+    root, _ = _proc_dir(tmp_path, 95, b"")
+    (tmp_path / "proc" / "12").mkdir()
+    (tmp_path / "proc" / "self").mkdir()
+    assert procfs.list_pids(root) == [12, 95]
+    assert os.getpid() in procfs.list_pids()

@@ -4,43 +4,65 @@ Every reader takes ``procfs_root`` (default ``/proc``) so tests can point it at 
 Races with a dying process become :class:`~cowprof.errors.ProcessGone`, missing rights become
 :class:`~cowprof.errors.AccessDenied`; no stray ``FileNotFoundError`` leaves this module.
 
+This module reads the text files and imports no numpy (finding a tree needs none); the binary
+readers (pagemap, kpagecount) are :mod:`cowprof.procfs.pagemap`, whose names this module also
+offers (``procfs.Pagemap``, ``procfs.read_kpagecount``, ``procfs.PM_PRESENT``...), loading it on
+first use.
+
 What is read, and why:
 
 * ``maps``: the mappings (cheap); the page classification only looks at writable private ones.
   ``map_files`` (or ``root`` and the path) opens a mapped file, to read a library's ELF headers.
 * ``smaps_rollup``: RSS/PSS/USS/swap of a whole process in one cheap read (Linux 4.14+);
   ``smaps`` is the per-mapping fallback and the reference the tests compare against.
-* ``pagemap``: 8 bytes per virtual page, read with ``os.preadv`` straight into numpy ``uint64``
-  arrays, one big read per mapping chunk; decoded with vectorized bit operations.
-* ``/proc/kpagecount``: how many page-table entries map each physical page (root only); read for a
-  set of PFNs in a bounded number of clustered reads.
+* ``stat``: state, parent, start time, stack and brk addresses, fault counters of a process.
+* ``pagemap`` and ``/proc/kpagecount``: see :mod:`cowprof.procfs.pagemap`.
 """
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
+import select
 import stat
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from .._values import Frozen, field
+from ..errors import AccessDenied, CowprofError, ProcessGone
 
-from .errors import AccessDenied, CowprofError, ProcessGone
+if TYPE_CHECKING:  # what __getattr__ below serves, for type checkers
+    from .pagemap import KPAGECOUNT_MAX_READS as KPAGECOUNT_MAX_READS
+    from .pagemap import PAGEMAP_CHUNK as PAGEMAP_CHUNK
+    from .pagemap import PM_EXCLUSIVE as PM_EXCLUSIVE
+    from .pagemap import PM_FILE as PM_FILE
+    from .pagemap import PM_PFN_MASK as PM_PFN_MASK
+    from .pagemap import PM_PRESENT as PM_PRESENT
+    from .pagemap import PM_SOFT_DIRTY as PM_SOFT_DIRTY
+    from .pagemap import PM_SWAP as PM_SWAP
+    from .pagemap import PageBits as PageBits
+    from .pagemap import Pagemap as Pagemap
+    from .pagemap import decode as decode
+    from .pagemap import read_kpagecount as read_kpagecount
+    from .pagemap import read_pagemap as read_pagemap
 
 PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE")
 PAGE_SHIFT: int = PAGE_SIZE.bit_length() - 1
+_PAGEMAP_NAMES = frozenset((
+    "KPAGECOUNT_MAX_READS", "PAGEMAP_CHUNK", "PM_EXCLUSIVE", "PM_FILE", "PM_PFN_MASK", "PM_PRESENT",
+    "PM_SOFT_DIRTY", "PM_SWAP", "PageBits", "Pagemap", "decode", "read_kpagecount", "read_pagemap",
+))
 
-# pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
-PM_PFN_MASK = np.uint64((1 << 55) - 1)
-PM_SOFT_DIRTY = np.uint64(1 << 55)
-PM_EXCLUSIVE = np.uint64(1 << 56)
-PM_FILE = np.uint64(1 << 61)
-PM_SWAP = np.uint64(1 << 62)
-PM_PRESENT = np.uint64(1 << 63)
 
-#: pagemap entries per read: 1 Mi entries = 8 MiB of pagemap = 4 GiB of address space.
-PAGEMAP_CHUNK = 1 << 20
+def __getattr__(name: str) -> Any:
+    """The binary readers' names, from :mod:`cowprof.procfs.pagemap` (imported on first use)."""
+    if name in _PAGEMAP_NAMES:
+        from . import pagemap
+
+        return getattr(pagemap, name)
+    raise AttributeError(f"module 'cowprof.procfs' has no attribute {name!r}")
 
 _MAPS_LINE = re.compile(
     rb"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][-sp]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+)[ \t]*([^\n]*)$",
@@ -98,17 +120,22 @@ def check_access(pid: int, procfs_root: str = "/proc") -> None:
 # ---------------------------------------------------------------------------------------- maps
 
 
-@dataclass(frozen=True, slots=True)
-class Mapping:
+class Mapping(Frozen):
     """One line of ``/proc/PID/maps``: ``[start, end)`` virtual addresses and what backs them."""
 
-    start: int
-    end: int
-    perms: str  # e.g. "rw-p"
-    offset: int
-    dev: str
-    inode: int
-    path: str  # "" for anonymous, "[heap]", "[stack]", "/usr/lib/...", "[anon:name]"
+    __slots__ = ()
+    _fields = ("start", "end", "perms", "offset", "dev", "inode", "path")
+
+    def __new__(cls, start: int, end: int, perms: str, offset: int, dev: str, inode: int, path: str) -> Mapping:
+        return tuple.__new__(cls, (start, end, perms, offset, dev, inode, path))
+
+    start: int = field(0)
+    end: int = field(1)
+    perms: str = field(2, 'e.g. "rw-p"')
+    offset: int = field(3)
+    dev: str = field(4)
+    inode: int = field(5)
+    path: str = field(6, '"" for anonymous, "[heap]", "[stack]", "/usr/lib/...", "[anon:name]"')
 
     @property
     def size(self) -> int:
@@ -185,19 +212,28 @@ def read_maps(pid: int, procfs_root: str = "/proc") -> list[Mapping]:
 # ------------------------------------------------------------------------------ smaps, rollup
 
 
-@dataclass(frozen=True, slots=True)
-class MemCounters:
+class MemCounters(Frozen):
     """Memory counters of ``smaps``/``smaps_rollup`` in bytes (absent fields are 0)."""
 
-    rss: int = 0
-    pss: int = 0
-    shared_clean: int = 0
-    shared_dirty: int = 0
-    private_clean: int = 0
-    private_dirty: int = 0
-    anonymous: int = 0
-    swap: int = 0
-    swap_pss: int = 0
+    __slots__ = ()
+    _fields = ("rss", "pss", "shared_clean", "shared_dirty", "private_clean", "private_dirty",
+               "anonymous", "swap", "swap_pss")
+
+    def __new__(cls, rss: int = 0, pss: int = 0, shared_clean: int = 0, shared_dirty: int = 0,
+                private_clean: int = 0, private_dirty: int = 0, anonymous: int = 0, swap: int = 0,
+                swap_pss: int = 0) -> MemCounters:
+        return tuple.__new__(cls, (rss, pss, shared_clean, shared_dirty, private_clean, private_dirty,
+                                   anonymous, swap, swap_pss))
+
+    rss: int = field(0)
+    pss: int = field(1)
+    shared_clean: int = field(2)
+    shared_dirty: int = field(3)
+    private_clean: int = field(4)
+    private_dirty: int = field(5)
+    anonymous: int = field(6)
+    swap: int = field(7)
+    swap_pss: int = field(8)
 
     @property
     def uss(self) -> int:
@@ -244,12 +280,17 @@ def _sum(counters: Iterator[MemCounters]) -> MemCounters:
     return MemCounters(**tot)
 
 
-@dataclass(frozen=True, slots=True)
-class SmapsEntry:
+class SmapsEntry(Frozen):
     """A mapping of ``smaps`` with its counters."""
 
-    mapping: Mapping
-    counters: MemCounters = field(default_factory=MemCounters)
+    __slots__ = ()
+    _fields = ("mapping", "counters")
+
+    def __new__(cls, mapping: Mapping, counters: MemCounters | None = None) -> SmapsEntry:
+        return tuple.__new__(cls, (mapping, MemCounters() if counters is None else counters))
+
+    mapping: Mapping = field(0)
+    counters: MemCounters = field(1)
 
 
 def parse_smaps(data: bytes) -> list[SmapsEntry]:
@@ -276,22 +317,31 @@ def read_smaps(pid: int, procfs_root: str = "/proc") -> list[tuple[Mapping, MemC
 # ----------------------------------------------------------------------------------- stat
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
+class Stat(Frozen):
     """The fields of ``/proc/PID/stat`` cowprof uses."""
 
-    pid: int
-    comm: str
-    state: str
-    ppid: int
-    starttime_ticks: int
-    start_stack: int  # 0 without ptrace read access
-    start_brk: int  # 0 without ptrace read access
-    minflt: int = 0  # page faults served without I/O (copy-on-write copies among them)
-    majflt: int = 0  # page faults that needed I/O (swap-in, file reads)
-    vsize: int = 0  # bytes of address space
-    rss_pages: int = 0  # resident pages
-    flags: int = 0  # the kernel's PF_* flags of the task
+    __slots__ = ()
+    _fields = ("pid", "comm", "state", "ppid", "starttime_ticks", "start_stack", "start_brk", "minflt",
+               "majflt", "vsize", "rss_pages", "flags")
+
+    def __new__(cls, pid: int, comm: str, state: str, ppid: int, starttime_ticks: int, start_stack: int,
+                start_brk: int, minflt: int = 0, majflt: int = 0, vsize: int = 0, rss_pages: int = 0,
+                flags: int = 0) -> Stat:
+        return tuple.__new__(cls, (pid, comm, state, ppid, starttime_ticks, start_stack, start_brk, minflt,
+                                   majflt, vsize, rss_pages, flags))
+
+    pid: int = field(0)
+    comm: str = field(1)
+    state: str = field(2)
+    ppid: int = field(3)
+    starttime_ticks: int = field(4)
+    start_stack: int = field(5, "0 without ptrace read access")
+    start_brk: int = field(6, "0 without ptrace read access")
+    minflt: int = field(7, "page faults served without I/O (copy-on-write copies among them)")
+    majflt: int = field(8, "page faults that needed I/O (swap-in, file reads)")
+    vsize: int = field(9, "bytes of address space")
+    rss_pages: int = field(10, "resident pages")
+    flags: int = field(11, "the kernel's PF_* flags of the task")
 
     @property
     def kernel_thread(self) -> bool:
@@ -334,6 +384,93 @@ def read_stat(pid: int, procfs_root: str = "/proc") -> Stat:
     return parse_stat(pid, read_bytes(pid, "stat", procfs_root))
 
 
+def list_pids(procfs_root: str = "/proc") -> list[int]:
+    """PIDs of every process (the numeric entries of the procfs root), in ascending order."""
+    try:
+        names = os.listdir(procfs_root)
+    except OSError as err:
+        raise _oserror(err, None, procfs_root) from None
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def read_exe(pid: int, procfs_root: str = "/proc") -> str:
+    """The executable of a process (the ``exe`` link, as psutil reads it: cut at a NUL, without
+    a " (deleted)" suffix of a path that exists); "" when the link is missing while the process
+    is there (a kernel thread). A zombie raises ProcessGone, no rights AccessDenied."""
+    path = _proc_path(procfs_root, pid, "exe")
+    try:
+        exe = os.readlink(path).split("\x00")[0]
+    except (FileNotFoundError, ProcessLookupError) as err:
+        if os.path.lexists(os.path.join(procfs_root, str(pid))) and not read_stat(pid, procfs_root).zombie:
+            return ""
+        raise _oserror(err, pid, path) from None
+    except OSError as err:
+        raise _oserror(err, pid, path) from None
+    if exe.endswith(" (deleted)") and not os.path.exists(exe):
+        exe = exe[:-10]
+    return exe
+
+
+def read_cmdline(pid: int, procfs_root: str = "/proc") -> list[str]:
+    """The command line of a process, split as psutil splits it: on NULs, or on spaces when a
+    process rewrote it without them (setproctitle); [] when empty (a kernel thread). A zombie
+    raises ProcessGone."""
+    data = read_bytes(pid, "cmdline", procfs_root).decode(sys.getfilesystemencoding(),
+                                                          sys.getfilesystemencodeerrors())
+    if not data:
+        if read_stat(pid, procfs_root).zombie:
+            raise ProcessGone(pid, f"process {pid} has exited (zombie)")
+        return []
+    sep = "\x00" if data.endswith("\x00") else " "
+    if data.endswith(sep):
+        data = data[:-1]
+    cmdline = data.split(sep)
+    if sep == "\x00" and len(cmdline) == 1 and " " in data:
+        cmdline = data.split(" ")
+    return cmdline
+
+
+class ExitWatch:
+    """Whether a process exited (a zombie counts) since the watch began: with a pidfd, which the
+    kernel makes readable at the exit, a poll without any /proc read; with another procfs root,
+    or a kernel without pidfds, by reading its ``stat`` again. A context manager (the pidfd is
+    closed on leaving)."""
+
+    def __init__(self, pid: int, procfs_root: str = "/proc") -> None:
+        self.pid = pid
+        self.procfs_root = procfs_root
+        self._fd: int | None = None
+        self._gone = False
+        if procfs_root == "/proc" and hasattr(os, "pidfd_open"):
+            try:
+                self._fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self._gone = True
+            except OSError:  # no pidfds here (ENOSYS, or a seccomp filter): stat at the end
+                self._fd = None
+
+    def exited(self) -> bool:
+        if self._gone:
+            return True
+        if self._fd is not None:
+            return bool(select.select([self._fd], [], [], 0)[0])
+        try:
+            return read_stat(self.pid, self.procfs_root).zombie
+        except ProcessGone:
+            return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ExitWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def boot_time(procfs_root: str = "/proc") -> float:
     """System boot time (unix seconds) from ``/proc/stat``."""
     m = _BTIME.search(read_bytes(None, "stat", procfs_root))
@@ -345,113 +482,10 @@ def start_time(pid: int, procfs_root: str = "/proc") -> float:
     return boot_time(procfs_root) + read_stat(pid, procfs_root).starttime_ticks / os.sysconf("SC_CLK_TCK")
 
 
-# -------------------------------------------------------------------------------- pagemap
+# ------------------------------------------------------------------------------ rights
 
-
-class Pagemap:
-    """An open ``/proc/PID/pagemap``; ``read(start, end)`` returns the entries of a range.
-
-    Opening checks the rights once (the PFN bits depend on the opener's CAP_SYS_ADMIN); a read that
-    returns nothing means the process's memory is gone (it exited): :class:`ProcessGone`.
-    """
-
-    def __init__(self, pid: int, procfs_root: str = "/proc") -> None:
-        self.pid = pid
-        self.path = _proc_path(procfs_root, pid, "pagemap")
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise _oserror(err, pid, self.path) from None
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> Pagemap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def read_into(self, out: np.ndarray, start: int) -> None:
-        """Fill ``out`` (contiguous uint64) with the entries of the pages from address ``start``."""
-        view = memoryview(out).cast("B")
-        total = len(view)
-        done = 0
-        offset = (start >> PAGE_SHIFT) * 8
-        while done < total:
-            want = min(total - done, PAGEMAP_CHUNK * 8)
-            try:
-                got = os.preadv(self.fd, [view[done : done + want]], offset + done)
-            except OSError as err:
-                raise _oserror(err, self.pid, self.path) from None
-            if got <= 0:  # the kernel returns 0 once the mm is gone
-                raise ProcessGone(self.pid)
-            done += got  # a multiple of 8: the kernel rejects unaligned pagemap reads
-
-    def readv(self, buffers: list[memoryview], offset: int) -> int:
-        """One ``preadv`` of the entries from byte ``offset`` of the file into ``buffers``; returns
-        the bytes read (0 once the process's memory is gone)."""
-        try:
-            return os.preadv(self.fd, buffers, offset)
-        except OSError as err:
-            raise _oserror(err, self.pid, self.path) from None
-
-    def read(self, start: int, end: int) -> np.ndarray:
-        """Entries (uint64) of the pages covering ``[start, end)``."""
-        n = (end - start + PAGE_SIZE - 1) >> PAGE_SHIFT
-        out = np.empty(n, dtype=np.uint64)
-        if n:
-            self.read_into(out, start)
-        return out
-
-    def read_ranges(self, ranges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Entries of several ranges concatenated into one array, plus the offset of each range."""
-        counts = np.fromiter(((e - s) >> PAGE_SHIFT for s, e in ranges), dtype=np.int64, count=len(ranges))
-        offsets = np.zeros(len(ranges) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        out = np.empty(int(offsets[-1]), dtype=np.uint64)
-        for (s, _e), o, n in zip(ranges, offsets[:-1].tolist(), counts.tolist()):
-            if n:
-                self.read_into(out[o : o + n], s)
-        return out, offsets
-
-
-def read_pagemap(pid: int, start: int, end: int, procfs_root: str = "/proc") -> np.ndarray:
-    """Pagemap entries of ``[start, end)`` of a process (one open, big reads)."""
-    with Pagemap(pid, procfs_root) as pm:
-        return pm.read(start, end)
-
-
-@dataclass(frozen=True, slots=True)
-class PageBits:
-    """Decoded pagemap entries: one boolean/int array per field, same length as the input."""
-
-    present: np.ndarray
-    swapped: np.ndarray
-    file: np.ndarray
-    exclusive: np.ndarray
-    pfn: np.ndarray  # uint64, 0 when not present or not visible (unprivileged)
-
-
-def decode(entries: np.ndarray) -> PageBits:
-    """Vectorized decoding of pagemap entries."""
-    present = (entries & PM_PRESENT) != 0
-    return PageBits(
-        present=present,
-        swapped=(entries & PM_SWAP) != 0,
-        file=(entries & PM_FILE) != 0,
-        exclusive=(entries & PM_EXCLUSIVE) != 0,
-        pfn=np.where(present, entries & PM_PFN_MASK, np.uint64(0)),
-    )
-
-
-# ----------------------------------------------------------------------------- kpagecount
-
-#: at most this many separate reads of kpagecount per call (clusters of nearby PFNs are merged)
-KPAGECOUNT_MAX_READS = 4096
-_KPAGECOUNT_GAP = 32  # a read costs about as much as ~30 PFNs of kpagecount
+_PM_PRESENT = 1 << 63
+_PM_PFN_MASK = (1 << 55) - 1
 
 
 def kpagecount_readable(procfs_root: str = "/proc") -> bool:
@@ -468,60 +502,33 @@ def kpagecount_readable(procfs_root: str = "/proc") -> bool:
         os.close(fd)
 
 
-def read_kpagecount(pfns: np.ndarray, procfs_root: str = "/proc") -> np.ndarray:
-    """Map count of each PFN in ``pfns`` (any order, duplicates allowed), as int64.
-
-    Nearby PFNs are read together: the sorted PFNs are cut into clusters where the gap is large,
-    with the gap threshold raised until there are at most ``KPAGECOUNT_MAX_READS`` reads. PFNs past
-    the end of the file read as 0.
-    """
-    pfns = np.asarray(pfns, dtype=np.uint64).reshape(-1)
-    if pfns.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(pfns)
-    srt = pfns[order]
-    gaps = np.diff(srt)
-    gap = _KPAGECOUNT_GAP
-    if np.count_nonzero(gaps > gap) >= KPAGECOUNT_MAX_READS:
-        gap = int(np.partition(gaps, gaps.size - KPAGECOUNT_MAX_READS)[gaps.size - KPAGECOUNT_MAX_READS])
-    cuts = np.flatnonzero(gaps > gap) + 1
-    firsts = np.concatenate(([0], cuts))
-    lo = srt[firsts].astype(np.int64)
-    span = srt[np.concatenate((cuts, [srt.size])) - 1].astype(np.int64) - lo + 1
-    at = np.zeros(span.size + 1, dtype=np.int64)  # where each cluster goes in one buffer
-    np.cumsum(span, out=at[1:])
-    buf = np.zeros(int(at[-1]), dtype=np.uint64)
-    view = memoryview(buf).cast("B")
-    path = os.path.join(procfs_root, "kpagecount")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise _oserror(err, None, path) from None
-    try:
-        for first, n, dst in zip(lo.tolist(), span.tolist(), at.tolist()):
-            done = 0
-            while done < n * 8:
-                got = os.preadv(fd, [view[dst * 8 + done : (dst + n) * 8]], first * 8 + done)
-                if got <= 0:  # past the end of physical memory: the rest stays 0
-                    break
-                done += got
-    except OSError as err:
-        raise _oserror(err, None, path) from None
-    finally:
-        os.close(fd)
-    cluster = np.repeat(np.arange(span.size), np.diff(np.concatenate((firsts, [srt.size]))))
-    out = np.empty(srt.size, dtype=np.int64)
-    out[order] = buf[at[cluster] + (srt.astype(np.int64) - lo[cluster])].astype(np.int64)
-    return out
-
-
 def pfns_visible(procfs_root: str = "/proc") -> bool:
-    """True when pagemap shows PFNs to this process (CAP_SYS_ADMIN): probed on our own memory."""
-    probe = np.ones(PAGE_SIZE // 8, dtype=np.uint64)  # touched: its page is present
-    addr = probe.ctypes.data
+    """True when pagemap shows PFNs to this process (CAP_SYS_ADMIN), probed on its own memory: the
+    top page of its stack (argv and the environment: present unless swapped out), else a page it
+    writes for the purpose (which needs numpy)."""
+    pid = os.getpid()
     try:
-        with Pagemap(os.getpid(), procfs_root) as pm:
-            entry = pm.read(addr, addr + 1)
-    except CowprofError:
+        stack = next((m for m in read_maps(pid, procfs_root) if m.path == "[stack]"), None)
+        if stack is not None:
+            fd = os.open(_proc_path(procfs_root, pid, "pagemap"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                raw = os.pread(fd, 8, ((stack.end >> PAGE_SHIFT) - 1) * 8)
+            finally:
+                os.close(fd)
+            entry = int.from_bytes(raw, sys.byteorder) if len(raw) == 8 else 0
+            if entry & _PM_PRESENT:
+                return bool(entry & _PM_PFN_MASK)
+    except (CowprofError, OSError):
         return False
-    return bool(entry[0] & PM_PRESENT) and bool(entry[0] & PM_PFN_MASK)
+    from .pagemap import pfns_visible_in_new_page
+
+    return pfns_visible_in_new_page(procfs_root)
+
+
+@functools.cache
+def pfn_access(procfs_root: str = "/proc") -> bool:
+    """Whether this process reads PFNs in pagemap and ``/proc/kpagecount`` (root, CAP_SYS_ADMIN):
+    what the PFN mode of the page classification needs. Probed once per ``procfs_root`` and
+    process (the rights do not change under a running profiler; ``pfn_access.cache_clear()``
+    forgets the answer)."""
+    return kpagecount_readable(procfs_root) and pfns_visible(procfs_root)

@@ -93,6 +93,14 @@ class PrepareReport:
     """Learned modules imported in this master before preparing (``COWPROF_PRELOAD=learned``)."""
     imports_error: str | None = None
     """Why late imports are not recorded or learned (e.g. an unusable directory), or None."""
+    heapmap_bytes: int = 0
+    """Size of the heap map file saved (format 3: ~4 bytes an object), 0 when none was."""
+    phase_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Wall time of each step: ``imports`` (learned preload), ``collect`` (gc.collect), ``setup``
+    (the heap map file, which removes stale maps), ``walk`` (the native walk, its heap map writer
+    thread included; ``writer_wait``: how much of it the walk waited for that thread), ``heapmap``
+    (the map's metadata, renaming it into place), ``finalize`` (registering the objects left
+    mortal), ``freeze``, ``fill`` (free pool blocks), ``trim``."""
 
     @property
     def immortalize_ran(self) -> bool:
@@ -186,8 +194,11 @@ def prepare_fork(
     cowprof's private preload directory).
     """
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
     learned, imports_error = _imports(record_imports)  # first: what it creates is prepared too
+    t = _phase(phases, "imports", t0)
     collected = gc.collect()
+    t = _phase(phases, "collect", t)
     skipped = immortalize_unavailable() if immortalize else None
     walk: dict[str, Any] = {}
     full_walk = True
@@ -212,6 +223,7 @@ def prepare_fork(
         kwargs: dict[str, Any] = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head,
                                       managed_preheader=managed, new_only=not full_walk)
         segment = _heapmap_segment(heapmap, full_walk) if record else None
+        t = _phase(phases, "setup", t)
         if segment is not None:
             walk, heapmap_path = _heapmap_module.walk_into(segment, _native.walk, **kwargs)
             if heapmap_path is not None:
@@ -221,17 +233,26 @@ def prepare_fork(
                               stacklevel=2)
         else:
             walk = _native.walk(**kwargs)
+        phases["walk"] = float(walk.get("seconds", 0.0))
+        if "heapmap_wait_seconds" in walk:  # part of the walk: waiting for the map's writer thread
+            phases["writer_wait"] = float(walk["heapmap_wait_seconds"])
+        t = _phase(phases, "heapmap", t)
+        phases["heapmap"] = max(phases["heapmap"] - phases["walk"], 0.0)
         if kwargs["immortalize"]:
             # what the walk left mortal because of a finalizer, finalized at exit if still alive
             _finalize.register(walk.pop("finalizable", ()))
             _finalize.install()
+        t = _phase(phases, "finalize", t)
     walk.pop("finalizable", None)
     if freeze:
         gc.freeze()
         if immortalize and not skipped:
             _state["walked_and_frozen"] = True
+    t = _phase(phases, "freeze", t)
     fill = _fill(fill_free_blocks)
+    t = _phase(phases, "fill", t)
     trimmed = bool(_native.trim()) if (trim and _native is not None) else False
+    _phase(phases, "trim", t)
     return PrepareReport(
         objects=int(walk.get("objects", 0)),
         immortalized=int(walk.get("immortalized", 0)),
@@ -255,7 +276,22 @@ def prepare_fork(
         late_imports=learned,
         preloaded=_preloaded(),
         imports_error=imports_error,
+        heapmap_bytes=_file_size(heapmap_path),
+        phase_seconds=phases,
     )
+
+
+def _phase(phases: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    phases[name] = now - since
+    return now
+
+
+def _file_size(path: str | None) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
 
 
 def _imports(record: bool) -> tuple[tuple[str, ...], str | None]:

@@ -17,10 +17,12 @@
  *          It descends into containers the GC does not track (dicts and tuples of atomic values),
  *          into dict keys (dict_traverse skips str keys) and into code objects (not reachable by
  *          tp_traverse: consts, names, local names, file name, qualname, line/exception tables).
- *          Heap map records go through a small ring of reused chunks to a writer thread that
- *          write()s them to the file descriptor Python opened: the walk touches no fresh memory for
- *          them, and the file is written on another core while the walk goes on. The thread runs no
- *          Python code, blocks all signals, and is joined before walk() returns.
+ *          Heap map records (16 bytes each) go through a small ring of reused chunks to a writer
+ *          thread that encodes them (format 3: address deltas and type/size as varints, ~3-4 bytes
+ *          a record) and write()s them to the file descriptor Python opened: the walk touches no
+ *          fresh memory for them, and the encoding and the file's page cache are done on another
+ *          core while the walk goes on. The thread runs no Python code, blocks all signals, and is
+ *          joined before walk() returns.
  * unfinalized(), call_finalizer(): exit finalization (see cowprof/finalize.py).
  * trim():  malloc_trim(0) where glibc has it.
  * info():  what this build can do, and why not.
@@ -90,11 +92,13 @@ static inline void cp_set_immortal(PyObject *op) {
  * hashed by a server and cost one page each if they are). */
 #define CP_HASH_MAX_LEN (1 << 20)
 
-static double now_seconds(void) {
+static double clock_seconds(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+static double now_seconds(void) { return clock_seconds(CLOCK_MONOTONIC); }
 
 /* ---- explicit stack ---------------------------------------------------------------------- */
 typedef struct {
@@ -162,20 +166,57 @@ typedef struct {
 } cp_hmrec;
 
 #define CP_HM_CHUNKS 8
-#define CP_HM_CHUNK_BYTES ((size_t)1 << 18) /* 256 KiB: 16384 records; the ring stays in cache */
+#define CP_HM_CHUNK_RECORDS ((size_t)1 << 14) /* 16384 records, 256 KiB a chunk: the ring stays in cache */
+#define CP_HM_CHUNK_BYTES (CP_HM_CHUNK_RECORDS * sizeof(cp_hmrec))
+
+/* Heap map format 3 (cowprof/heapmap.py documents it): the writer thread encodes each chunk of
+ * records as a header <u4 records, <u4 records with their own size, <u4 shift, <u4 types> and four
+ * streams of unsigned values: the zigzag delta of each address from the previous record's, in units
+ * of 1 << shift (the largest power of two that the chunk's addresses and the previous one are all
+ * multiples of); the chunk's types (their indexes, in order of first appearance); each record's type
+ * as a position in that list << 1, | 1 when its size is not the first size seen for that type
+ * (returned as heapmap_type_sizes); and those sizes. A stream is <u1 width, <u4 exceptions>, each
+ * value's low `width` bytes, then (<u4 index, <u8 value>) for the values that need more: the width
+ * is the one that makes the stream shortest (patched frame of reference; see put_stream), so a
+ * reader decodes it with a few array operations. Format 2 is the raw records. */
+#define CP_HM3_HEADER 16
+#define CP_HM3_STREAM_HEADER 5
+#define CP_HM3_EXCEPTION 12
+#define CP_HM3_MAX_BYTES (CP_HM3_HEADER + 4 * (CP_HM3_STREAM_HEADER + 8 * CP_HM_CHUNK_RECORDS) + 8)
+#define CP_HM3_NO_SIZE UINT64_MAX
+
+typedef struct {
+    uint64_t first_size;    /* size of the first record of this type; CP_HM3_NO_SIZE until seen */
+    uint64_t chunk;         /* the last chunk it appeared in (chunks count from 1) ... */
+    uint64_t local;         /* ... and its position in that chunk's list of types */
+} cp_hmtype;
+
+typedef struct {
+    uint64_t prev;          /* address of the previous record */
+    uint64_t chunks;        /* chunks encoded */
+    cp_hmtype *types;       /* per type index */
+    size_t types_cap;
+    uint8_t *out;           /* the encoded chunk (CP_HM3_MAX_BYTES) */
+    uint64_t *vals;         /* 4 * CP_HM_CHUNK_RECORDS: the values of the four streams */
+} cp_hmenc;
 
 typedef struct {
     int fd;
+    int copy_fd;                   /* >= 0: the raw (format 2) records are also written there */
+    int format;                    /* 2 or 3 */
     char *ring;                    /* CP_HM_CHUNKS chunks, reused */
     size_t lens[CP_HM_CHUNKS];     /* bytes handed over per chunk */
     cp_hmrec *pos, *end;           /* the chunk being filled */
     uint64_t ready;                /* chunks handed to the writer so far */
     uint64_t written;              /* chunks the writer is done with */
     uint64_t records;
+    uint64_t bytes;                /* bytes written to fd (writer thread; read after the join) */
+    cp_hmenc enc;                  /* format 3 state, used by the writer thread only */
     int done;                      /* no more chunks will come */
     int err;                       /* first write error (errno), then chunks are dropped */
     int threaded;                  /* 0: the thread could not start, write in the walk */
     double waited;                 /* seconds the walk waited for a free chunk */
+    double writer_cpu;             /* CPU seconds of the writer thread (set as it exits) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -194,6 +235,145 @@ static int write_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
+static inline void put_u32le(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static inline void put_u64le(uint8_t *p, uint64_t v) {
+    for (int b = 0; b < 8; b++) p[b] = (uint8_t)(v >> (8 * b));
+}
+
+static int enc_open(cp_hmenc *e) {
+    memset(e, 0, sizeof(*e));
+    e->out = PyMem_RawMalloc(CP_HM3_MAX_BYTES);
+    e->vals = PyMem_RawMalloc(4 * CP_HM_CHUNK_RECORDS * sizeof(uint64_t));
+    return e->out && e->vals ? 0 : -1;
+}
+
+static void enc_close(cp_hmenc *e) {
+    PyMem_RawFree(e->out);
+    PyMem_RawFree(e->vals);
+    PyMem_RawFree(e->types);
+    memset(e, 0, sizeof(*e));
+}
+
+/* Room for type index ty in the per-type table (the raw allocator needs no GIL). */
+static int enc_grow(cp_hmenc *e, uint32_t ty) {
+    size_t ncap = e->types_cap ? e->types_cap : 256;
+    while (ncap <= ty) ncap *= 2;
+    cp_hmtype *n = PyMem_RawRealloc(e->types, ncap * sizeof(cp_hmtype));
+    if (n == NULL) return -1;
+    for (size_t i = e->types_cap; i < ncap; i++) n[i] = (cp_hmtype){CP_HM3_NO_SIZE, 0, 0};
+    e->types = n;
+    e->types_cap = ncap;
+    return 0;
+}
+
+static inline unsigned byte_len(uint64_t v) {
+    return (unsigned)(71 - __builtin_clzll(v | 1)) / 8; /* 1..8 */
+}
+
+/* One stream of n values at p; returns its end (and may write up to 8 bytes past it). Its width w
+ * is the smallest of those that make it shortest, w * n + 12 * (values longer than w bytes: the
+ * exceptions), judged on every CP_HM3_SAMPLE-th value of a stream longer than CP_HM3_SAMPLE_ALL
+ * (a histogram of every value was a fifth of the writer's time). */
+#define CP_HM3_SAMPLE 8
+#define CP_HM3_SAMPLE_ALL 1024
+static uint8_t *put_stream(uint8_t *p, const uint64_t *v, size_t n) {
+    size_t count[9] = {0}, step = n > CP_HM3_SAMPLE_ALL ? CP_HM3_SAMPLE : 1, m = (n + step - 1) / step;
+    for (size_t i = 0; i < n; i += step) count[byte_len(v[i])]++;
+    size_t w = 8, best = 8 * m, above = 0;
+    for (size_t c = 7; c >= 1; c--) {
+        above += count[c + 1]; /* sampled values longer than c bytes */
+        size_t cost = c * m + CP_HM3_EXCEPTION * above;
+        if (cost <= best) {
+            best = cost;
+            w = c;
+        }
+    }
+    uint64_t limit = w < 8 ? ((uint64_t)1 << (8 * w)) - 1 : UINT64_MAX;
+    uint8_t *head = p;
+    p += CP_HM3_STREAM_HEADER;
+    size_t exceptions = 0;
+    for (size_t i = 0; i < n; i++) {
+#if PY_LITTLE_ENDIAN
+        memcpy(p, &v[i], 8); /* the low w bytes count; the rest is overwritten next */
+#else
+        for (size_t b = 0; b < w; b++) p[b] = (uint8_t)(v[i] >> (8 * b));
+#endif
+        p += w;
+        exceptions += v[i] > limit;
+    }
+    head[0] = (uint8_t)w;
+    put_u32le(head + 1, (uint32_t)exceptions);
+    if (exceptions) {
+        for (size_t i = 0; i < n; i++) {
+            if (v[i] > limit) {
+                put_u32le(p, (uint32_t)i);
+                put_u64le(p + 4, v[i]);
+                p += CP_HM3_EXCEPTION;
+            }
+        }
+    }
+    return p;
+}
+
+/* Encode n (<= CP_HM_CHUNK_RECORDS) records into e->out; returns its length, 0 when out of memory. */
+static size_t enc_chunk(cp_hmenc *e, const cp_hmrec *r, size_t n) {
+    uint64_t any = e->prev;
+    for (size_t i = 0; i < n; i++) any |= r[i].addr;
+    unsigned shift = any ? (unsigned)__builtin_ctzll(any) : 0;
+    uint64_t *a = e->vals, *k = a + CP_HM_CHUNK_RECORDS, *t = k + CP_HM_CHUNK_RECORDS, *s = t + CP_HM_CHUNK_RECORDS;
+    size_t own_sizes = 0, n_types = 0;
+    uint64_t prev = e->prev, chunk = ++e->chunks;
+    for (size_t i = 0; i < n; i++) {
+        int64_t d = (int64_t)(r[i].addr - prev) >> shift; /* exact: both are multiples of 1 << shift */
+        a[i] = ((uint64_t)d << 1) ^ (uint64_t)(d >> 63);
+        prev = r[i].addr;
+        uint32_t ty = r[i].type;
+        if (ty >= e->types_cap && enc_grow(e, ty) < 0) return 0;
+        cp_hmtype *info = &e->types[ty];
+        if (info->first_size == CP_HM3_NO_SIZE) info->first_size = r[i].size;
+        if (info->chunk != chunk) {
+            info->chunk = chunk;
+            info->local = n_types;
+            k[n_types++] = ty;
+        }
+        unsigned own = info->first_size != r[i].size;
+        t[i] = (info->local << 1) | own;
+        if (own) s[own_sizes++] = r[i].size;
+    }
+    e->prev = prev;
+    put_u32le(e->out, (uint32_t)n);
+    put_u32le(e->out + 4, (uint32_t)own_sizes);
+    put_u32le(e->out + 8, shift);
+    put_u32le(e->out + 12, (uint32_t)n_types);
+    uint8_t *p = put_stream(e->out + CP_HM3_HEADER, a, n);
+    p = put_stream(p, k, n_types);
+    p = put_stream(p, t, n);
+    p = put_stream(p, s, own_sizes);
+    return (size_t)(p - e->out);
+}
+
+/* Write one chunk of raw records (in the format asked for, and raw to the copy); 0 or an errno. */
+static int sink_write(cp_sink *k, const char *chunk, size_t len) {
+    int e = 0;
+    if (k->format == 3) {
+        size_t n = enc_chunk(&k->enc, (const cp_hmrec *)chunk, len / sizeof(cp_hmrec));
+        if (n == 0 && len) return ENOMEM;
+        e = write_all(k->fd, (const char *)k->enc.out, n);
+        k->bytes += n;
+    } else {
+        e = write_all(k->fd, chunk, len);
+        k->bytes += len;
+    }
+    if (!e && k->copy_fd >= 0) e = write_all(k->copy_fd, chunk, len);
+    return e;
+}
+
 static void *sink_thread(void *arg) {
     cp_sink *k = (cp_sink *)arg;
     pthread_mutex_lock(&k->mu);
@@ -204,12 +384,13 @@ static void *sink_thread(void *arg) {
         size_t len = k->lens[i];
         int skip = k->err != 0;
         pthread_mutex_unlock(&k->mu);
-        int e = skip ? 0 : write_all(k->fd, k->ring + i * CP_HM_CHUNK_BYTES, len);
+        int e = skip ? 0 : sink_write(k, k->ring + i * CP_HM_CHUNK_BYTES, len);
         pthread_mutex_lock(&k->mu);
         if (e && !k->err) k->err = e;
         k->written++;
         pthread_cond_broadcast(&k->cv);
     }
+    k->writer_cpu = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
     pthread_mutex_unlock(&k->mu);
     return NULL;
 }
@@ -219,11 +400,18 @@ static void sink_point(cp_sink *k, uint64_t chunk) {
     k->end = (cp_hmrec *)((char *)k->pos + CP_HM_CHUNK_BYTES);
 }
 
-static int sink_open(cp_sink *k, int fd) {
+static int sink_open(cp_sink *k, int fd, int format, int copy_fd) {
     memset(k, 0, sizeof(*k));
     k->fd = fd;
+    k->copy_fd = copy_fd;
+    k->format = format;
     k->ring = PyMem_RawMalloc(CP_HM_CHUNKS * CP_HM_CHUNK_BYTES);
-    if (k->ring == NULL) return -1;
+    if (k->ring == NULL || (format == 3 && enc_open(&k->enc) < 0)) {
+        enc_close(&k->enc);
+        PyMem_RawFree(k->ring);
+        k->ring = NULL;
+        return -1;
+    }
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->cv, NULL);
     /* the thread takes no signal: Python's handlers must run in the main thread */
@@ -241,7 +429,7 @@ static void sink_flush(cp_sink *k) {
     size_t i = (size_t)(k->ready % CP_HM_CHUNKS);
     size_t len = (size_t)((char *)k->pos - (k->ring + i * CP_HM_CHUNK_BYTES));
     if (!k->threaded) {
-        if (!k->err && len) k->err = write_all(k->fd, k->ring + i * CP_HM_CHUNK_BYTES, len);
+        if (!k->err && len) k->err = sink_write(k, k->ring + i * CP_HM_CHUNK_BYTES, len);
         sink_point(k, k->ready);
         return;
     }
@@ -267,10 +455,11 @@ static inline void sink_add(cp_sink *k, const void *addr, Py_ssize_t size, uint3
     k->records++;
 }
 
-/* Flush the rest, stop and join the writer. Returns 0 or the first write error (errno). */
+/* Flush the rest (an empty chunk is not written), stop and join the writer. Returns 0 or the
+ * first write error (errno). The format 3 first-size table stays for the caller (sink_free). */
 static int sink_close(cp_sink *k) {
     if (k->ring == NULL) return 0;
-    sink_flush(k);
+    if (k->pos != (cp_hmrec *)(k->ring + (size_t)(k->ready % CP_HM_CHUNKS) * CP_HM_CHUNK_BYTES)) sink_flush(k);
     if (k->threaded) {
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&k->mu);
@@ -288,13 +477,26 @@ static int sink_close(cp_sink *k) {
     return k->err;
 }
 
+static void sink_free(cp_sink *k) {
+    (void)sink_close(k);
+    enc_close(&k->enc);
+}
+
 /* ---- per-type facts, computed once per type ----------------------------------------------- */
-enum { SZ_CONST, SZ_VAR, SZ_STR, SZ_CALL };
+enum { SZ_CONST, SZ_VAR, SZ_STR, SZ_LONG, SZ_DICT, SZ_CALL };
+
+/* dict.__sizeof__ is _PyDict_SizeOf: declared in 3.12's public headers, exported but declared only in
+ * the internal pycore_dict.h in 3.13-3.15. Calling it directly spares the walk a Python-level call
+ * (and a new int) per dict; other versions call __sizeof__. */
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x03100000
+PyAPI_FUNC(Py_ssize_t) _PyDict_SizeOf(PyDictObject *);
+#endif
+#define CP_DICT_SIZEOF (PY_VERSION_HEX < 0x03100000)
 
 typedef struct {
     PyTypeObject *tp;     /* key; NULL = empty slot */
     PyObject *sizeof_fn;  /* borrowed: the first C-level __sizeof__ along the MRO */
-    Py_ssize_t const_size; /* for SZ_CONST, -1 until measured */
+    Py_ssize_t const_size; /* for SZ_CONST (and compact ints: SZ_LONG), -1 until measured */
     uint32_t id;          /* index in the heap map's type table */
     uint8_t mode;
     uint8_t preheader;    /* GC header + managed dict/weakref slots before the object */
@@ -312,6 +514,8 @@ static inline int cp_has_finalizer(PyTypeObject *tp) {
     return tp->tp_finalize != NULL || tp->tp_del != NULL;
 }
 
+#define CP_TYPE_CACHE 256
+
 typedef struct {
     int immortalize;
     int new_only;             /* a repeat walk: skip tracked objects that are already immortal */
@@ -327,6 +531,7 @@ typedef struct {
     int holds_finalizable;    /* ... and one of them is a mortal object with a finalizer */
     cp_typeinfo *types;
     size_t types_cap, types_len;
+    struct { PyTypeObject *tp; cp_typeinfo *ti; } type_cache[CP_TYPE_CACHE]; /* direct-mapped, before the table */
     PyTypeObject **type_list; /* by id */
     size_t type_list_cap;
     cp_sink hm;               /* heap map records, when record is set */
@@ -361,8 +566,13 @@ static PyObject *first_c_sizeof(cp_walk *w, PyTypeObject *tp) {
     return w->object_sizeof;
 }
 
+static inline size_t type_slot(PyTypeObject *tp) { return ((uintptr_t)tp >> 6) & (CP_TYPE_CACHE - 1); }
+
 static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
+    size_t slot = type_slot(tp);
+    if (w->type_cache[slot].tp == tp) return w->type_cache[slot].ti;
     if ((w->types_len + 1) * 2 > w->types_cap) {
+        memset(w->type_cache, 0, sizeof(w->type_cache)); /* the entries move */
         size_t ncap = w->types_cap ? w->types_cap * 2 : 1024;
         cp_typeinfo *n = PyMem_RawCalloc(ncap, sizeof(cp_typeinfo));
         if (n == NULL) return NULL;
@@ -379,7 +589,11 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
     }
     size_t j = ptr_hash((uintptr_t)tp) & (w->types_cap - 1);
     while (w->types[j].tp) {
-        if (w->types[j].tp == tp) return &w->types[j];
+        if (w->types[j].tp == tp) {
+            w->type_cache[slot].tp = tp;
+            w->type_cache[slot].ti = &w->types[j];
+            return &w->types[j];
+        }
         j = (j + 1) & (w->types_cap - 1);
     }
     /* new type */
@@ -413,6 +627,10 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
 #endif
     if (tp == &PyUnicode_Type) {
         ti->mode = SZ_STR;
+    } else if (tp == &PyLong_Type) {
+        ti->mode = SZ_LONG;
+    } else if (CP_DICT_SIZEOF && tp == &PyDict_Type) {
+        ti->mode = SZ_DICT;
     } else if (tp == &PyTuple_Type || tp == &PyBytes_Type) {
         ti->mode = SZ_VAR; /* their __sizeof__ is basicsize + itemsize * size */
     } else if (ti->sizeof_fn == w->object_sizeof) {
@@ -460,6 +678,16 @@ static Py_ssize_t object_size(cp_typeinfo *ti, PyObject *op) {
         if (PyUnicode_IS_COMPACT_ASCII(op))
             return (Py_ssize_t)sizeof(PyASCIIObject) + PyUnicode_GET_LENGTH(op) + 1;
         return call_sizeof(ti, op);
+    case SZ_LONG:
+        /* an int of one digit (the small ints of 0 digits are static, never visited): all of one
+         * size, measured once; calling __sizeof__ for each (it returns a new int) was ~10% of a walk */
+        if (!PyUnstable_Long_IsCompact((PyLongObject *)op)) return call_sizeof(ti, op);
+        if (ti->const_size < 0) ti->const_size = call_sizeof(ti, op);
+        return ti->const_size;
+#if CP_DICT_SIZEOF
+    case SZ_DICT:
+        return _PyDict_SizeOf((PyDictObject *)op);
+#endif
     default:
         return call_sizeof(ti, op);
     }
@@ -475,7 +703,8 @@ static inline int hm_add(cp_walk *w, const void *addr, Py_ssize_t size, uint32_t
 static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
     PyTypeObject *tp = ti->tp;
     Py_ssize_t block = size;
-    if (ti->mode == SZ_CALL && !PyLong_Check(op)) {
+    if ((ti->mode == SZ_CALL && !PyLong_Check(op)) || ti->mode == SZ_DICT) {
+        /* __sizeof__ counts separately allocated parts too: the object's own block is its layout */
         block = tp->tp_itemsize ? var_size(tp, op) : tp->tp_basicsize;
     }
     if (hm_add(w, (char *)op - ti->preheader, block + ti->preheader, ti->id) < 0) return -1;
@@ -600,7 +829,7 @@ static int visit_edge(PyObject *op, void *arg) {
     cp_walk *w = (cp_walk *)arg;
     if (op == NULL) return 0;
     if (w->watch && !w->holds_finalizable) watch_edge(w, op);
-    if (PyObject_GC_IsTracked(op)) return 0;
+    if (PyType_IS_GC(Py_TYPE(op)) && PyObject_GC_IsTracked(op)) return 0; /* atomic types: no call */
     int immortal = _Py_IsImmortal(op);
     if (w->immortalize && !immortal) {
         /* first time: immortalizing it is also what marks it visited; what stays mortal is
@@ -706,7 +935,7 @@ static void walk_free(cp_walk *w) {
     PyMem_RawFree(w->seen.slots);
     PyMem_RawFree(w->types);
     PyMem_RawFree(w->type_list);
-    (void)sink_close(&w->hm);
+    sink_free(&w->hm);
     Py_XDECREF(w->object_sizeof);
     Py_XDECREF(w->sizeof_name);
 }
@@ -721,31 +950,51 @@ static void walk_free(cp_walk *w) {
         Py_DECREF(_v);                                                       \
     } while (0)
 
+#define SET_FLOAT(d, key, val)                                              \
+    do {                                                                     \
+        PyObject *_v = PyFloat_FromDouble(val);                              \
+        if (_v == NULL || PyDict_SetItemString(d, key, _v) < 0) {           \
+            Py_XDECREF(_v);                                                  \
+            goto error;                                                      \
+        }                                                                    \
+        Py_DECREF(_v);                                                       \
+    } while (0)
+
 PyDoc_STRVAR(walk_doc,
 "walk($module, /, *, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16,\n"
-"     hash_strings=True, tag_types=True, new_only=False)\n--\n\n"
+"     hash_strings=True, tag_types=True, new_only=False, heapmap_format=3, heapmap_copy_fd=-1)\n--\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
 "new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
 "Returns counts (objects, immortalized, already_immortal, left_mortal, with_finalizer, tracked,\n"
-"untracked, bytes, strings_hashed, types_tagged, seconds) and 'finalizable' (list of the objects with\n"
-"a finalizer it left mortal). With heapmap_fd (an open file, written from its current\n"
-"offset) the heap map records <u8 addr, <u4 size, <u4 type index> are written there, and the result\n"
-"has 'heapmap_records' (count), 'heapmap_error' (None or the OSError of a failed write),\n"
-"'heapmap_types' (tuple of types by index) and\n"
-"'heapmap_preheaders' (bytes: pre-header size per type index; a record starts that many bytes\n"
-"before the object).");
+"untracked, bytes, strings_hashed, types_tagged), seconds, cpu_seconds (of the walking thread) and\n"
+"'finalizable' (list of the objects with a finalizer it left mortal). With heapmap_fd (an open file,\n"
+"written from its current offset) the heap map records (address, size, type index) are written there\n"
+"by a writer thread: heapmap_format 3 encodes them (chunks of four value streams, see\n"
+"cowprof/heapmap.py), 2 writes them raw as <u8 addr, <u4 size, <u4 type index>; heapmap_copy_fd, when\n"
+"given, also gets them raw. The result then has 'heapmap_records' (count), 'heapmap_bytes' (written to\n"
+"heapmap_fd), 'heapmap_format', 'heapmap_error' (None or the OSError of a failed write),\n"
+"'heapmap_wait_seconds' (the walk waiting for the writer), 'heapmap_writer_cpu_seconds',\n"
+"'heapmap_types' (tuple of types by index), 'heapmap_preheaders' (bytes: pre-header size per type\n"
+"index; a record starts that many bytes before the object) and, in format 3, 'heapmap_type_sizes'\n"
+"(<u4 per type index: the size its records have unless they give their own).");
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
-                             "tag_types", "new_only", NULL};
+                             "tag_types", "new_only", "heapmap_format", "heapmap_copy_fd", NULL};
     int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1, new_only = 0;
+    int heapmap_format = 3, copy_fd = -1;
     Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnppp:walk", kwlist, &immortalize, &heapmap_fd,
-                                     &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpppii:walk", kwlist, &immortalize, &heapmap_fd,
+                                     &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only,
+                                     &heapmap_format, &copy_fd))
         return NULL;
     int heapmap = heapmap_fd >= 0;
+    if (heapmap_format != 2 && heapmap_format != 3) {
+        PyErr_SetString(PyExc_ValueError, "heapmap_format must be 2 or 3");
+        return NULL;
+    }
     if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
         PyErr_SetString(PyExc_ValueError, "implausible pre-header sizes");
         return NULL;
@@ -773,15 +1022,15 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "object.__sizeof__ not found");
         goto error;
     }
-    if (heapmap && sink_open(&w.hm, heapmap_fd) < 0) {
+    if (heapmap && sink_open(&w.hm, heapmap_fd, heapmap_format, copy_fd) < 0) {
         PyErr_NoMemory();
         goto error;
     }
 
-    double t0 = now_seconds();
+    double t0 = now_seconds(), cpu0 = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
     PyUnstable_GC_VisitObjects(visit_root, &w);
     int write_error = heapmap ? sink_close(&w.hm) : 0; /* the file is complete when the walk returns */
-    double seconds = now_seconds() - t0;
+    double seconds = now_seconds() - t0, cpu_seconds = clock_seconds(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     if (w.failed) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto error;
@@ -808,24 +1057,14 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(objs);
         if (rc < 0) goto error;
     }
-    {
-        PyObject *s = PyFloat_FromDouble(seconds);
-        if (s == NULL || PyDict_SetItemString(result, "seconds", s) < 0) {
-            Py_XDECREF(s);
-            goto error;
-        }
-        Py_DECREF(s);
-    }
+    SET_FLOAT(result, "seconds", seconds);
+    SET_FLOAT(result, "cpu_seconds", cpu_seconds);
     if (heapmap) {
         SET_U64(result, "heapmap_records", w.hm.records);
-        {
-            PyObject *s = PyFloat_FromDouble(w.hm.waited);
-            if (s == NULL || PyDict_SetItemString(result, "heapmap_wait_seconds", s) < 0) {
-                Py_XDECREF(s);
-                goto error;
-            }
-            Py_DECREF(s);
-        }
+        SET_U64(result, "heapmap_bytes", w.hm.bytes);
+        SET_U64(result, "heapmap_format", heapmap_format);
+        SET_FLOAT(result, "heapmap_wait_seconds", w.hm.waited);
+        SET_FLOAT(result, "heapmap_writer_cpu_seconds", w.hm.writer_cpu);
         if (write_error) {
             PyObject *e = PyObject_CallFunction(PyExc_OSError, "is", write_error, strerror(write_error));
             if (e == NULL || PyDict_SetItemString(result, "heapmap_error", e) < 0) {
@@ -854,6 +1093,18 @@ static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
         rc = PyDict_SetItemString(result, "heapmap_preheaders", pre);
         Py_DECREF(pre);
         if (rc < 0) goto error;
+        if (heapmap_format == 3) {
+            /* per type: the size of its records that carry none (the first one the writer saw) */
+            PyObject *sizes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * w.types_len));
+            if (sizes == NULL) goto error;
+            for (size_t i = 0; i < w.types_len; i++) {
+                uint64_t v = i < w.hm.enc.types_cap ? w.hm.enc.types[i].first_size : CP_HM3_NO_SIZE;
+                put_u32le((uint8_t *)PyBytes_AS_STRING(sizes) + 4 * i, v == CP_HM3_NO_SIZE ? 0 : (uint32_t)v);
+            }
+            rc = PyDict_SetItemString(result, "heapmap_type_sizes", sizes);
+            Py_DECREF(sizes);
+            if (rc < 0) goto error;
+        }
     }
     walk_free(&w);
     return result;

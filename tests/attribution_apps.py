@@ -4,6 +4,7 @@ The apps run as scripts, never inside the pytest process (their heap preparation
 pytest's own heap); tests import only the ``App`` launcher at the bottom:
 
     python attribution_apps.py SCENARIO [--workers 2] [--n N] [--active K] [--timeout 30] [--no-cowprof]
+                                        [--old-format-dir DIR]
 
 The master builds a heap for the scenario, calls ``cowprof.prepare_fork`` (which saves the heap
 map), forks ``--workers`` workers that each commit the scenario's culprit (only the first ``--active``
@@ -32,6 +33,9 @@ Scenarios (the culprit each test expects to hold >= 80% of the copied bytes):
 ``--no-cowprof``: the master never imports cowprof (no heap map, nothing prepared: ``floats`` calls
 ``gc.freeze()``, ``gc`` ``gc.collect()``, ``strhash`` leaves its strings unhashed), for attribution
 from outside (cowprof.remote).
+
+``--old-format-dir DIR``: the walk of ``prepare_fork`` also writes its heap map in format 2 (the raw
+records of the same walk, see ``cowprof.heapmap.walk_into``) into DIR, beside the default format 3.
 
 ``App`` (below) runs one scenario for a test as a context manager.
 """
@@ -99,6 +103,19 @@ def build_without_cowprof(scenario: str, n: int) -> object:
     if scenario == "functions":
         return hot_functions()
     raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+def tee_old_format(directory: str) -> None:
+    """Have every walk of prepare_fork also write its heap map in format 2 into ``directory``."""
+    from cowprof import heapmap
+
+    walk_into = heapmap.walk_into
+
+    def both(seg, walk_fn, **kwargs):
+        copy = heapmap.Segment(seg.pid, directory, seg.seq, format_version=2)
+        return walk_into(seg, walk_fn, copy=copy, **kwargs)
+
+    heapmap.walk_into = both
 
 
 def build(scenario: str, n: int) -> object:
@@ -179,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--active", type=int, default=None,
                     help="only the first ACTIVE workers commit the culprit (default: all)")
     ap.add_argument("--no-cowprof", action="store_true", help="never import cowprof (nothing prepared)")
+    ap.add_argument("--old-format-dir", help="also write the heap map in format 2 there")
     args = ap.parse_args(argv)
+    if args.old_format_dir:
+        tee_old_format(args.old_format_dir)
     active = args.workers if args.active is None else args.active
 
     data = build_without_cowprof(args.scenario, args.n) if args.no_cowprof else build(args.scenario, args.n)
@@ -248,7 +268,8 @@ class App:
     first ``active`` ones committed the culprit) once ready."""
 
     def __init__(self, scenario: str, *, n: int = 100_000, workers: int = 2, timeout: float = 30.0,
-                 active: int | None = None, python: str | None = None, cowprof: bool = True) -> None:
+                 active: int | None = None, python: str | None = None, cowprof: bool = True,
+                 old_format_dir: str | None = None) -> None:
         python = python or app_python()
         if python is None:
             raise RuntimeError("no CPython 3.12+ interpreter to run the app")
@@ -257,7 +278,8 @@ class App:
         self.proc = subprocess.Popen(
             [python, os.path.abspath(__file__), scenario, "--n", str(n), "--workers", str(workers),
              "--timeout", str(timeout)] + ([] if active is None else ["--active", str(active)])
-            + ([] if cowprof else ["--no-cowprof"]),
+            + ([] if cowprof else ["--no-cowprof"])
+            + ([] if old_format_dir is None else ["--old-format-dir", old_format_dir]),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         try:
             self._wait_ready(timeout + 10)

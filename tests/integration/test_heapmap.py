@@ -52,10 +52,13 @@ def test_prepare_fork_saves_a_map_that_locates_objects(hm_dir):
     pid = int(os.path.basename(out["path"]).split("-")[1].split(".")[0])
     assert heapmap.load(pid) is None
     raw = open(out["path"], "rb").read()
-    magic, version, meta_len, n, offset = heapmap.HEADER.unpack(raw[:heapmap.HEADER.size])
-    assert (magic, version, offset) == (heapmap.MAGIC, 2, 32)
-    assert len(raw) == offset + 16 * n + meta_len and n == out["n"]
-    assert json.loads(raw[-meta_len:])["pid"] == pid  # metadata is plain JSON, no pickle
+    head = heapmap.parse_header(raw, file_size=len(raw))
+    assert (head.version, head.offset, head.records) == (3, 40, out["n"])
+    assert len(raw) == head.offset + head.records_bytes + head.meta_len
+    meta = json.loads(raw[-head.meta_len:])  # metadata is plain JSON, no pickle
+    assert meta["pid"] == pid and meta["format"] == 3
+    # compact records: format 2 took 16 bytes each
+    assert head.records_bytes <= 6 * head.records, head.records_bytes / head.records
 
 
 @needs_312
@@ -117,6 +120,68 @@ def _one_record_map(pid):
                            type=np.array([0, 1], dtype=np.uint32), type_names=np.array(["float", "str"]))
 
 
+@needs_312
+def test_one_walk_in_both_formats_gives_the_same_map(hm_dir, tmp_path):
+    """The walk's writer thread encodes format 3 and, for comparison, copies the raw records of the
+    same walk in format 2 (the format of maps written before): both read back to the same records,
+    and the Python encoder makes the native writer's format 3 bytes from the format 2 records."""
+    old_dir = tmp_path / "format2"
+    out = run_json(f"""
+        import json, os, cowprof
+        from cowprof import heapmap
+        class Marker:
+            pass
+        keep = ([Marker() for _ in range(20000)], [{{"k": i + 0.5, "s": "v%d" % i}} for i in range(20000)],
+                [(i, str(i)) for i in range(20000)], [[i] * (i % 7) for i in range(5000)])
+        real = heapmap.walk_into
+        heapmap.walk_into = lambda seg, fn, **kw: real(
+            seg, fn, copy=heapmap.Segment(seg.pid, {str(old_dir)!r}, seg.seq, format_version=2), **kw)
+        r = cowprof.prepare_fork()
+        print(json.dumps({{"path": r.heapmap_path, "objects": r.objects}}))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    (old_path,) = old_dir.glob("*.hmap")
+    new, old = heapmap._read_segment(out["path"]), heapmap._read_segment(str(old_path))
+    assert (new.format_version, old.format_version) == (3, 2)
+    assert len(new) == len(old) > out["objects"] > 80000
+    for field in ("addr", "size", "type", "type_names", "type_preheader"):
+        assert np.array_equal(getattr(new, field), getattr(old, field)), field
+    assert new.layout == old.layout and new.created_at == old.created_at
+    raw_new, raw_old = open(out["path"], "rb").read(), old_path.read_bytes()
+    h_new, h_old = heapmap.parse_header(raw_new), heapmap.parse_header(raw_old)
+    assert (h_old.version, h_old.offset, h_old.records_bytes) == (2, 32, 16 * len(old))
+    parts, type_size = heapmap.encode_v3(old.addr, old.size, old.type)
+    assert b"".join(parts) == raw_new[h_new.offset:h_new.offset + h_new.records_bytes]
+    assert type_size == json.loads(raw_new[-h_new.meta_len:])["type_size"][:len(type_size)]
+    print(f"format 3: {h_new.records_bytes / len(new):.2f} bytes a record, format 2: 16")
+
+
+@needs_312
+def test_the_old_format_is_written_on_request_and_read(hm_dir):
+    out = run_json("""
+        import json, os, cowprof
+        from cowprof import heapmap
+        keep = [{"k": i + 0.5} for i in range(5000)]
+        r = cowprof.prepare_fork()
+        hm = heapmap.load(os.getpid())
+        i = int(hm.addr.searchsorted(id(keep[7]), "right")) - 1
+        print(json.dumps({"path": r.heapmap_path, "found": str(hm.type_names[hm.type[i]]),
+                          "format": hm.format_version}))
+    """, env={heapmap.DIR_ENV: str(hm_dir), heapmap.FORMAT_ENV: "2"})
+    raw = open(out["path"], "rb").read()
+    head = heapmap.parse_header(raw, file_size=len(raw))
+    assert (head.version, head.offset, head.records_bytes) == (2, 32, 16 * head.records)
+    assert out["found"] == "dict" and out["format"] == 2
+    out = run_json("""
+        import json, warnings, cowprof
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = cowprof.prepare_fork()
+        print(json.dumps({"path": r.heapmap_path, "warned": [str(c.message) for c in caught]}))
+    """, env={heapmap.DIR_ENV: str(hm_dir), heapmap.FORMAT_ENV: "4"})
+    assert out["path"] is None
+    assert any("COWPROF_HEAPMAP_FORMAT='4'" in m and "2 or 3" in m for m in out["warned"]), out["warned"]
+
+
 def test_garbage_truncated_and_future_files_are_clear_errors(hm_dir, tmp_path):
     bad = tmp_path / "bad.hmap"
     bad.write_bytes(b"not a heap map at all, just some bytes")
@@ -130,6 +195,12 @@ def test_garbage_truncated_and_future_files_are_clear_errors(hm_dir, tmp_path):
         heapmap.read(str(bad))
     bad.write_bytes(raw[:8] + (9).to_bytes(4, "little") + raw[12:])
     with pytest.raises(BadInput, match="format 9 is not supported"):
+        heapmap.read(str(bad))
+    old = heapmap.save(dataclasses.replace(_one_record_map(os.getpid()), pid=os.getpid()), str(tmp_path / "v2"),
+                       format_version=2)
+    assert heapmap.read(old).addr.tolist() == [4096, 8192]
+    bad.write_bytes(open(old, "rb").read()[:-3])
+    with pytest.raises(BadInput, match="truncated"):
         heapmap.read(str(bad))
     # a segment of this master that does not parse is reported as corrupt, not as no map
     with open(good, "r+b") as f:
@@ -230,3 +301,34 @@ def test_no_thread_is_left_behind_to_fork_with(hm_dir):
         print(json.dumps({"threads": int(threads), "path": r.heapmap_path, "numpy": "numpy" in sys.modules}))
     """, env={heapmap.DIR_ENV: str(hm_dir)})
     assert out["threads"] == 1 and out["path"] and not out["numpy"]
+
+
+@needs_312
+def test_records_have_the_sizes_getsizeof_gives(hm_dir):
+    """The walk sizes ints of one digit once per walk and dicts through dict.__sizeof__'s own
+    function: their records still say what sys.getsizeof says (a dict's record is its own block,
+    its keys are a record of their own)."""
+    out = run_json("""
+        import json, os, sys
+        from cowprof import heapmap
+        class Rec:
+            pass
+        made = lambda text: eval(text)  # built at run time: no constant of a code object (maybe immortal)
+        probes = {"int": int("1000007"), "big int": made("10**40 + 1"), "negative int": int("-1000003"),
+                  "str": "".join(["x"] * 37), "float": float("3.5"), "tuple": tuple([float("2.5"), "".join("abc")]),
+                  "dict": {"k%d" % i: i + 0.5 for i in range(20)}, "dict of a class": Rec(), "empty dict": dict()}
+        probes["dict of a class"].__dict__["later"] = [1]  # a materialized instance dict
+        probes["dict of a class"] = probes["dict of a class"].__dict__
+        heapmap.record()
+        hm = heapmap.load(os.getpid())
+        pre = {str(n): int(p) for n, p in zip(hm.type_names, hm.type_preheader)}
+        got = {}
+        for name, obj in probes.items():
+            i = int(hm.addr.searchsorted(id(obj), "right")) - 1
+            tp = type(obj).__name__
+            block = type(obj).__basicsize__ + pre[tp] if isinstance(obj, dict) else sys.getsizeof(obj)
+            got[name] = [int(hm.addr[i]) + pre[tp] == id(obj), int(hm.size[i]), block]
+        print(json.dumps(got))
+    """, env={heapmap.DIR_ENV: str(hm_dir)})
+    for name, (starts_there, size, want) in out.items():
+        assert starts_there and size == want, (name, size, want)

@@ -36,13 +36,14 @@ def saved(tree, tmp_path, monkeypatch):
 
 def _rewrite_meta(path: str, edit) -> None:
     raw = open(path, "rb").read()
-    magic, version, meta_len, n, offset = heapmap.HEADER.unpack(raw[:heapmap.HEADER.size])
-    meta = raw[offset + n * heapmap.RECORD_SIZE:]
-    new = edit(json.loads(meta))
+    head = heapmap.parse_header(raw)
+    end = head.offset + head.records_bytes
+    new = edit(json.loads(raw[end:]))
     new_meta = (new if isinstance(new, str) else json.dumps(new)).encode()
     with open(path, "wb") as f:
-        f.write(heapmap.HEADER.pack(magic, version, len(new_meta), n, offset))
-        f.write(raw[heapmap.HEADER.size: offset + n * heapmap.RECORD_SIZE])
+        f.write(heapmap.HEADER_V3.pack(heapmap.MAGIC, head.version, len(new_meta), head.records, head.offset,
+                                       head.records_bytes))
+        f.write(raw[heapmap.HEADER_V3.size:end])
         f.write(new_meta)
 
 
@@ -74,6 +75,10 @@ CORRUPTIONS = {
     "not an object": lambda m: [m],
     "not JSON": lambda m: "{pid",
     "NaN": lambda m: json.dumps(m).replace('"created_at": 1.0', '"created_at": NaN'),
+    "format not the header's": lambda m: {**m, "format": 2},
+    "no type sizes (format 3)": lambda m: {k: v for k, v in m.items() if k != "type_size"},
+    "type sizes per type": lambda m: {**m, "type_size": [1, 2]},
+    "type size negative": lambda m: {**m, "type_size": [-1]},
 }
 
 
@@ -89,14 +94,18 @@ def test_corrupt_metadata_is_reported_as_corrupt(tree, saved, how):
     assert os.path.basename(saved) in lines[0] and "corrupt" in lines[0] and "prepare_fork" not in lines[0]
 
 
-@pytest.mark.parametrize("how", ["truncated", "records cut", "other format", "bad magic"])
+@pytest.mark.parametrize("how", ["truncated", "records cut", "header cut", "other format", "bad magic",
+                                 "stream width"])
 def test_truncated_or_foreign_files_are_reported_as_such(tree, saved, how):
     raw = open(saved, "rb").read()
-    data = {"truncated": raw[:-1], "records cut": raw[:40],
+    offset = heapmap.parse_header(raw).offset
+    data = {"truncated": raw[:-1], "records cut": raw[:40], "header cut": raw[:36],
             "other format": raw[:8] + (9).to_bytes(4, "little") + raw[12:],
-            "bad magic": b"X" + raw[1:]}[how]
+            "bad magic": b"X" + raw[1:],
+            "stream width": raw[:offset + 16] + b"\x0b" + raw[offset + 17:]}[how]
     open(saved, "wb").write(data)
     code, out, err = _snapshot_by_type(tree.master_pid)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "prepare_fork" not in err, err
-    assert any(w in err for w in ("truncated", "not supported", "not a cowprof heap map")), err
+    assert any(w in err for w in ("truncated", "not supported", "not a cowprof heap map",
+                                  "corrupt heap map records")), err

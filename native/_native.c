@@ -940,25 +940,18 @@ static void walk_free(cp_walk *w) {
     Py_XDECREF(w->sizeof_name);
 }
 
-#define SET_U64(d, key, val)                                                \
+/* d[key] = the new reference `made`; on failure `goto error` */
+#define SET_ITEM(d, key, made)                                              \
     do {                                                                     \
-        PyObject *_v = PyLong_FromUnsignedLongLong((unsigned long long)(val)); \
+        PyObject *_v = (made);                                               \
         if (_v == NULL || PyDict_SetItemString(d, key, _v) < 0) {           \
             Py_XDECREF(_v);                                                  \
             goto error;                                                      \
         }                                                                    \
         Py_DECREF(_v);                                                       \
     } while (0)
-
-#define SET_FLOAT(d, key, val)                                              \
-    do {                                                                     \
-        PyObject *_v = PyFloat_FromDouble(val);                              \
-        if (_v == NULL || PyDict_SetItemString(d, key, _v) < 0) {           \
-            Py_XDECREF(_v);                                                  \
-            goto error;                                                      \
-        }                                                                    \
-        Py_DECREF(_v);                                                       \
-    } while (0)
+#define SET_U64(d, key, val) SET_ITEM(d, key, PyLong_FromUnsignedLongLong((unsigned long long)(val)))
+#define SET_FLOAT(d, key, val) SET_ITEM(d, key, PyFloat_FromDouble(val))
 
 PyDoc_STRVAR(walk_doc,
 "walk($module, /, *, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16,\n"

@@ -23,7 +23,6 @@ pages, source processes and runs of adjacent pages read with one ``preadv`` each
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,8 +31,8 @@ import numpy as np
 
 from . import heapmap as _heapmap
 from . import procfs
-from .errors import AccessDenied, BadInput, CowprofError, ProcessGone
-from .heapmap import HeapMap
+from .errors import AccessDenied, BadInput, ProcessGone
+from .heapmap import HeapMap, NoHeapMap, find_heapmap  # the last two: heapmap.py's, also offered here
 from .memreader import MemoryAccessDenied, MemReader
 from .pages import PageReport, scan
 from .tree import Tree, find_tree
@@ -79,10 +78,6 @@ _FIXED_OBJECT_SIZE = {"list": list.__basicsize__, "dict": dict.__basicsize__, "s
                       "frozenset": frozenset.__basicsize__}
 # Subclasses (C or Python) known to have such buffers: object records have the modal size.
 _BUFFERED_SUBCLASSES = ("collections.OrderedDict", "collections.defaultdict", "collections.Counter")
-
-
-class NoHeapMap(BadInput):
-    """No current heap map for this master: attribution cannot name types."""
 
 
 class NoAttribution(AccessDenied):
@@ -495,7 +490,7 @@ def by_cause(report: PageReport, hm: HeapMap, *, procfs_root: str = "/proc",
     master = report.master.pid
     live = [w.pid for w in report.workers]
     addrs = {w.pid: _pages_of(w) for w in report.workers}
-    master_ticks = _master_start_ticks(master, procfs_root)
+    master_id = _master_identity(master, procfs_root)
     readers: dict[int, MemReader] = {}
     try:
         sources = _sources(master, live, addrs, report.page_size, procfs_root)
@@ -519,18 +514,17 @@ def by_cause(report: PageReport, hm: HeapMap, *, procfs_root: str = "/proc",
             r.close()
     # the originals read from a master that exited meanwhile are not its pages (reads of a dead
     # process return nothing): the whole by-cause view would be made up
-    if _master_start_ticks(master, procfs_root, required=False) != master_ticks:
+    if _master_identity(master, procfs_root, required=False) != master_id:
         raise _master_exited(master)
     return results
 
 
-def _master_start_ticks(master: int, procfs_root: str, *, required: bool = True) -> int | None:
-    """Start time of the master while it lives; once it is gone (or a zombie) ProcessGone, or
-    None when not ``required``."""
+def _master_identity(master: int, procfs_root: str, *,
+                     required: bool = True) -> procfs.ProcessIdentity | None:
+    """The master while it lives; once it is gone (or a zombie) ProcessGone, or None when not
+    ``required``."""
     try:
-        st = procfs.read_stat(master, procfs_root)
-        if not st.zombie:
-            return st.starttime_ticks
+        return procfs.ProcessIdentity.read(master, procfs_root, live=True)
     except ProcessGone:
         pass
     if required:
@@ -579,66 +573,6 @@ def attribute(report: PageReport, hm: HeapMap, *, causes: bool = True, procfs_ro
                        page_size=report.page_size, mode=report.mode, heapmap_records=len(hm),
                        heapmap_created_at=float(hm.created_at), workers=workers, causes_error=error,
                        seconds=time.perf_counter() - t0, source=getattr(hm, "source", "heapmap"))
-
-
-# ------------------------------------------------------------------- finding the heap map
-
-
-_ENV_LINE = (b"COWPROF_HEAPMAP_DIR=", b"XDG_RUNTIME_DIR=", b"HOME=")
-
-
-def _candidate_dirs(pid: int, procfs_root: str) -> list[str]:
-    """Directories where master ``pid`` would have saved its map: ours, then its environment's.
-    Raises ProcessGone when the master is gone (its environment then says nothing)."""
-    dirs = [_heapmap.default_directory()]
-    try:
-        env = procfs.read_bytes(pid, "environ", procfs_root).split(b"\0")
-    except ProcessGone:
-        raise
-    except CowprofError:  # not allowed to read it: only our own directory is known
-        return dirs
-    found = {k: line[len(k):].decode(errors="surrogateescape") for line in env for k in _ENV_LINE
-             if line.startswith(k)}
-    if found.get(_ENV_LINE[0]):
-        dirs.append(found[_ENV_LINE[0]])
-    else:
-        if found.get(_ENV_LINE[1]):
-            dirs.append(os.path.join(found[_ENV_LINE[1]], "cowprof"))
-        if found.get(_ENV_LINE[2]):
-            dirs.append(os.path.join(found[_ENV_LINE[2]], ".cache", "cowprof", "heapmaps"))
-    return list(dict.fromkeys(dirs))
-
-
-def find_heapmap(master: int, *, procfs_root: str = "/proc", directory: str | None = None) -> HeapMap:
-    """The current heap map of ``master``: in ``directory`` if given, else in this user's heap map
-    directory or the one the master's environment points to (a root profiler finds a server user's
-    map). Only a file owned by us or by the master's user is read. Raises :class:`NoHeapMap` when
-    there is none, :class:`~cowprof.heapmap.CorruptHeapMap` when the master's map is unreadable
-    and :class:`ProcessGone` when the master exited meanwhile."""
-    try:
-        master_uid = os.stat(os.path.join(procfs_root, str(master))).st_uid
-    except OSError:
-        raise ProcessGone(master) from None
-    dirs = [directory] if directory else _candidate_dirs(master, procfs_root)
-    corrupt: _heapmap.CorruptHeapMap | None = None
-    gone = ProcessGone(master, f"process {master} (the master) exited while its heap map was looked up")
-    for d in dirs:
-        try:
-            hm = _heapmap.load(master, d, procfs_root, owners={os.geteuid(), master_uid})
-        except _heapmap.CorruptHeapMap as err:
-            corrupt = corrupt or err
-            continue
-        if hm is not None:
-            # a zombie keeps its start time, so its map still looks current: the master must live
-            if _master_start_ticks(master, procfs_root, required=False) is None:
-                raise gone
-            return hm
-    if _master_start_ticks(master, procfs_root, required=False) is None:  # it exited: its map is stale now
-        raise gone
-    if corrupt is not None:
-        raise corrupt
-    raise NoHeapMap(f"no current heap map for master {master} (looked in {', '.join(dirs)}): call "
-                    "cowprof.prepare_fork() in the master before it forks (heapmap=True is the default)")
 
 
 def heapmap_or_memory(report: PageReport, *, procfs_root: str = "/proc", heapmap_dir: str | None = None,

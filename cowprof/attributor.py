@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from . import attribution, procfs
-from .attribution import Attribution, NoAttribution, NoHeapMap
+from .attribution import Attribution, NoAttribution
 from .errors import CowprofError
-from .heapmap import HeapMap, segment_paths
+from .heapmap import HeapMap, NoHeapMap, candidate_dirs, find_heapmap, segment_paths
 from .memreader import MemoryAccessDenied
 from .pages import PageReport
 
@@ -88,7 +88,7 @@ class Attributor:
         """What the master's saved segments look like now: (path, inode, size, mtime) each."""
         if self._dirs is None:
             self._dirs = ([self.heapmap_dir] if self.heapmap_dir
-                          else attribution._candidate_dirs(self.master, self.procfs_root))
+                          else candidate_dirs(self.master, self.procfs_root))
         sig = []
         for d in self._dirs:
             for path in segment_paths(self.master, d):
@@ -106,8 +106,8 @@ class Attributor:
             self._saved = None
             if sig:
                 try:
-                    self._saved = attribution.find_heapmap(self.master, procfs_root=self.procfs_root,
-                                                           directory=self.heapmap_dir)
+                    self._saved = find_heapmap(self.master, procfs_root=self.procfs_root,
+                                               directory=self.heapmap_dir)
                     self.map_loads += 1
                 except NoHeapMap:  # segments of an earlier master with this PID: stale
                     self._saved = None

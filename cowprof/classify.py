@@ -192,7 +192,7 @@ def read_pages(pid: int, procfs_root: str, cache: _Cache | None = None, raw: byt
         if split is None:
             maps = procfs.parse_maps(raw)
             if not maps:
-                raise procfs._no_memory(pid)
+                raise procfs.no_memory(pid)
             split = region_ranges(maps, pid, procfs_root)
         layout = _Layout(raw, split)
         if cache is not None:

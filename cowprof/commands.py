@@ -105,12 +105,12 @@ def interrupt_on_term() -> Iterator[None]:
 def _target_info(sampler: Sampler, *, interval: float, duration: float | None = None,
                  cmdline: list[str] | None = None) -> dict[str, Any]:
     """The record header's ``target``: which tree, its command line, the sampling settings."""
-    import psutil
+    from cowprof import procfs
 
     if cmdline is None:
         try:
-            cmdline = psutil.Process(sampler.master).cmdline()
-        except (psutil.Error, OSError):
+            cmdline = procfs.read_cmdline(sampler.master)
+        except CowprofError:
             cmdline = None
     return {"pid": sampler.master, "requested_pid": sampler.requested_pid, "cmdline": cmdline,
             "interval": interval, "duration": duration}

@@ -36,15 +36,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import psutil
-
+from cowprof import procfs
 from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
+from cowprof.procfs import ProcessIdentity
 
 try:
     from prometheus_client import make_wsgi_app
@@ -61,7 +60,7 @@ from cowprof.tree import Tree
 if TYPE_CHECKING:
     from cowprof.pages import PageReport
 
-__all__ = ["Exporter", "MasterIdentity", "serve"]
+__all__ = ["Exporter", "serve"]
 
 log = logging.getLogger("cowprof.exporter")
 
@@ -76,38 +75,24 @@ Scan = Callable[[Tree], "PageReport"]
 # Who the master is, and how to find it again
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class MasterIdentity:
-    """A process at one point in time: a PID alone may be reused after the process exits."""
-
-    pid: int
-    create_time: float
-    cmdline: str
+def identify(pid: int) -> ProcessIdentity | None:
+    """The identity of a live process, or ``None`` if it is gone or a zombie (start ticks 0 when
+    its stat cannot be read: :meth:`ProcessIdentity.lookup`)."""
+    return ProcessIdentity.lookup(pid)
 
 
-def identify(pid: int) -> MasterIdentity | None:
-    """The identity of a live process, or ``None`` if it is gone or a zombie."""
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            create_time = proc.create_time()
-        try:
-            cmdline = " ".join(proc.cmdline())
-        except psutil.AccessDenied:
-            cmdline = ""
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.AccessDenied:
-        return MasterIdentity(pid, 0.0, "")
-    return MasterIdentity(pid, create_time, cmdline)
-
-
-def still_alive(master: MasterIdentity) -> bool:
+def still_alive(master: ProcessIdentity) -> bool:
     """True while the very same process (same PID and start time) is alive and not a zombie."""
     now = identify(master.pid)
-    return now is not None and (master.create_time == 0.0 or now.create_time == master.create_time)
+    return now is not None and now.same_process(master)
+
+
+def command_line(pid: int) -> str:
+    """The command line of a process, its words joined by spaces; "" when it cannot be read."""
+    try:
+        return " ".join(procfs.read_cmdline(pid))
+    except CowprofError:
+        return ""
 
 
 def read_pidfile(path: str) -> int:
@@ -146,7 +131,7 @@ class MasterFinder:
             return f"command line {self.cmdline!r}"
         return "nothing (no PID file, and the master's command line is unknown)"
 
-    def find(self, previous: MasterIdentity | None) -> int | None:
+    def find(self, previous: ProcessIdentity | None) -> int | None:
         """The PID of a live master with workers, other than ``previous``; ``None`` if none yet."""
         for pid in self._candidates(previous):
             try:
@@ -157,7 +142,7 @@ class MasterFinder:
             return tree.master
         return None
 
-    def _candidates(self, previous: MasterIdentity | None) -> list[int]:
+    def _candidates(self, previous: ProcessIdentity | None) -> list[int]:
         if self.pidfile:
             try:
                 pid = read_pidfile(self.pidfile)
@@ -165,34 +150,34 @@ class MasterFinder:
                 log.debug("%s", exc)
                 return []
             now = identify(pid)
-            if now is None or (previous is not None and now.pid == previous.pid
-                               and now.create_time == previous.create_time):
+            if now is None or now == previous:
                 return []
             return [pid]
         if self.cmdline:
             return self._by_cmdline(previous)
         return []
 
-    def _by_cmdline(self, previous: MasterIdentity | None) -> list[int]:
+    def _by_cmdline(self, previous: ProcessIdentity | None) -> list[int]:
         """Processes with the wanted command line whose parent has another one, newest first.
 
         Workers of a forking server share the master's command line, so a match whose parent
         matches too is a worker, not a master. Only processes started after the previous master
         count: the server's restart is newer, unrelated older look-alikes are not.
         """
-        matches: dict[int, tuple[int, float]] = {}
-        for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "status"]):
-            info = proc.info
-            if info["pid"] == self._self_pid or not info["cmdline"]:
+        matches: dict[int, tuple[int, int]] = {}
+        for pid in procfs.list_pids():
+            if pid == self._self_pid:
                 continue
-            if info["status"] == psutil.STATUS_ZOMBIE:
+            try:
+                cmdline = procfs.read_cmdline(pid)  # a zombie's raises ProcessGone
+                if not cmdline or " ".join(cmdline) != self.cmdline:
+                    continue
+                st = procfs.read_stat(pid)
+            except CowprofError:  # exited meanwhile, or not ours to read
                 continue
-            if " ".join(info["cmdline"]) != self.cmdline:
+            if st.zombie or (previous is not None and st.starttime_ticks <= previous.start_ticks):
                 continue
-            created = info["create_time"] or 0.0
-            if previous is not None and created <= previous.create_time:
-                continue
-            matches[info["pid"]] = (info["ppid"], created)
+            matches[pid] = (st.ppid, st.starttime_ticks)
         masters = [pid for pid, (ppid, _) in matches.items() if ppid not in matches]
         return sorted(masters, key=lambda pid: matches[pid][1], reverse=True)
 
@@ -209,12 +194,12 @@ class Exporter:
     an immutable ``(report or None, ExporterStatus)`` tuple, swapped in one assignment.
     """
 
-    def __init__(self, master: MasterIdentity, finder: MasterFinder, *,
+    def __init__(self, master: ProcessIdentity, finder: MasterFinder, *,
                  find_tree: FindTree, scan: Scan) -> None:
         self._find_tree = find_tree
         self._scan = scan
         self._finder = finder
-        self._master: MasterIdentity | None = None
+        self._master: ProcessIdentity | None = None
         self._last_master = master
         self._scans = 0
         self._errors = 0
@@ -227,7 +212,7 @@ class Exporter:
 
     # -- state -------------------------------------------------------------------------------
     @property
-    def master(self) -> MasterIdentity | None:
+    def master(self) -> ProcessIdentity | None:
         """The master currently attached to (``None`` while waiting for it to come back)."""
         return self._master
 
@@ -246,12 +231,12 @@ class Exporter:
         )
         self._snap = (report, status)
 
-    def _attach(self, master: MasterIdentity, *, reattached: bool) -> None:
+    def _attach(self, master: ProcessIdentity, *, reattached: bool) -> None:
         self._master = self._last_master = master
         self._workers = None
         self._last_error = None
-        if not self._finder.pidfile and master.cmdline and not self._finder.cmdline:
-            self._finder.cmdline = master.cmdline  # reattach by the master's own command line
+        if not self._finder.pidfile and not self._finder.cmdline:
+            self._finder.cmdline = command_line(master.pid) or None  # reattach by the master's own
         if reattached:
             log.info("reattached to master PID %d", master.pid)
 
@@ -390,7 +375,7 @@ def _bind(bind: str, port: int, app: Callable[..., Any]) -> WSGIServer:
 
 
 def _initial_master(pid: int | None, pidfile: str | None, cmdline: str | None,
-                    find_tree: FindTree) -> MasterIdentity:
+                    find_tree: FindTree) -> ProcessIdentity:
     """The master to start with; raises a one-line :class:`CowprofError` when there is none."""
     if pid is None and pidfile:
         pid = read_pidfile(pidfile)

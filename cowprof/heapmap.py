@@ -58,8 +58,8 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from cowprof import untrusted
-from cowprof.errors import BadInput
+from cowprof import procfs, untrusted
+from cowprof.errors import BadInput, CowprofError, ProcessGone
 
 if TYPE_CHECKING:
     import numpy as np
@@ -207,24 +207,12 @@ def segment_paths(pid: int, directory: str | None = None) -> list[str]:
     return [os.path.join(directory, name) for _pid, _seq, name in names]
 
 
-def _boot_id(procfs_root: str = "/proc") -> str:
+def _identity(pid: int) -> procfs.ProcessIdentity:
+    """Who writes a map: ``pid`` (this process) now; start ticks 0 if its stat cannot be read."""
     try:
-        with open(os.path.join(procfs_root, "sys/kernel/random/boot_id")) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def process_start_ticks(pid: int, procfs_root: str = "/proc") -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None if gone."""
-    try:
-        with open(os.path.join(procfs_root, str(pid), "stat"), "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # the command name may contain spaces and parentheses: split after the last ')'
-    fields = data[data.rfind(b")") + 2 :].split()
-    return int(fields[19])
+        return procfs.ProcessIdentity.read(pid)
+    except CowprofError:
+        return procfs.ProcessIdentity(pid, 0, procfs.read_boot_id())
 
 
 def _type_name(tp: type) -> str:
@@ -262,14 +250,15 @@ class HeapMap:
 
         return int(self.size.sum(dtype=np.uint64))
 
+    @property
+    def identity(self) -> procfs.ProcessIdentity:
+        """The master that wrote it (the ``pid``, ``start_ticks`` and ``boot_id`` of the file)."""
+        return procfs.ProcessIdentity(self.pid, self.start_ticks, self.boot_id)
+
     def is_current(self, procfs_root: str = "/proc") -> bool:
-        """True while the master that wrote it is still the process with that PID."""
-        return _is_current(self.pid, self.start_ticks, self.boot_id, procfs_root)
-
-
-def _is_current(pid: int, start_ticks: int, boot_id: str, procfs_root: str = "/proc") -> bool:
-    return (process_start_ticks(pid, procfs_root) == start_ticks
-            and (not boot_id or _boot_id(procfs_root) == boot_id))
+        """True while the master that wrote it is still the process with that PID (a zombie too:
+        it keeps its start time)."""
+        return self.identity.is_current(procfs_root)
 
 
 def _sorted(hm: HeapMap) -> HeapMap:
@@ -353,11 +342,15 @@ def _meta(pid: int, seq: int, type_names: list[str], type_preheader: list[int], 
           boot_id: str | None = None, created_at: float | None = None,
           layout: dict[str, Any] | None = None, format_version: int = FORMAT_VERSION,
           type_size: list[int] | None = None) -> bytes:
+    if start_ticks is None or boot_id is None:
+        now = _identity(pid)
+        start_ticks = now.start_ticks if start_ticks is None else start_ticks
+        boot_id = now.boot_id if boot_id is None else boot_id
     meta: dict[str, Any] = {
         "format": format_version,
         "pid": pid,
-        "start_ticks": (process_start_ticks(pid) or 0) if start_ticks is None else start_ticks,
-        "boot_id": _boot_id() if boot_id is None else boot_id,
+        "start_ticks": start_ticks,
+        "boot_id": boot_id,
         "created_at": time.time() if created_at is None else created_at,
         "seq": seq, "type_names": type_names, "type_preheader": type_preheader,
         "record": ("chunks of <u4 records, own sizes, shift, types> + streams (address delta, types, type, size)"
@@ -645,7 +638,8 @@ def _remove_stale(dir_fd: int, procfs_root: str = "/proc") -> list[str]:
                     f.seek(0)
                     try:
                         meta = _read_meta(f, name)[0]
-                        stale = not _is_current(meta["pid"], meta["start_ticks"], meta["boot_id"], procfs_root)
+                        stale = not procfs.ProcessIdentity(meta["pid"], meta["start_ticks"],
+                                                           meta["boot_id"]).is_current(procfs_root)
                     except CorruptHeapMap:
                         stale = True
             if stale:
@@ -893,6 +887,66 @@ def load(pid: int, directory: str | None = None, procfs_root: str = "/proc",
             continue
         merged = _sorted(seg) if merged is None else merge_maps(merged, seg)
     return merged
+
+
+# ------------------------------------------------------------------ finding a master's map
+
+
+class NoHeapMap(BadInput):
+    """No current heap map for this master: attribution cannot name types."""
+
+
+_ENV_LINE = ("COWPROF_HEAPMAP_DIR", "XDG_RUNTIME_DIR", "HOME")
+
+
+def candidate_dirs(pid: int, procfs_root: str = "/proc") -> list[str]:
+    """Directories where master ``pid`` would have saved its map: ours, then its environment's.
+    Raises ProcessGone when the master is gone (its environment then says nothing)."""
+    dirs = [default_directory()]
+    try:
+        env = procfs.read_environ(pid, procfs_root)
+    except ProcessGone:
+        raise
+    except CowprofError:  # not allowed to read it: only our own directory is known
+        return dirs
+    heapmap_dir, runtime, home = (env.get(k) for k in _ENV_LINE)
+    if heapmap_dir:
+        dirs.append(heapmap_dir)
+    else:
+        if runtime:
+            dirs.append(os.path.join(runtime, "cowprof"))
+        if home:
+            dirs.append(os.path.join(home, ".cache", "cowprof", "heapmaps"))
+    return list(dict.fromkeys(dirs))
+
+
+def find_heapmap(master: int, *, procfs_root: str = "/proc", directory: str | None = None) -> HeapMap:
+    """The current heap map of ``master``: in ``directory`` if given, else in this user's heap map
+    directory or the one the master's environment points to (a root profiler finds a server user's
+    map). Only a file owned by us or by the master's user is read. Raises :class:`NoHeapMap` when
+    there is none, :class:`CorruptHeapMap` when the master's map is unreadable and
+    :class:`~cowprof.errors.ProcessGone` when the master exited meanwhile."""
+    master_uid = procfs.owner(master, procfs_root)
+    dirs = [directory] if directory else candidate_dirs(master, procfs_root)
+    corrupt: CorruptHeapMap | None = None
+    gone = ProcessGone(master, f"process {master} (the master) exited while its heap map was looked up")
+    for d in dirs:
+        try:
+            hm = load(master, d, procfs_root, owners={os.geteuid(), master_uid})
+        except CorruptHeapMap as err:
+            corrupt = corrupt or err
+            continue
+        if hm is not None:
+            # a zombie keeps its start time, so its map still looks current: the master must live
+            if procfs.ProcessIdentity.lookup(master, procfs_root) is None:
+                raise gone
+            return hm
+    if procfs.ProcessIdentity.lookup(master, procfs_root) is None:  # it exited: its map is stale now
+        raise gone
+    if corrupt is not None:
+        raise corrupt
+    raise NoHeapMap(f"no current heap map for master {master} (looked in {', '.join(dirs)}): call "
+                    "cowprof.prepare_fork() in the master before it forks (heapmap=True is the default)")
 
 
 def record(directory: str | None = None) -> str | None:

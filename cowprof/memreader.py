@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-from .errors import AccessDenied, CowprofError, ProcessGone
+from . import procfs
+from .errors import AccessDenied
 
 __all__ = ["MAX_RUN_PAGES", "MemReader", "MemoryAccessDenied", "ptrace_requirement"]
 
@@ -25,12 +26,7 @@ MAX_RUN_PAGES = 256
 
 def ptrace_requirement(procfs_root: str = "/proc") -> str:
     """One line saying what reading another process's memory needs on this machine."""
-    scope = None
-    try:
-        with open(os.path.join(procfs_root, "sys/kernel/yama/ptrace_scope"), "rb") as f:
-            scope = int(f.read().strip() or b"0")
-    except (OSError, ValueError):
-        pass
+    scope = procfs.ptrace_scope(procfs_root)
     if os.geteuid() == 0:  # root was refused: telling root to run as root would not help
         if scope == 3:
             return "kernel.yama.ptrace_scope is 3, which forbids it even to root"
@@ -56,18 +52,8 @@ class MemReader:
     def __init__(self, pid: int, procfs_root: str = "/proc") -> None:
         self.pid = pid
         self.path = os.path.join(procfs_root, str(pid), "mem")
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, ProcessLookupError):
-            raise ProcessGone(pid) from None
-        except PermissionError:
-            raise MemoryAccessDenied(pid, procfs_root) from None
-        except OSError as err:
-            if err.errno in (errno.EPERM, errno.EACCES):
-                raise MemoryAccessDenied(pid, procfs_root) from None
-            if err.errno == errno.ESRCH:
-                raise ProcessGone(pid) from None
-            raise CowprofError(f"cannot open {self.path}: {err.strerror or err}") from None
+        self._errors = procfs.wrap_exceptions(pid, self.path, denied=lambda: MemoryAccessDenied(pid, procfs_root))
+        self.fd = procfs.open_fd(pid, "mem", procfs_root, denied=self._errors.denied)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -89,9 +75,7 @@ class MemReader:
             except OSError as err:
                 if err.errno in (errno.EIO, errno.EFAULT):  # an unmapped page in the range
                     return done
-                if err.errno == errno.ESRCH:
-                    raise ProcessGone(self.pid) from None
-                raise CowprofError(f"cannot read {self.path}: {err.strerror or err}") from None
+                raise self._errors.translate(err) from None
             if got <= 0:
                 return done
             done += got

@@ -104,7 +104,7 @@ def _read_maps(pid: int, procfs_root: str, cache: _Cache | None) -> tuple[bytes,
         return raw, None
     maps = procfs.parse_maps(raw)
     if not maps:
-        raise procfs._no_memory(pid)
+        raise procfs.no_memory(pid)
     return raw, region_ranges(maps, pid, procfs_root)
 
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from cowprof import procfs
 from cowprof._values import Frozen, Mutable, field
 from cowprof.errors import CowprofError, ProcessGone
 
@@ -121,12 +122,11 @@ def _write_private(path: str, text: str) -> None:
 
 
 def _master_alive(meta: dict[str, Any], procfs_root: str = "/proc") -> bool:
-    from cowprof.heapmap import _is_current
-
     try:
-        return _is_current(int(meta["pid"]), int(meta["start_ticks"]), str(meta.get("boot_id", "")), procfs_root)
+        master = procfs.ProcessIdentity(int(meta["pid"]), int(meta["start_ticks"]), str(meta.get("boot_id", "")))
     except (KeyError, TypeError, ValueError):
         return False
+    return master.is_current(procfs_root)
 
 
 def _unlink(path: str) -> None:
@@ -207,15 +207,14 @@ def record_master(key: str | None = None) -> str | None:
     """Writes this master's record (so its workers' import files can be attributed to this app) and
     arms :func:`watch_imports` for the children forked after it. Returns an error, or None."""
     key = key or app_key()
-    from cowprof.heapmap import _boot_id, process_start_ticks
-
     try:
         d = _usable_dir(directory())
         pid = os.getpid()
+        me = procfs.ProcessIdentity.read(pid)
         _write_private(os.path.join(d, f"master-{pid}.json"), json.dumps({
-            "version": VERSION, "pid": pid, "start_ticks": process_start_ticks(pid) or 0, "boot_id": _boot_id(),
+            "version": VERSION, "pid": pid, "start_ticks": me.start_ticks, "boot_id": me.boot_id,
             "key": key, "created_at": time.time()}))
-    except OSError as err:
+    except (OSError, CowprofError) as err:
         return f"{type(err).__name__}: {err}"
     _state["recorded"] = (d, pid, key)
     return None
@@ -337,21 +336,17 @@ class LateImports(Mutable):
 
 def _candidate_dirs(master: int, procfs_root: str) -> list[str]:
     """Ours, then the one the master's environment names. Raises ProcessGone when it is gone."""
-    from cowprof import procfs  # profiler side only: procfs loads numpy, which a master must not
-
     dirs = [directory()]
     try:
-        env = procfs.read_bytes(master, "environ", procfs_root).split(b"\0")
+        env = procfs.read_environ(master, procfs_root)
     except ProcessGone:
         raise
     except CowprofError:  # not allowed to read it: only our own directory is known
         return dirs
-    values = {line.split(b"=", 1)[0]: line.split(b"=", 1)[1].decode(errors="surrogateescape")
-              for line in env if b"=" in line}
-    if values.get(ENV_DIR.encode()):
-        dirs.append(values[ENV_DIR.encode()])
-    elif values.get(b"HOME"):
-        dirs.append(os.path.join(values[b"HOME"], ".cache", "cowprof", "preload"))
+    if env.get(ENV_DIR):
+        dirs.append(env[ENV_DIR])
+    elif env.get("HOME"):
+        dirs.append(os.path.join(env["HOME"], ".cache", "cowprof", "preload"))
     return list(dict.fromkeys(dirs))
 
 
@@ -359,14 +354,9 @@ def late_imports(master: int, workers: Iterable[int] | None = None, *, procfs_ro
     """The modules each worker of ``master`` imported after the fork, from the files the workers
     wrote (only files owned by us or by the master's user; read-only). ``workers`` limits the
     result to those PIDs. Raises ProcessGone when the master is gone (or a zombie)."""
-    from cowprof import procfs
-
     wanted = set(workers) if workers is not None else None
     result = LateImports(master)
-    try:
-        owner = os.stat(os.path.join(procfs_root, str(master))).st_uid
-    except OSError:
-        raise ProcessGone(master) from None
+    owner = procfs.owner(master, procfs_root)
     for d in _candidate_dirs(master, procfs_root):
         try:
             names = os.listdir(d)

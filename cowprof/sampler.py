@@ -11,14 +11,12 @@ output is produced.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
+from cowprof import procfs
 from cowprof.errors import CowprofError
 from cowprof.timer import CPU_BURST_SECONDS, Timer
 
@@ -61,21 +59,14 @@ class Sample:
         return self.report is not None
 
 
-def _process_identity(pid: int) -> float | None:
-    """Start time of a live (non-zombie) process, or None when it is gone.
+def _process_identity(pid: int) -> procfs.ProcessIdentity | None:
+    """The identity of a live (non-zombie) process, or None when it is gone.
 
-    The start time tells a PID reused by an unrelated process apart from the original master.
+    The start time tells a PID reused by an unrelated process apart from the original master; a
+    process whose stat cannot be read has start ticks 0 (alive but unreadable: keep sampling, each
+    sample reports the denial itself).
     """
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc.create_time()
-    except psutil.NoSuchProcess:
-        return None
-    except psutil.AccessDenied:
-        # alive but unreadable: keep sampling, each sample reports the denial itself
-        return math.nan
+    return procfs.ProcessIdentity.lookup(pid)
 
 
 class Sampler:
@@ -106,8 +97,8 @@ class Sampler:
     injectable for tests; by default they are a :class:`cowprof.tree.TreeWatcher` (``find_tree`` that
     reuses its answer while the master's children stay the same), a :class:`cowprof.pages.Scanner`
     (``scan`` that answers from the previous report when no process of the tree faulted, unmapped or
-    swapped since: ``self.scanner.unchanged`` counts those), a psutil liveness check of the master
-    and the ``time`` module.
+    swapped since: ``self.scanner.unchanged`` counts those), a liveness check of the master (its
+    :class:`~cowprof.procfs.ProcessIdentity`) and the ``time`` module.
     """
 
     def __init__(
@@ -170,9 +161,7 @@ class Sampler:
 
             def is_alive(master: int) -> bool:
                 now = _process_identity(master)
-                if now is None:
-                    return False
-                return math.isnan(now) or identity is None or math.isnan(identity) or now == identity
+                return now is not None and (identity is None or now.same_process(identity))
 
         self._is_alive = is_alive
 

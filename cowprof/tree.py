@@ -178,15 +178,11 @@ def _children_state(master: int, procfs_root: str) -> tuple[tuple[int, int, int,
     and brk addresses an exec would change), from ``/proc/PID/task/TID/children``; None when the
     kernel lacks that file (CONFIG_PROC_CHILDREN) or anything is unreadable."""
     try:
-        tids = os.listdir(os.path.join(procfs_root, str(master), "task"))
-        children: set[int] = set()
-        for tid in tids:
-            with open(os.path.join(procfs_root, str(master), "task", tid, "children"), "rb") as f:
-                children.update(int(p) for p in f.read().split())
-    except (OSError, ValueError):
+        children = procfs.read_children(master, procfs_root)
+    except CowprofError:
         return None
     out = []
-    for pid in sorted(children):
+    for pid in children:
         try:
             st = procfs.read_stat(pid, procfs_root)
         except CowprofError:

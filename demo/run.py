@@ -266,10 +266,10 @@ def _top(items: Sequence[Sequence[Any]] | None) -> str:
 def collect_attribution(result: ModeResult, tree: Tree) -> None:
     """Top three copied types and causes of a mode (needs the scan's copied addresses and the
     master's heap map; '—' in the table where either is missing)."""
-    from cowprof import attribution
+    from cowprof import attribution, heapmap
 
     try:
-        hm = attribution.find_heapmap(tree.master)
+        hm = heapmap.find_heapmap(tree.master)
         attr = attribution.attribute(result.pages, hm, causes=True)
     except (CowprofError, OSError) as err:
         result.extras["attribution_error"] = str(err)

@@ -25,7 +25,7 @@ os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-be
 
 from attribution_apps import App  # noqa: E402
 
-from cowprof import attribution  # noqa: E402
+from cowprof import attribution, heapmap  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
 from cowprof.tree import find_tree  # noqa: E402
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with App(args.scenario, n=args.n, workers=args.workers, timeout=300) as app:
         print(f"app ready in {time.perf_counter() - t0:.1f}s (build, prepare_fork, workers read)")
         tree = find_tree(app.master)
-        t_load, hm = best(lambda: attribution.find_heapmap(tree.master), args.repeat)
+        t_load, hm = best(lambda: heapmap.find_heapmap(tree.master), args.repeat)
         t_scan, report = best(lambda: scan(tree, keep_addresses=True), args.repeat)
         copied = sum(w.copied_bytes for w in report.workers)
         t_type, types = best(lambda: attribution.by_type(report, hm), args.repeat)

@@ -37,7 +37,7 @@ os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-be
 
 from attribution_apps import App  # noqa: E402
 
-from cowprof import attribution, cli  # noqa: E402
+from cowprof import attribution, cli, heapmap  # noqa: E402
 from cowprof.attributor import Attributor, SampleAttribution  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
 from cowprof.record import RecordWriter  # noqa: E402
@@ -51,7 +51,7 @@ class Rescan(Attributor):
 
     def attribute(self, report):  # type: ignore[override]
         t0 = time.perf_counter()
-        hm = attribution.find_heapmap(self.master)
+        hm = heapmap.find_heapmap(self.master)
         return SampleAttribution(attribution.attribute(report, hm, causes=False), None, None,
                                  seconds=time.perf_counter() - t0)
 

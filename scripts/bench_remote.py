@@ -23,7 +23,7 @@ from dataclasses import replace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the demo package
 os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-bench-heapmaps-"))
 
-from cowprof import attribution, functions  # noqa: E402
+from cowprof import attribution, functions, heapmap  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
 from cowprof.remote import heapmap_from_memory  # noqa: E402
 from cowprof.remote.target import Memory  # noqa: E402
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def collect(result, tree) -> None:
         t_scan, report = best(lambda: scan(tree, keep_addresses=True), args.repeat)
-        hm = attribution.find_heapmap(tree.master)
+        hm = heapmap.find_heapmap(tree.master)
         t_map, from_map = best(lambda: attribution.attribute(report, hm, causes=False), args.repeat)
         t_mem, from_mem = best(lambda: attribution.attribute(report, heapmap_from_memory(report), causes=False),
                                args.repeat)

@@ -39,7 +39,7 @@ os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-be
 from djangoproj import make_project  # noqa: E402
 from gunicorn_server import GunicornServer  # noqa: E402
 
-from cowprof import attribution, procfs  # noqa: E402
+from cowprof import attribution, heapmap, procfs  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
 from demo.loadgen import merge_results, run_load  # noqa: E402
 from demo.run import tree_cpu_seconds  # noqa: E402
@@ -93,7 +93,7 @@ def summarize(name: str, server: GunicornServer, loads: list, cpu: float, heap: 
         "relocated_bytes": (warm.get("relocation") or {}).get("bytes", 0), "late_imports": None,
     }
     try:
-        attr = attribution.attribute(pages, attribution.find_heapmap(server.pid), causes=True)
+        attr = attribution.attribute(pages, heapmap.find_heapmap(server.pid), causes=True)
         out["types"] = attr.total_types()[:4]
         out["causes"] = (attr.total_causes() or [])[:3]
     except Exception as exc:  # noqa: BLE001 - baseline modes have no heap map

@@ -1,8 +1,11 @@
 """Readers of /proc files: bytes in, numbers and numpy arrays out.
 
-Every reader takes ``procfs_root`` (default ``/proc``) so tests can point it at fixture files.
-Races with a dying process become :class:`~cowprof.errors.ProcessGone`, missing rights become
-:class:`~cowprof.errors.AccessDenied`; no stray ``FileNotFoundError`` leaves this module.
+Every read of /proc in cowprof goes through this package; every reader takes ``procfs_root``
+(default ``/proc``) so tests can point it at fixture files. Races with a dying process become
+:class:`~cowprof.errors.ProcessGone`, missing rights :class:`~cowprof.errors.AccessDenied`: one
+translator, :class:`wrap_exceptions` (psutil's ``_pslinux.wrap_exceptions`` is the model), turns
+every ``OSError`` of a /proc file into those, so no stray ``FileNotFoundError`` leaves this module.
+A process at one point in time (a PID is reused once it exits) is a :class:`ProcessIdentity`.
 
 This module reads the text files and imports no numpy (finding a tree needs none); the binary
 readers (pagemap, kpagecount) are :mod:`cowprof.procfs.pagemap`, whose names this module also
@@ -15,7 +18,11 @@ What is read, and why:
   ``map_files`` (or ``root`` and the path) opens a mapped file, to read a library's ELF headers.
 * ``smaps_rollup``: RSS/PSS/USS/swap of a whole process in one cheap read (Linux 4.14+);
   ``smaps`` is the per-mapping fallback and the reference the tests compare against.
-* ``stat``: state, parent, start time, stack and brk addresses, fault counters of a process.
+* ``stat``: state, parent, start time, stack and brk addresses, fault counters of a process;
+  with ``sys/kernel/random/boot_id``, a :class:`ProcessIdentity`.
+* ``environ`` (where a master keeps its heap maps and import records), ``cmdline`` and ``exe``
+  (which server it is), ``task/TID/children`` (whether a tree changed), ``mem`` (opened by
+  :mod:`cowprof.memreader`), ``sys/kernel/yama/ptrace_scope`` (what reading ``mem`` needs).
 * ``pagemap`` and ``/proc/kpagecount``: see :mod:`cowprof.procfs.pagemap`.
 """
 from __future__ import annotations
@@ -27,7 +34,7 @@ import re
 import select
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._values import Frozen, field
@@ -78,43 +85,140 @@ def _proc_path(procfs_root: str, pid: int | None, name: str) -> str:
     return os.path.join(procfs_root, name) if pid is None else os.path.join(procfs_root, str(pid), name)
 
 
-def _oserror(err: OSError, pid: int | None, path: str) -> CowprofError:
-    """Translate an OSError on a /proc file into the typed error the callers expect."""
-    if isinstance(err, (FileNotFoundError, ProcessLookupError)) or err.errno in (errno.ESRCH, errno.ENOENT):
-        if pid is None:
-            return CowprofError(f"{path} does not exist (kernel without this feature?)")
-        return ProcessGone(pid)
-    if isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM):
-        if pid is None:
-            return AccessDenied(None, f"permission denied reading {path}: this needs root (CAP_SYS_ADMIN)")
-        return AccessDenied(pid)
-    return CowprofError(f"cannot read {path}: {err.strerror or err}")
+class wrap_exceptions:  # named as psutil names it: used like a function
+    """The one translator of an ``OSError`` on a /proc file into the typed error the callers
+    expect, as a context manager (``with wrap_exceptions(pid, path): os.open(path, ...)``); the
+    instance holds no state, so one may serve every read of an open file, and :meth:`translate`
+    gives the error for an ``OSError`` caught by hand. For ``pid`` (None: a file of the whole
+    system, such as ``kpagecount``):
+
+    * ENOENT, ESRCH: :class:`~cowprof.errors.ProcessGone` (``pid`` None: "PATH does not exist
+      (kernel without this feature?)", a plain CowprofError);
+    * EACCES, EPERM: :class:`~cowprof.errors.AccessDenied`, or what ``denied()`` makes (the
+      ptrace hint of :class:`~cowprof.memreader.MemoryAccessDenied`);
+    * any other errno: a CowprofError "cannot <verb> PATH: <strerror>".
+
+    Other exceptions pass unchanged; the ``OSError`` is not chained (a one-line error).
+    """
+
+    __slots__ = ("pid", "path", "denied", "verb")
+
+    def __init__(self, pid: int | None, path: str, *, denied: Callable[[], AccessDenied] | None = None,
+                 verb: str = "read") -> None:
+        self.pid = pid
+        self.path = path
+        self.denied = denied
+        self.verb = verb
+
+    def translate(self, err: OSError) -> CowprofError:
+        """The typed error for ``err`` (see the class doc)."""
+        pid, path = self.pid, self.path
+        if isinstance(err, (FileNotFoundError, ProcessLookupError)) or err.errno in (errno.ESRCH, errno.ENOENT):
+            if pid is None:
+                return CowprofError(f"{path} does not exist (kernel without this feature?)")
+            return ProcessGone(pid)
+        if isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM):
+            if self.denied is not None:
+                return self.denied()
+            if pid is None:
+                return AccessDenied(None, f"permission denied reading {path}: this needs root (CAP_SYS_ADMIN)")
+            return AccessDenied(pid)
+        return CowprofError(f"cannot {self.verb} {path}: {err.strerror or err}")
+
+    def __enter__(self) -> wrap_exceptions:
+        return self
+
+    def __exit__(self, tp: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, OSError):
+            raise self.translate(exc) from None
 
 
 def read_bytes(pid: int | None, name: str, procfs_root: str = "/proc") -> bytes:
     """Whole content of ``<root>/<pid>/<name>`` (or ``<root>/<name>`` when ``pid`` is None)."""
     path = _proc_path(procfs_root, pid, name)
-    try:
-        with open(path, "rb", buffering=0) as f:
-            chunks = []
-            while True:
-                data = f.read(1 << 20)
-                if not data:
-                    break
-                chunks.append(data)
-    except OSError as err:
-        raise _oserror(err, pid, path) from None
+    with wrap_exceptions(pid, path), open(path, "rb", buffering=0) as f:
+        chunks = []
+        while True:
+            data = f.read(1 << 20)
+            if not data:
+                break
+            chunks.append(data)
     return b"".join(chunks)
+
+
+def open_fd(pid: int | None, name: str, procfs_root: str = "/proc", *,
+            denied: Callable[[], AccessDenied] | None = None) -> int:
+    """A read-only descriptor (close-on-exec) of ``<root>/<pid>/<name>``; errors as
+    :class:`wrap_exceptions` makes them (``denied``: the error of EACCES/EPERM)."""
+    path = _proc_path(procfs_root, pid, name)
+    with wrap_exceptions(pid, path, denied=denied, verb="open"):
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def check_access(pid: int, procfs_root: str = "/proc") -> None:
     """Raise AccessDenied unless we may read ``pid``'s memory layout (ptrace read access, which the
     kernel checks when ``maps`` is opened), ProcessGone if it is gone. Reads nothing."""
     path = _proc_path(procfs_root, pid, "maps")
-    try:
+    with wrap_exceptions(pid, path):
         os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-    except OSError as err:
-        raise _oserror(err, pid, path) from None
+
+
+def read_link(pid: int, name: str, procfs_root: str = "/proc") -> str:
+    """Where the symbolic link ``<root>/<pid>/<name>`` (``exe``, ``cwd``...) points, as is."""
+    path = _proc_path(procfs_root, pid, name)
+    with wrap_exceptions(pid, path):
+        return os.readlink(path)
+
+
+def owner(pid: int, procfs_root: str = "/proc") -> int:
+    """The user ID owning process ``pid`` (of its /proc directory: the effective UID, root for a
+    process that is not dumpable)."""
+    path = os.path.join(procfs_root, str(pid))
+    with wrap_exceptions(pid, path):
+        return os.stat(path).st_uid
+
+
+def read_environ(pid: int, procfs_root: str = "/proc") -> dict[str, str]:
+    """The environment a process started with (``environ``; what it set since is not there), names
+    and values decoded as UTF-8 with surrogate escapes; the last of a repeated name wins."""
+    out = {}
+    for line in read_bytes(pid, "environ", procfs_root).split(b"\0"):
+        name, eq, value = line.partition(b"=")
+        if eq:
+            out[name.decode(errors="surrogateescape")] = value.decode(errors="surrogateescape")
+    return out
+
+
+def read_children(pid: int, procfs_root: str = "/proc") -> list[int]:
+    """The children of a process (of all its threads, ``task/TID/children``), in PID order.
+    ProcessGone also when the kernel lacks the file (``CONFIG_PROC_CHILDREN``)."""
+    task = _proc_path(procfs_root, pid, "task")
+    with wrap_exceptions(pid, task):
+        tids = os.listdir(task)
+    children: set[int] = set()
+    for tid in tids:
+        data = read_bytes(pid, f"task/{tid}/children", procfs_root)
+        try:
+            children.update(int(p) for p in data.split())
+        except ValueError:
+            raise CowprofError(f"{task}/{tid}/children: not a list of PIDs") from None
+    return sorted(children)
+
+
+def read_boot_id(procfs_root: str = "/proc") -> str:
+    """This boot's random id (``sys/kernel/random/boot_id``); "" when it cannot be read."""
+    try:
+        return read_bytes(None, "sys/kernel/random/boot_id", procfs_root).decode(errors="replace").strip()
+    except CowprofError:
+        return ""
+
+
+def ptrace_scope(procfs_root: str = "/proc") -> int | None:
+    """Yama's ``kernel.yama.ptrace_scope`` (0-3); None without Yama or when unreadable."""
+    try:
+        return int(read_bytes(None, "sys/kernel/yama/ptrace_scope", procfs_root).strip() or b"0")
+    except (CowprofError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------- maps
@@ -197,7 +301,8 @@ def open_mapped_file(pid: int, m: Mapping, procfs_root: str = "/proc") -> int | 
     return None
 
 
-def _no_memory(pid: int) -> ProcessGone:
+def no_memory(pid: int) -> ProcessGone:
+    """The error of a process whose ``maps`` (or ``smaps``) is empty: a zombie or a kernel thread."""
     return ProcessGone(pid, f"process {pid} has no user memory (it exited, or it is a kernel thread)")
 
 
@@ -205,7 +310,7 @@ def read_maps(pid: int, procfs_root: str = "/proc") -> list[Mapping]:
     """Mappings of a process, in address order. An empty map (zombie) raises ProcessGone."""
     maps = parse_maps(read_bytes(pid, "maps", procfs_root))
     if not maps:
-        raise _no_memory(pid)
+        raise no_memory(pid)
     return maps
 
 
@@ -268,7 +373,7 @@ def read_smaps_rollup(pid: int, procfs_root: str = "/proc") -> MemCounters:
             return _sum(c for _m, c in read_smaps(pid, procfs_root))  # kernel < 4.14
         raise
     if b"Rss:" not in data:
-        raise _no_memory(pid)
+        raise no_memory(pid)
     return parse_counters(data)
 
 
@@ -310,7 +415,7 @@ def read_smaps(pid: int, procfs_root: str = "/proc") -> list[tuple[Mapping, MemC
     """Per-mapping counters of ``/proc/PID/smaps`` (expensive for big processes: MBs of text)."""
     entries = parse_smaps(read_bytes(pid, "smaps", procfs_root))
     if not entries:
-        raise _no_memory(pid)
+        raise no_memory(pid)
     return [(e.mapping, e.counters) for e in entries]
 
 
@@ -386,10 +491,8 @@ def read_stat(pid: int, procfs_root: str = "/proc") -> Stat:
 
 def list_pids(procfs_root: str = "/proc") -> list[int]:
     """PIDs of every process (the numeric entries of the procfs root), in ascending order."""
-    try:
+    with wrap_exceptions(None, procfs_root):
         names = os.listdir(procfs_root)
-    except OSError as err:
-        raise _oserror(err, None, procfs_root) from None
     return sorted(int(n) for n in names if n.isdigit())
 
 
@@ -397,15 +500,12 @@ def read_exe(pid: int, procfs_root: str = "/proc") -> str:
     """The executable of a process (the ``exe`` link, as psutil reads it: cut at a NUL, without
     a " (deleted)" suffix of a path that exists); "" when the link is missing while the process
     is there (a kernel thread). A zombie raises ProcessGone, no rights AccessDenied."""
-    path = _proc_path(procfs_root, pid, "exe")
     try:
-        exe = os.readlink(path).split("\x00")[0]
-    except (FileNotFoundError, ProcessLookupError) as err:
+        exe = read_link(pid, "exe", procfs_root).split("\x00")[0]
+    except ProcessGone:  # no link: a kernel thread while the process is there
         if os.path.lexists(os.path.join(procfs_root, str(pid))) and not read_stat(pid, procfs_root).zombie:
             return ""
-        raise _oserror(err, pid, path) from None
-    except OSError as err:
-        raise _oserror(err, pid, path) from None
+        raise
     if exe.endswith(" (deleted)") and not os.path.exists(exe):
         exe = exe[:-10]
     return exe
@@ -480,6 +580,66 @@ def boot_time(procfs_root: str = "/proc") -> float:
 def start_time(pid: int, procfs_root: str = "/proc") -> float:
     """Process start time in unix seconds (boot time + starttime ticks)."""
     return boot_time(procfs_root) + read_stat(pid, procfs_root).starttime_ticks / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------------- identity
+
+
+class ProcessIdentity(Frozen):
+    """A process at one point in time. A PID alone names another process once this one exited
+    and the PID was reused, start ticks (field 22 of ``stat``: clock ticks since boot) repeat
+    after a reboot: the three together name one process. What a heap map, a master's import
+    record, a sampler and the exporter keep of the master they follow."""
+
+    __slots__ = ()
+    _fields = ("pid", "start_ticks", "boot_id")
+
+    def __new__(cls, pid: int, start_ticks: int, boot_id: str = "") -> ProcessIdentity:
+        return tuple.__new__(cls, (pid, start_ticks, boot_id))
+
+    pid: int = field(0)
+    start_ticks: int = field(1, "0 when unknown (its stat was not readable)")
+    boot_id: str = field(2, '"" when unknown (not compared)')
+
+    @classmethod
+    def read(cls, pid: int, procfs_root: str = "/proc", *, live: bool = False) -> ProcessIdentity:
+        """The identity of the process ``pid`` is now (one ``stat`` read, and the boot id).
+        ProcessGone when there is none (with ``live``, also when it is a zombie), AccessDenied
+        when its stat is not readable."""
+        st = read_stat(pid, procfs_root)
+        if live and st.zombie:
+            raise ProcessGone(pid, f"process {pid} has exited (zombie)")
+        return cls(pid, st.starttime_ticks, read_boot_id(procfs_root))
+
+    @classmethod
+    def lookup(cls, pid: int, procfs_root: str = "/proc") -> ProcessIdentity | None:
+        """The identity of the live process ``pid``: None when it is gone or a zombie, start ticks
+        0 when its stat is not readable (alive, but only its PID is known)."""
+        try:
+            return cls.read(pid, procfs_root, live=True)
+        except ProcessGone:
+            return None
+        except AccessDenied:
+            return cls(pid, 0, "")
+
+    def is_current(self, procfs_root: str = "/proc", *, live: bool = False) -> bool:
+        """True while ``pid`` still names this process: the same start ticks, and the same boot id
+        when this identity has one; with ``live``, a zombie is not current. False when its stat
+        cannot be read."""
+        try:
+            st = read_stat(self.pid, procfs_root)
+        except CowprofError:
+            return False
+        if st.starttime_ticks != self.start_ticks or (live and st.zombie):
+            return False
+        return not self.boot_id or read_boot_id(procfs_root) == self.boot_id
+
+    def same_process(self, other: ProcessIdentity) -> bool:
+        """Whether both name the same process as far as both know: the same PID, start ticks and
+        boot id where both have one (0 and "" are unknown)."""
+        return (self.pid == other.pid
+                and (not self.start_ticks or not other.start_ticks or self.start_ticks == other.start_ticks)
+                and (not self.boot_id or not other.boot_id or self.boot_id == other.boot_id))
 
 
 # ------------------------------------------------------------------------------ rights

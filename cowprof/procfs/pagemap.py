@@ -19,7 +19,7 @@ import numpy as np
 
 from .._parallel import in_threads
 from ..errors import CowprofError, ProcessGone
-from . import PAGE_SHIFT, PAGE_SIZE, _oserror, _proc_path
+from . import PAGE_SHIFT, PAGE_SIZE, _proc_path, wrap_exceptions
 
 # pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
 PM_PFN_MASK = np.uint64((1 << 55) - 1)
@@ -43,10 +43,9 @@ class Pagemap:
     def __init__(self, pid: int, procfs_root: str = "/proc") -> None:
         self.pid = pid
         self.path = _proc_path(procfs_root, pid, "pagemap")
-        try:
+        self._errors = wrap_exceptions(pid, self.path)
+        with self._errors:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise _oserror(err, pid, self.path) from None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -65,23 +64,19 @@ class Pagemap:
         total = len(view)
         done = 0
         offset = (start >> PAGE_SHIFT) * 8
-        while done < total:
-            want = min(total - done, PAGEMAP_CHUNK * 8)
-            try:
+        with self._errors:
+            while done < total:
+                want = min(total - done, PAGEMAP_CHUNK * 8)
                 got = os.preadv(self.fd, [view[done : done + want]], offset + done)
-            except OSError as err:
-                raise _oserror(err, self.pid, self.path) from None
-            if got <= 0:  # the kernel returns 0 once the mm is gone
-                raise ProcessGone(self.pid)
-            done += got  # a multiple of 8: the kernel rejects unaligned pagemap reads
+                if got <= 0:  # the kernel returns 0 once the mm is gone
+                    raise ProcessGone(self.pid)
+                done += got  # a multiple of 8: the kernel rejects unaligned pagemap reads
 
     def readv(self, buffers: list[memoryview], offset: int) -> int:
         """One ``preadv`` of the entries from byte ``offset`` of the file into ``buffers``; returns
         the bytes read (0 once the process's memory is gone)."""
-        try:
+        with self._errors:
             return os.preadv(self.fd, buffers, offset)
-        except OSError as err:
-            raise _oserror(err, self.pid, self.path) from None
 
     def read(self, start: int, end: int) -> np.ndarray:
         """Entries (uint64) of the pages covering ``[start, end)``."""
@@ -169,10 +164,9 @@ def read_kpagecount(pfns: np.ndarray, procfs_root: str = "/proc", threads: int =
     buf = np.zeros(int(at[-1]), dtype=np.uint64)
     view = memoryview(buf).cast("B")
     path = os.path.join(procfs_root, "kpagecount")
-    try:
+    errors = wrap_exceptions(None, path)
+    with errors:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise _oserror(err, None, path) from None
 
     def read(clusters: list[tuple[int, int, int]]) -> None:
         for first, n, dst in clusters:
@@ -186,12 +180,11 @@ def read_kpagecount(pfns: np.ndarray, procfs_root: str = "/proc", threads: int =
     clusters = list(zip(lo.tolist(), span.tolist(), at.tolist()))
     parts = max(1, min(threads, len(clusters) // 256))  # a thread is worth a few hundred reads
     try:
-        for ok, exc in in_threads([functools.partial(read, clusters[i::parts]) for i in range(parts)],
-                                  threads=parts):
-            if not ok:
-                raise exc
-    except OSError as err:
-        raise _oserror(err, None, path) from None
+        with errors:
+            for ok, exc in in_threads([functools.partial(read, clusters[i::parts]) for i in range(parts)],
+                                      threads=parts):
+                if not ok:
+                    raise exc
     finally:
         os.close(fd)
     cluster = np.repeat(np.arange(span.size), np.diff(np.concatenate((firsts, [srt.size]))))

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from .. import heapmap as _heapmap
 from .. import procfs
+from ..errors import CowprofError
 from ..heapmap import HeapMap
 from ..pages import PageReport
 from .heap import UNKNOWN, Found, find_objects
@@ -88,16 +88,20 @@ def heapmap_from_memory(report: PageReport, *, procfs_root: str = "/proc",
         interp = interpreter or find_interpreter(master, mem, procfs_root)
         found = find_objects(mem, interp, pages, procfs.read_maps(master, procfs_root))
         layout = _layout(interp, mem)
-    return _remote_map(master, found, interp, layout, _heapmap.process_start_ticks(master, procfs_root) or 0)
+    try:
+        identity = procfs.ProcessIdentity.read(master, procfs_root)
+    except CowprofError:
+        identity = procfs.ProcessIdentity(master, 0, "")
+    return _remote_map(master, found, interp, layout, identity.start_ticks, identity.boot_id)
 
 
 def _remote_map(master: int, found: Found, interp: Interpreter, layout: dict[str, object],
-                start_ticks: int) -> RemoteHeapMap:
+                start_ticks: int, boot_id: str = "") -> RemoteHeapMap:
     names = [t.name for t in found.types] + [UNKNOWN_RECORD]
     pre = [t.preheader for t in found.types] + [0]
     typ = np.where(found.type == UNKNOWN, len(names) - 1, found.type).astype(np.uint32)
     return RemoteHeapMap(
-        pid=master, start_ticks=start_ticks, boot_id="",
+        pid=master, start_ticks=start_ticks, boot_id=boot_id,
         created_at=time.time(), addr=found.start, size=np.minimum(found.size, 0xFFFFFFFF).astype(np.uint32),
         type=typ, type_names=np.array(names, dtype=str), type_preheader=np.array(pre, dtype=np.uint8),
         layout=layout, is_buffer=np.zeros(found.start.size, dtype=bool), interpreter=interp, found=found)
@@ -129,4 +133,5 @@ def merge_remote(old: RemoteHeapMap, new: RemoteHeapMap) -> RemoteHeapMap:
                   pool_pages=old.found.pool_pages + new.found.pool_pages,
                   chunk_pages=old.found.chunk_pages + new.found.chunk_pages,
                   other_pages=old.found.other_pages + new.found.other_pages)
-    return _remote_map(old.pid, found, old.interpreter, dict(new.layout or old.layout or {}), old.start_ticks)
+    return _remote_map(old.pid, found, old.interpreter, dict(new.layout or old.layout or {}), old.start_ticks,
+                       old.boot_id)

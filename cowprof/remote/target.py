@@ -1,8 +1,9 @@
 """The interpreter inside a target process, found from the outside and read-only.
 
 :func:`find_interpreter` looks for the python binary or libpython mapped in the target, reads the
-symbols it exports from the mapped file (:mod:`cowprof.remote.elf`, opened through
-``/proc/PID/root`` and checked to be the very file mapped: same device and inode), reads
+symbols it exports from the mapped file (:mod:`cowprof.remote.elf`, opened by
+:func:`cowprof.procfs.open_mapped_file`: through ``map_files``, else ``/proc/PID/root`` and checked
+to be the very file mapped), reads
 ``Py_Version`` from the target's memory and picks that version's object layout
 (:data:`LAYOUTS`). The layout is then checked against the target itself: the static type objects
 it exports must have the names, sizes and flags that layout predicts (``float`` is 24 bytes and not
@@ -251,29 +252,13 @@ class Interpreter:
         return ".".join(map(str, self.version))
 
 
-def _candidates(maps: list[procfs.Mapping], exe: str) -> list[tuple[str, int, str]]:
-    """(path, inode, dev) of mapped files that may hold the interpreter: libpython, then the binary."""
-    seen: dict[tuple[str, int], str] = {}
+def _candidates(maps: list[procfs.Mapping], exe: str) -> list[procfs.Mapping]:
+    """The first mapping of each mapped file that may hold the interpreter: libpython, then the binary."""
+    seen: dict[tuple[str, int], procfs.Mapping] = {}
     for m in maps:
         if m.inode and m.path.startswith("/") and (_NAME_HINT.search(m.path) or m.path == exe):
-            seen.setdefault((m.path, m.inode), m.dev)
-    found = [(p, i, d) for (p, i), d in seen.items()]
-    found.sort(key=lambda c: ("libpython" not in c[0], c[0]))
-    return found
-
-
-def _open_mapped(pid: int, path: str, inode: int, dev: str, procfs_root: str) -> int | None:
-    """The mapped file, opened through the target's root; None unless it is that very file."""
-    try:
-        fd = os.open(os.path.join(procfs_root, str(pid), "root") + path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    st = os.fstat(fd)
-    major, minor = (int(x, 16) for x in dev.split(":"))
-    if st.st_ino != inode or (os.major(st.st_dev), os.minor(st.st_dev)) != (major, minor):
-        os.close(fd)
-        return None
-    return fd
+            seen.setdefault((m.path, m.inode), m)
+    return sorted(seen.values(), key=lambda m: ("libpython" not in m.path, m.path))
 
 
 def _runtime_address(maps: list[procfs.Mapping], path: str, inode: int, syms: elf.ElfSymbols,
@@ -297,12 +282,13 @@ def find_interpreter(pid: int, mem: Memory, procfs_root: str = "/proc") -> Inter
     can be verified."""
     maps = procfs.read_maps(pid, procfs_root)
     try:
-        exe = os.readlink(os.path.join(procfs_root, str(pid), "exe"))
-    except OSError:
+        exe = procfs.read_link(pid, "exe", procfs_root)
+    except CowprofError:
         exe = ""
     tried = []
-    for path, inode, dev in _candidates(maps, exe):
-        fd = _open_mapped(pid, path, inode, dev, procfs_root)
+    for m in _candidates(maps, exe):
+        path, inode = m.path, m.inode
+        fd = procfs.open_mapped_file(pid, m, procfs_root)
         if fd is None:
             tried.append(f"{path} (not readable)")
             continue

@@ -110,7 +110,7 @@ def test_without_memory_access_by_type_remains_and_says_what_is_needed(monkeypat
 
     with App("strhash", n=50_000) as app:
         tree = find_tree(app.master)
-        hm = attribution.find_heapmap(tree.master)
+        hm = heapmap.find_heapmap(tree.master)
         report = scan(tree, keep_addresses=True)
         attr = attribution.attribute(report, hm, causes=True, open_reader=denied)
         monkeypatch.setattr(attribution, "MemReader", lambda pid, root="/proc": denied(pid))
@@ -130,10 +130,10 @@ def test_heapmap_is_found_through_the_masters_environment(tmp_path, monkeypatch)
     the map where the master's environment says it saved it."""
     with App("strhash", n=20_000) as app:
         monkeypatch.setenv(heapmap.DIR_ENV, str(tmp_path / "elsewhere"))
-        hm = attribution.find_heapmap(app.master)
+        hm = heapmap.find_heapmap(app.master)
         assert hm.pid == app.master and len(hm) > 20_000
-        with pytest.raises(attribution.NoHeapMap, match="prepare_fork"):
-            attribution.find_heapmap(app.master, directory=str(tmp_path / "elsewhere"))
+        with pytest.raises(heapmap.NoHeapMap, match="prepare_fork"):
+            heapmap.find_heapmap(app.master, directory=str(tmp_path / "elsewhere"))
 
 
 @pytest.mark.slow

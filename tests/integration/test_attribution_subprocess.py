@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cowprof import attribution as att
+from cowprof import heapmap
 
 needs_native = pytest.mark.skipif(sys.version_info < (3, 12), reason="the object layout comes from cowprof._native, "
                                   "which walks only on CPython 3.12+ (the 3.11 run is the profiler side)")
@@ -46,7 +46,7 @@ def test_candidate_dirs_come_from_the_masters_environment(tmp_path):
     try:
         for p in procs:
             assert p.stdout.readline() == b"up\n"
-        plain, explicit = (att._candidate_dirs(p.pid, "/proc") for p in procs)
+        plain, explicit = (heapmap.candidate_dirs(p.pid, "/proc") for p in procs)
     finally:
         for p in procs:
             p.stdin.close()

@@ -155,7 +155,7 @@ def test_master_exit_then_reattach_by_command_line(procs):
     assert exp.master is None
     exp.step()
     assert exp.master is None  # nothing matches yet
-    # the finder only takes processes started after the old master (by psutil's create_time,
+    # the finder only takes processes started after the old master (by their start time in
     # which has clock-tick resolution): a restart takes longer than a tick, this test may not
     time.sleep(3 / os.sysconf("SC_CLK_TCK"))
     new = procs(*argv)
@@ -173,6 +173,6 @@ def test_reused_pid_is_not_the_old_master(procs):
     fake.trees[m.pid] = [11]
     exp = _exporter(fake, m.pid)
     # same PID, another start time: what a PID reuse after the master's exit looks like
-    exp._master = exp._last_master = type(exp.master)(m.pid, exp.master.create_time - 100, "x")
+    exp._master = exp._last_master = exp.master.replace(start_ticks=exp.master.start_ticks - 100)
     exp.step()
     assert exp.master is None and not exp.snapshot()[1].up

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cowprof import heapmap
+from cowprof import heapmap, procfs
 from cowprof.errors import BadInput
 from pyrun import run_json
 
@@ -108,14 +108,14 @@ def test_stale_map_of_a_reused_pid_is_ignored(hm_dir):
                          type=np.array([0], dtype=np.uint32), type_names=np.array(["float"]))
     heapmap.save(hm)
     assert heapmap.load(os.getpid()) is None  # our start time is not 1 tick
-    current = heapmap.HeapMap(**{**hm.__dict__, "start_ticks": heapmap.process_start_ticks(os.getpid())})
+    current = heapmap.HeapMap(**{**hm.__dict__, "start_ticks": procfs.read_stat(os.getpid()).starttime_ticks})
     heapmap.save(current)
     loaded = heapmap.load(os.getpid())
     assert loaded is not None and loaded.addr.tolist() == [4096]
 
 
 def _one_record_map(pid):
-    return heapmap.HeapMap(pid=pid, start_ticks=heapmap.process_start_ticks(pid), boot_id="", created_at=0.0,
+    return heapmap.HeapMap(pid=pid, start_ticks=procfs.read_stat(pid).starttime_ticks, boot_id="", created_at=0.0,
                            addr=np.array([4096, 8192], dtype=np.uint64), size=np.array([64, 32], dtype=np.uint32),
                            type=np.array([0, 1], dtype=np.uint32), type_names=np.array(["float", "str"]))
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from attribution_apps import app_python
-from cowprof import heapmap
+from cowprof import heapmap, procfs
 from cowprof.errors import BadInput
 
 NOBODY = 65534
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="planting files of ano
 
 
 def _map(pid: int, start_ticks: int | None = None) -> heapmap.HeapMap:
-    ticks = heapmap.process_start_ticks(pid) if start_ticks is None else start_ticks
+    ticks = procfs.read_stat(pid).starttime_ticks if start_ticks is None else start_ticks
     return heapmap.HeapMap(pid=pid, start_ticks=ticks or 1, boot_id="", created_at=0.0,
                            addr=np.array([4096, 8192], dtype=np.uint64), size=np.array([64, 32], dtype=np.uint32),
                            type=np.array([0, 1], dtype=np.uint32), type_names=np.array(["float", "str"]))
@@ -203,7 +203,7 @@ def test_a_fifo_named_like_a_map_does_not_block_a_save(tmp_path):
     code = textwrap.dedent(f"""
         import os, numpy as np
         from cowprof import heapmap
-        hm = heapmap.HeapMap(pid=os.getpid(), start_ticks=heapmap.process_start_ticks(os.getpid()),
+        hm = heapmap.HeapMap(pid=os.getpid(), start_ticks=procfs.read_stat(os.getpid()).starttime_ticks,
                              boot_id="", created_at=0.0, addr=np.array([4096], dtype=np.uint64),
                              size=np.array([64], dtype=np.uint32), type=np.array([0], dtype=np.uint32),
                              type_names=np.array(["float"]))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attribution_apps import App, app_python
-from cowprof import attribution, functions
+from cowprof import functions, heapmap
 from cowprof.heapmap import HeapMap
 from cowprof.memreader import MemReader
 from cowprof.remote.target import Memory, find_interpreter
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(app_python() is None, reason="the synthetic apps
 
 
 def _both_maps(app: App, old_dir: str) -> tuple[HeapMap, HeapMap]:
-    new = attribution.find_heapmap(app.master)
-    old = attribution.find_heapmap(app.master, directory=old_dir)
+    new = heapmap.find_heapmap(app.master)
+    old = heapmap.find_heapmap(app.master, directory=old_dir)
     assert (new.format_version, old.format_version) == (3, 2)
     for field in ("addr", "size", "type", "type_names", "type_preheader"):
         assert np.array_equal(getattr(new, field), getattr(old, field)), field

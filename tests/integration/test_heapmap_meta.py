@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from cowprof import cli, heapmap
+from cowprof import cli, heapmap, procfs
 from forktree import ForkTree
 
 DEEP = "[" * 5000 + "]" * 5000
@@ -27,7 +27,7 @@ def tree():
 def saved(tree, tmp_path, monkeypatch):
     """A valid, current map of the tree's master in a fresh directory (the profiler's default)."""
     monkeypatch.setenv(heapmap.DIR_ENV, str(tmp_path / "maps"))
-    hm = heapmap.HeapMap(pid=tree.master_pid, start_ticks=heapmap.process_start_ticks(tree.master_pid),
+    hm = heapmap.HeapMap(pid=tree.master_pid, start_ticks=procfs.read_stat(tree.master_pid).starttime_ticks,
                          boot_id="", created_at=1.0, addr=np.array([tree.buf_addr], dtype=np.uint64),
                          size=np.array([4096], dtype=np.uint32), type=np.array([0], dtype=np.uint32),
                          type_names=np.array(["bytearray"]), type_preheader=np.array([0], dtype=np.uint8))

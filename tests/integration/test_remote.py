@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from attribution_apps import HOT_RUN, App, app_python
-from cowprof import attribution, cli, functions
+from cowprof import attribution, cli, functions, heapmap
 from cowprof.memreader import MemoryAccessDenied
 from cowprof.pages import scan
 from cowprof.remote import heapmap_from_memory
@@ -44,7 +44,7 @@ def same_tree():
         with App(scenario, n=n) as app:
             tree = find_tree(app.master)
             report = scan(tree, keep_addresses=True)
-            hm = attribution.find_heapmap(tree.master)
+            hm = heapmap.find_heapmap(tree.master)
             from_map = attribution.attribute(report, hm, causes=False)
             from_mem = attribution.attribute(report, heapmap_from_memory(report), causes=False)
             out[scenario] = (from_map, from_mem)
@@ -87,8 +87,8 @@ def unprepared():
         with App(scenario, n=n, cowprof=False) as app:
             maps = open(f"/proc/{app.master}/maps").read()
             assert "cowprof" not in maps, "the master must not have loaded cowprof"
-            with pytest.raises(attribution.NoHeapMap):
-                attribution.find_heapmap(app.master)
+            with pytest.raises(heapmap.NoHeapMap):
+                heapmap.find_heapmap(app.master)
             out[scenario] = attribution.snapshot(app.master, causes=True)
     return out
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cowprof import attribution as att
-from cowprof import procfs
+from cowprof import heapmap, procfs
 from cowprof.errors import BadInput, ProcessGone
 from cowprof.heapmap import HeapMap
 from cowprof.memreader import MemoryAccessDenied, MemReader
@@ -212,7 +212,7 @@ def tree(monkeypatch):
         return np.array([pagemaps[pid].get(a, 0) for a in addrs.tolist()], dtype=np.uint64)
 
     monkeypatch.setattr(att, "_pagemap_at", fake_pagemap)
-    monkeypatch.setattr(att, "_master_start_ticks", lambda pid, root, required=True: 1)  # alive
+    monkeypatch.setattr(att, "_master_identity", lambda pid, root, required=True: procfs.ProcessIdentity(pid, 1))  # alive
     original = {P1: page(), P2: page(), P3: page(), P4: page()}
     memory = {
         100: {**original, P2: page({0: 99})},  # the master's own post-fork write on P2
@@ -330,8 +330,8 @@ def test_pagemap_at_reads_sparse_addresses():
 
 
 def test_missing_heapmap_is_a_one_line_bad_input(tmp_path):
-    with pytest.raises(att.NoHeapMap) as err:
-        att.find_heapmap(os.getpid(), directory=str(tmp_path))
+    with pytest.raises(heapmap.NoHeapMap) as err:
+        heapmap.find_heapmap(os.getpid(), directory=str(tmp_path))
     assert isinstance(err.value, BadInput) and err.value.exit_code == 2
     assert "prepare_fork" in str(err.value) and "\n" not in str(err.value)
 

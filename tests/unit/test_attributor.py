@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from cowprof import heapmap, remote
+from cowprof import heapmap, procfs, remote
 from cowprof.attribution import NoAttribution
 from cowprof.attributor import Attributor
-from cowprof.heapmap import HeapMap, process_start_ticks
+from cowprof.heapmap import HeapMap
 from cowprof.memreader import MemoryAccessDenied
 from cowprof.pages import PageReport
 from cowprof.remote.heap import Found
@@ -24,8 +24,8 @@ BASE = 0x7F0000000000
 
 def own_map(names: list[str], records: list[tuple[int, int, int]]) -> HeapMap:
     """A heap map of this very process (so it is current): (address, size, type index) records."""
-    return HeapMap(pid=os.getpid(), start_ticks=process_start_ticks(os.getpid()) or 0,
-                   boot_id=heapmap._boot_id(), created_at=1.0,
+    me = procfs.ProcessIdentity.read(os.getpid())
+    return HeapMap(pid=me.pid, start_ticks=me.start_ticks, boot_id=me.boot_id, created_at=1.0,
                    addr=np.array([r[0] for r in records], dtype=np.uint64),
                    size=np.array([r[1] for r in records], dtype=np.uint32),
                    type=np.array([r[2] for r in records], dtype=np.uint32),

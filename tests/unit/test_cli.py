@@ -15,6 +15,7 @@ import cowprof.tree
 from cowprof import cli
 from cowprof.errors import AccessDenied, BadInput, NotAPreforkTree, ProcessGone
 from cowprof.pages import PageReport
+from cowprof.procfs import ProcessIdentity
 from cowprof.record import read_record
 from cowprof.sampler import StopReason
 from cowprof.tree import Tree
@@ -51,7 +52,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(cowprof.pages, "scan", f.scan)
     monkeypatch.setattr(cowprof.pages.Scanner, "scan", lambda self, target, **kw: f.scan(target, **kw))
     monkeypatch.setattr(cowprof.tree.TreeWatcher, "find", lambda self, pid: f.find_tree(pid))
-    monkeypatch.setattr(cowprof.sampler, "_process_identity", lambda pid: 1.0)
+    monkeypatch.setattr(cowprof.sampler, "_process_identity", lambda pid: ProcessIdentity(pid, 1))
     # the fake tree's processes have no /proc: no late-import records either
     monkeypatch.setattr(cowprof.preload, "late_imports", lambda master, workers=None, **kw: cowprof.preload.LateImports(master))
     return f
@@ -244,7 +245,7 @@ def test_top_ctrl_c_exits_zero(fake, monkeypatch):
 
 
 def test_top_ends_when_master_exits(fake, monkeypatch):
-    alive = iter([1.0, 1.0, None, None])  # construction, first sample, then gone
+    alive = iter([ProcessIdentity(10, 1), ProcessIdentity(10, 1), None, None])  # construction, first sample, then gone
     monkeypatch.setattr(cowprof.sampler, "_process_identity", lambda pid: next(alive))
     result = runner.invoke(cli.app, ["top", "10", "--interval", "0.01"])
     assert result.exit_code == 0

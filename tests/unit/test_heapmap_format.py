@@ -10,13 +10,13 @@ import os
 import numpy as np
 import pytest
 
-from cowprof import heapmap
+from cowprof import heapmap, procfs
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 def _map(addr, size, typ, names) -> heapmap.HeapMap:
-    return heapmap.HeapMap(pid=os.getpid(), start_ticks=heapmap.process_start_ticks(os.getpid()), boot_id="",
+    return heapmap.HeapMap(pid=os.getpid(), start_ticks=procfs.read_stat(os.getpid()).starttime_ticks, boot_id="",
                            created_at=5.0, addr=np.asarray(addr, dtype=np.uint64),
                            size=np.asarray(size, dtype=np.uint32), type=np.asarray(typ, dtype=np.uint32),
                            type_names=np.array(names), type_preheader=np.zeros(len(names), dtype=np.uint8))

@@ -51,7 +51,7 @@ class MemReader:
 
     def __init__(self, pid: int, procfs_root: str = "/proc") -> None:
         self.pid = pid
-        self.path = os.path.join(procfs_root, str(pid), "mem")
+        self.path = procfs.proc_path(pid, "mem", procfs_root)
         self._errors = procfs.wrap_exceptions(pid, self.path, denied=lambda: MemoryAccessDenied(pid, procfs_root))
         self.fd = procfs.open_fd(pid, "mem", procfs_root, denied=self._errors.denied)
 

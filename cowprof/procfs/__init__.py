@@ -85,6 +85,12 @@ def _proc_path(procfs_root: str, pid: int | None, name: str) -> str:
     return os.path.join(procfs_root, name) if pid is None else os.path.join(procfs_root, str(pid), name)
 
 
+def proc_path(pid: int | None, name: str, procfs_root: str = "/proc") -> str:
+    """The path of ``<root>/<pid>/<name>`` (``<root>/<name>`` when ``pid`` is None), for messages
+    and for what keeps a file open."""
+    return _proc_path(procfs_root, pid, name)
+
+
 class wrap_exceptions:  # named as psutil names it: used like a function
     """The one translator of an ``OSError`` on a /proc file into the typed error the callers
     expect, as a context manager (``with wrap_exceptions(pid, path): os.open(path, ...)``); the

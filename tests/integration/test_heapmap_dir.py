@@ -202,7 +202,7 @@ def test_a_fifo_named_like_a_map_does_not_block_a_save(tmp_path):
     os.mkfifo(d / f"heapmap-{_dead_pid()}.0.hmap")
     code = textwrap.dedent(f"""
         import os, numpy as np
-        from cowprof import heapmap
+        from cowprof import heapmap, procfs
         hm = heapmap.HeapMap(pid=os.getpid(), start_ticks=procfs.read_stat(os.getpid()).starttime_ticks,
                              boot_id="", created_at=0.0, addr=np.array([4096], dtype=np.uint64),
                              size=np.array([64], dtype=np.uint32), type=np.array([0], dtype=np.uint32),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attribution_apps import App, app_python
-from cowprof import functions, heapmap
+from cowprof import attribution, functions, heapmap
 from cowprof.heapmap import HeapMap
 from cowprof.memreader import MemReader
 from cowprof.remote.target import Memory, find_interpreter

@@ -211,12 +211,22 @@ def read_children(pid: int, procfs_root: str = "/proc") -> list[int]:
     return sorted(children)
 
 
+_boot_id: list[str] = []  # of /proc, once read
+
+
 def read_boot_id(procfs_root: str = "/proc") -> str:
-    """This boot's random id (``sys/kernel/random/boot_id``); "" when it cannot be read."""
+    """This boot's random id (``sys/kernel/random/boot_id``); "" when it cannot be read. Read once
+    per process from ``/proc`` (it cannot change under a running process, and a read costs ~0.1 ms:
+    the kernel's sysctl handler), every time from another root (a test's fixture)."""
+    if procfs_root == "/proc" and _boot_id:
+        return _boot_id[0]
     try:
-        return read_bytes(None, "sys/kernel/random/boot_id", procfs_root).decode(errors="replace").strip()
+        value = read_bytes(None, "sys/kernel/random/boot_id", procfs_root).decode(errors="replace").strip()
     except CowprofError:
         return ""
+    if procfs_root == "/proc" and value:
+        _boot_id[:] = [value]
+    return value
 
 
 def ptrace_scope(procfs_root: str = "/proc") -> int | None:

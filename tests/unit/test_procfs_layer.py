@@ -215,6 +215,22 @@ def test_identity_without_a_boot_id_has_an_empty_one(tmp_path):
     assert procfs.read_boot_id(root) == ""
 
 
+def test_the_boot_id_of_proc_is_read_once(monkeypatch):
+    monkeypatch.setattr(procfs, "_boot_id", [])
+    reads = []
+    real = procfs.read_bytes
+
+    def counted(pid, name, procfs_root="/proc"):
+        reads.append((procfs_root, name))
+        return real(pid, name, procfs_root)
+
+    monkeypatch.setattr(procfs, "read_bytes", counted)
+    first = procfs.read_boot_id()
+    assert len(first) == 36 and first.count("-") == 4  # a UUID
+    assert procfs.read_boot_id() == first and procfs.ProcessIdentity.read(os.getpid()).boot_id == first
+    assert reads.count(("/proc", "sys/kernel/random/boot_id")) == 1
+
+
 def test_identity_of_a_gone_or_zombie_process(tmp_path):
     root = _root(tmp_path)
     with pytest.raises(ProcessGone):

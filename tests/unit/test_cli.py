@@ -12,7 +12,7 @@ import cowprof.preload
 import cowprof.pages
 import cowprof.sampler
 import cowprof.tree
-from cowprof import cli
+from cowprof import cli, gunicorn_run
 from cowprof.errors import AccessDenied, BadInput, NotAPreforkTree, ProcessGone
 from cowprof.pages import PageReport
 from cowprof.record import read_record
@@ -215,7 +215,7 @@ def test_top_without_terminal_prints_each_refresh(fake):
     assert "1.00" in result.stdout  # worker 11 copies 1 MiB per (fake) second
 
 
-@pytest.mark.parametrize("extra, tolerance, max_age", [([], cli.TOP_TOLERANCE, 5 * 0.5), (["--exact"], 0.0, None)])
+@pytest.mark.parametrize("extra, tolerance, max_age", [([], cowprof.pages.TOP_TOLERANCE, 5 * 0.5), (["--exact"], 0.0, None)])
 def test_top_tolerance_unless_exact(fake, monkeypatch, extra, tolerance, max_age):
     import cowprof.sampler
 
@@ -238,7 +238,7 @@ def test_top_ctrl_c_exits_zero(fake, monkeypatch):
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(live, "run", interrupted)
+    monkeypatch.setattr(live, "render", interrupted)
     result = runner.invoke(cli.app, ["top", "10"])
     assert result.exit_code == 0
 
@@ -332,7 +332,7 @@ def test_report_truncated_file_warns_and_keeps_the_rest(fake, tmp_path, capsys):
 # --- run -------------------------------------------------------------------------------------
 
 def rewrite(args, tmp_path, environ=None, prepare=True):
-    return cli.gunicorn_command(args, cwd=str(tmp_path), environ=environ or {}, prepare=prepare)
+    return gunicorn_run.gunicorn_command(args, cwd=str(tmp_path), environ=environ or {}, prepare=prepare)
 
 
 @pytest.mark.parametrize("args", [
@@ -390,7 +390,7 @@ def test_run_missing_gunicorn(capsys, tmp_path):
 
 
 def test_exit_status_of_signalled_child():
-    assert cli._exit_status(-15) == 143 and cli._exit_status(4) == 4
+    assert gunicorn_run.exit_status(-15) == 143 and gunicorn_run.exit_status(4) == 4
 
 
 # --- export ----------------------------------------------------------------------------------

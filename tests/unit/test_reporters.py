@@ -160,10 +160,10 @@ def test_top_keeps_last_report_on_error():
     assert "12" in out  # the last good table is still shown
 
 
-def test_top_run_prints_each_sample_without_a_terminal():
+def test_top_view_prints_each_sample_without_a_terminal():
     buf = io.StringIO()
     samples = [sample(0, report(1000.0, {11: MiB})), sample(1, report(1002.0, {11: 5 * MiB}))]
-    view = live.run(samples, interval=2.0, file=buf)
+    view = live.render(samples, buf, interval=2.0)
     out = buf.getvalue()
     assert out.count("cowprof top") == 2
     assert "2.00" in out  # (5 - 1) MiB over 2 s
@@ -207,7 +207,7 @@ def test_html_without_plotly_is_a_one_line_error(recording, monkeypatch):
 
 def test_recording_summary(recording):
     buf = io.StringIO()
-    table.render_recording(recording, file=buf)
+    table.render(recording, buf)
     out = buf.getvalue()
     assert "5 samples" in out and "1 failed" in out and "ended: duration" in out
     assert "command: gunicorn <app> [/x]" in out  # user text is not Rich markup

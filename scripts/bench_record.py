@@ -4,8 +4,8 @@
 Starts an app of tests/attribution_apps.py (default: ``floats``, ``--n`` mortal floats that every
 worker reads, so each worker copies the whole float heap) twice: prepared (it saves a heap map)
 and with ``--no-cowprof`` (the objects are read from its memory). Then runs the loop of ``cowprof
-record`` in this process (``cowprof.commands.record.record_loop``: Sampler, RecordWriter, Attributor) for
-``--samples`` samples per variant, the variants interleaved round by round, and reports the CPU
+record`` in this process (``cowprof.commands.record.record_loop``: Sampler, RecordWriter,
+Attributor) for ``--samples`` samples per variant, the variants interleaved round by round, and reports the CPU
 time (``time.process_time``) of the first sample (which loads the heap map or reads the master's
 memory) and the median of the others:
 

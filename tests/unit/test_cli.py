@@ -3,6 +3,7 @@ codes, and the ``run`` argument rewriting. Real processes are in tests/integrati
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -416,3 +417,41 @@ def test_export_without_the_module(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "cowprof.exporter", None)
     code, out, err = run_main(capsys, "export", "123")
     assert_one_line_error(err, code, 1, "cowprof.exporter")
+
+
+# --- one check of an option for the CLI and the library ------------------------------------------
+
+@pytest.mark.parametrize("value, minimum, seconds", [("0.5", 0.0, 0.5), (2, 0.0, 2.0), ("0.1", 0.1, 0.1), (5.0, 0.1, 5.0)])
+def test_check_interval_accepts(value, minimum, seconds):
+    from cowprof.timer import check_interval
+
+    assert check_interval(value, minimum=minimum) == seconds
+
+
+@pytest.mark.parametrize("value, minimum, needle", [
+    ("0", 0.0, "0 must be a number of seconds > 0"), ("-1", 0.0, "> 0"), ("nan", 0.0, "> 0"), ("inf", 0.0, "> 0"),
+    ("soon", 0.0, "'soon' is not a number of seconds"), (True, 0.0, "not a number"), (None, 0.0, "not a number"),
+    (0.05, 0.1, "at least 0.1 seconds"), (float("inf"), 0.1, "at least 0.1 seconds"),
+])
+def test_check_interval_rejects(value, minimum, needle):
+    from cowprof.timer import check_interval
+
+    with pytest.raises(BadInput, match=re.escape(needle)):
+        check_interval(value, minimum=minimum)
+    with pytest.raises(BadInput, match="^--interval"):
+        check_interval(value, minimum=minimum, option="--interval")
+
+
+@pytest.mark.parametrize("value, needle", [("0.05", "at least 0.1 seconds, not 0.05"), ("0", "at least 0.1"),
+                                           ("-1", "at least 0.1"), ("nan", "at least 0.1"),
+                                           ("soon", "not a number")])
+def test_export_interval_is_the_exporters_check(monkeypatch, capsys, value, needle):
+    """``export --interval`` fails as ``serve(interval=...)`` does, before anything is started."""
+    import cowprof.exporter
+
+    monkeypatch.setattr(cowprof.exporter, "serve", lambda *a, **kw: pytest.fail("serve was called"))
+    code, out, err = run_main(capsys, "export", "123", "--interval", value)
+    assert_one_line_error(err, code, 2, needle)
+    if needle != "not a number":
+        with pytest.raises(BadInput, match=re.escape(needle)):
+            cowprof.exporter.check_options(port=0, interval=float(value), bind="127.0.0.1")

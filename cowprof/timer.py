@@ -112,11 +112,12 @@ def check_interval(value: object, *, minimum: float = 0.0, option: str | None = 
     if seconds is None:
         raise BadInput(f"{option}: {value!r} is not a number of seconds" if option
                        else f"{value!r} is not a number of seconds")
+    shown = value if isinstance(value, str) else f"{seconds:g}"  # as typed, or 0.5 and -1 for numbers
     if minimum > 0:
         if not math.isfinite(seconds) or seconds < minimum:
-            raise BadInput(f"{option} must be at least {minimum:g} seconds, not {value}" if option
-                           else f"{value} must be at least {minimum:g} seconds")
+            raise BadInput(f"{option} must be at least {minimum:g} seconds, not {shown}" if option
+                           else f"{shown} must be at least {minimum:g} seconds")
     elif not math.isfinite(seconds) or seconds <= 0:
-        raise BadInput(f"{option} must be a number of seconds > 0, not {value}" if option
-                       else f"{value} must be a number of seconds > 0")
+        raise BadInput(f"{option} must be a number of seconds > 0, not {shown}" if option
+                       else f"{shown} must be a number of seconds > 0")
     return seconds

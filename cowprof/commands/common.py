@@ -6,9 +6,12 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cowprof.errors import BadInput
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["PROG", "check_new_output", "err", "interrupt_on_term", "numpy_on_one_blas_thread", "one_line"]
 

@@ -1,7 +1,7 @@
 """The Typer app of the ``cowprof`` command: every option, its parsing and the help.
 
-Each command parses its options (the checks the library shares, such as
-:func:`cowprof.timer.check_interval`, come from there) and calls its module in
+Each command's options are parsed here (an interval through :func:`cowprof.timer.check_interval`,
+the check the library uses too), then the command calls ``main`` of its module in
 :mod:`cowprof.commands`. :func:`cowprof.cli.main` (the
 entry point) builds this app only when it needs it: for help, for every command but the common
 one-shot ``snapshot`` forms, and for any argument those forms do not cover. The group's ``main``

@@ -482,7 +482,8 @@ def _setup_logging() -> logging.Handler:
 def check_options(*, port: int, interval: float, bind: str) -> float:
     """The checks of :func:`serve`'s ``port``, ``interval`` (at least :data:`MIN_INTERVAL`, by
     :func:`cowprof.timer.check_interval`) and ``bind``, which ``cowprof export`` runs too before it
-    imports anything: :class:`~cowprof.errors.BadInput` with a one-line message naming the option.
+    imports numpy or starts anything: :class:`~cowprof.errors.BadInput` with a one-line message
+    naming the option.
     Returns the interval in seconds."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise BadInput(f"--port must be between 0 and 65535, not {port}")

@@ -3,7 +3,8 @@
 :func:`main` is the entry point (``cowprof = "cowprof.cli:main"``) and what tests call; it turns
 every :class:`~cowprof.errors.CowprofError` and every usage error into one line on stderr and an
 exit code, never a traceback. The options and the help are a Typer app (:mod:`cowprof.cli_app`,
-also ``cowprof.cli.app``); what each command does is in :mod:`cowprof.commands`.
+also ``cowprof.cli.app``); what each command does is in :mod:`cowprof.commands` (a module per
+command).
 
 Start-up: building the Typer app and parsing with it costs more than a one-shot snapshot of a big
 tree takes (typer imports rich and pydantic, and converts each option through a pydantic
@@ -24,7 +25,7 @@ from cowprof.errors import CowprofError
 
 if TYPE_CHECKING:  # served by __getattr__ below, on first use
     from cowprof.cli_app import app
-    from cowprof.commands import gunicorn_command
+    from cowprof.gunicorn_run import gunicorn_command
 
 __all__ = ["app", "main", "gunicorn_command"]
 
@@ -39,7 +40,7 @@ def guarded(run: Callable[[], Any]) -> int:
     try:
         rv = run()
     except CowprofError as exc:
-        from cowprof.commands import err
+        from cowprof.commands.common import err
 
         err(str(exc))
         return exc.exit_code
@@ -70,7 +71,7 @@ def _plain_int(text: str) -> int | None:
 
 def _fast_snapshot(args: list[str]) -> dict[str, Any] | None:
     """The arguments of ``snapshot`` (after the command name) as keyword arguments of
-    :func:`cowprof.commands.snapshot`, or None when Typer has to parse them."""
+    :func:`cowprof.commands.snapshot.main`, or None when Typer has to parse them."""
     pid = None
     opts: dict[str, Any] = {}
     i = 0
@@ -103,7 +104,7 @@ def _fast_snapshot(args: list[str]) -> dict[str, Any] | None:
     if pid is None:
         return None
     if "by" in opts:
-        from cowprof.commands import By
+        from cowprof.commands.snapshot import By
 
         opts["by"] = By(opts["by"])
     return {"pid": pid, **opts}
@@ -123,9 +124,9 @@ def _fast_path(argv: list[str]) -> Callable[[], Any] | None:
         kwargs = _fast_snapshot(argv[1:])
         if kwargs is not None:
             def snapshot() -> int:
-                from cowprof import commands
+                from cowprof.commands import snapshot as command
 
-                return commands.snapshot(**kwargs)
+                return command.main(**kwargs)
 
             return snapshot
     return None
@@ -144,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- names kept here for callers of the single-module CLI ---------------------------------------
 
-_MOVED = {"gunicorn_command": "gunicorn_command", "_exit_status": "exit_status", "By": "By",
-          "RecordBy": "RecordBy", "TOP_TOLERANCE": "TOP_TOLERANCE", "DEFAULT_TOP_MAX_CPU": "DEFAULT_TOP_MAX_CPU",
-          "_record_loop": "_record_loop"}
+_MOVED = {"gunicorn_command": ("cowprof.gunicorn_run", "gunicorn_command"),
+          "_exit_status": ("cowprof.gunicorn_run", "exit_status"),
+          "By": ("cowprof.commands.snapshot", "By"), "RecordBy": ("cowprof.commands.record", "RecordBy"),
+          "TOP_TOLERANCE": ("cowprof.pages", "TOP_TOLERANCE"),
+          "DEFAULT_TOP_MAX_CPU": ("cowprof.timer", "DEFAULT_TOP_MAX_CPU"),
+          "_record_loop": ("cowprof.commands.record", "record_loop")}
 
 
 def __getattr__(name: str) -> Any:
@@ -155,7 +159,8 @@ def __getattr__(name: str) -> Any:
 
         return cli_app.app
     if name in _MOVED:
-        from cowprof import commands
+        import importlib
 
-        return getattr(commands, _MOVED[name])
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'cowprof.cli' has no attribute {name!r}")

@@ -1,6 +1,8 @@
 """The Typer app of the ``cowprof`` command: every option, its parsing and the help.
 
-Each command validates its options and calls :mod:`cowprof.commands`. :func:`cowprof.cli.main` (the
+Each command's options are parsed here (an interval through :func:`cowprof.timer.check_interval`,
+the check the library uses too), then the command calls ``main`` of its module in
+:mod:`cowprof.commands`. :func:`cowprof.cli.main` (the
 entry point) builds this app only when it needs it: for help, for every command but the common
 one-shot ``snapshot`` forms, and for any argument those forms do not cover. The group's ``main``
 turns every :class:`~cowprof.errors.CowprofError` and usage error into one line on stderr and an
@@ -10,7 +12,6 @@ Annotations here are objects, not strings (no ``from __future__ import annotatio
 them with ``typing.get_type_hints``, which would compile every string annotation at start-up.
 """
 import importlib.machinery
-import math
 import sys
 import types
 from collections.abc import Sequence
@@ -104,8 +105,12 @@ _LeanTyperHelp().install()
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
-from cowprof import __version__, commands  # noqa: E402
-from cowprof.commands import DEFAULT_TOP_MAX_CPU, By, RecordBy  # noqa: E402
+from cowprof import __version__  # noqa: E402
+from cowprof.commands import common  # noqa: E402
+from cowprof.commands.record import RecordBy  # noqa: E402
+from cowprof.commands.snapshot import By  # noqa: E402
+from cowprof.errors import BadInput  # noqa: E402
+from cowprof.timer import DEFAULT_TOP_MAX_CPU, check_interval  # noqa: E402
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _click_exc
@@ -142,13 +147,13 @@ def _run_group(group: TyperGroup, args: Sequence[str] | None, prog_name: str,
             if type(exc).__name__ == "NoArgsIsHelpError":
                 return exc.exit_code  # the help was already printed
             where = exc.ctx.command_path if exc.ctx is not None else PROG
-            commands.err(f"{exc.format_message()} (see '{where} --help')")
+            common.err(f"{exc.format_message()} (see '{where} --help')")
             return exc.exit_code
         except _click_exc.ClickException as exc:
-            commands.err(exc.format_message())
+            common.err(exc.format_message())
             return exc.exit_code
         except typer.Abort:
-            commands.err("aborted")
+            common.err("aborted")
             return 1
 
     return guarded(parse_and_run)
@@ -192,14 +197,21 @@ def _root(
 
 
 def _seconds(value: Any) -> float:
-    """Parser of interval/duration options: a finite number of seconds > 0."""
+    """Parser of interval/duration options: a finite number of seconds > 0
+    (:func:`cowprof.timer.check_interval`)."""
     try:
-        seconds = float(value)
+        return check_interval(value)
+    except BadInput as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _number(value: Any) -> float:
+    """Parser of ``export --interval``: a number; its limits are the exporter's
+    (:func:`cowprof.exporter.check_options`, run by the command before anything else)."""
+    try:
+        return float(value)
     except (TypeError, ValueError):
         raise typer.BadParameter(f"{value!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise typer.BadParameter(f"{value} must be a number of seconds > 0")
-    return seconds
 
 
 def _path(value: Any) -> Path:
@@ -243,7 +255,9 @@ def snapshot(
     Workers are sorted by copied bytes, with the master row and totals. With --by type or --by
     cause, each worker's copied bytes are attributed to Python types or to the kind of write.
     """
-    return commands.snapshot(pid, json_out=json_out, by=by, top_n=top_n)
+    from cowprof.commands import snapshot as command
+
+    return command.main(pid, json_out=json_out, by=by, top_n=top_n)
 
 
 @app.command(epilog="Example: [bold]cowprof top 1234 --interval 2[/bold]  (Ctrl-C to quit)")
@@ -275,7 +289,9 @@ def top(
     classifies pages with the exclusive bit even as root: the same columns for less CPU than the
     PFN mode.
     """
-    return commands.top(pid, interval=interval, max_cpu=max_cpu, exact=exact, iterations=iterations)
+    from cowprof.commands import top as command
+
+    return command.main(pid, interval=interval, max_cpu=max_cpu, exact=exact, iterations=iterations)
 
 
 @app.command(epilog="Example: [bold]cowprof record 1234 -o run.jsonl --interval 1 --duration "
@@ -308,8 +324,10 @@ def record(
     loses at most the sample in progress. View it with `cowprof report`. With --by, each sample
     line is followed by its attribution (see docs/live-record.md, `record --by`).
     """
-    return commands.record(pid, output=output, interval=interval, duration=duration, force=force,
-                           count=count, by=by, top_n=top_n)
+    from cowprof.commands import record as command
+
+    return command.main(pid, output=output, interval=interval, duration=duration, force=force,
+                        count=count, by=by, top_n=top_n)
 
 
 @app.command(epilog="Examples: [bold]cowprof report run.jsonl --html run.html[/bold]  ·  "
@@ -331,7 +349,9 @@ def report(
     The charts: copied MiB per worker over time, shared % over time, region breakdown; for a
     recording made with --by, copied bytes by type and by cause over time and the top functions.
     """
-    return commands.report(file, html=html, json_out=json_out, force=force)
+    from cowprof.commands import report as command
+
+    return command.main(file, html=html, json_out=json_out, force=force)
 
 
 @app.command(
@@ -357,8 +377,10 @@ def run(
     Your -c/--config (or ./gunicorn.conf.py) still applies: cowprof's hook module loads it.
     SIGINT/SIGTERM/SIGHUP... go to gunicorn; the exit status is gunicorn's.
     """
-    return commands.run(command, no_prepare=no_prepare, record_file=record_file, interval=interval,
-                        force=force)
+    from cowprof.commands import run as run_command
+
+    return run_command.main(command, no_prepare=no_prepare, record_file=record_file, interval=interval,
+                            force=force)
 
 
 @app.command(epilog="Examples: [bold]cowprof export 1234 --port 9464[/bold], then scrape "
@@ -370,7 +392,7 @@ def export(
                                                    "with --pidfile or --cmdline).")] = None,
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port of the /metrics endpoint "
                                                               "(0: any free port).")] = 9464,
-    interval: Annotated[float, typer.Option("--interval", "-i", parser=_seconds, metavar="SECONDS",
+    interval: Annotated[float, typer.Option("--interval", "-i", parser=_number, metavar="SECONDS",
                                             help="Seconds between scans.")] = 5.0,
     bind: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     pidfile: Annotated[Path | None, typer.Option(metavar="FILE", parser=_path,
@@ -381,7 +403,9 @@ def export(
                                                      "again after a restart.")] = None,
 ) -> int:
     """Serve Prometheus metrics of the tree's page accounting (needs cowprof\\[prometheus])."""
-    return commands.export(pid, port=port, interval=interval, bind=bind, pidfile=pidfile, cmdline=cmdline)
+    from cowprof.commands import export as command
+
+    return command.main(pid, port=port, interval=interval, bind=bind, pidfile=pidfile, cmdline=cmdline)
 
 
 def _reflow_help() -> None:

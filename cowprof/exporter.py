@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import signal
 import socket
@@ -44,6 +43,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from cowprof import procfs
 from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
 from cowprof.procfs import ProcessIdentity
+from cowprof.timer import check_interval
 
 try:
     from prometheus_client import make_wsgi_app
@@ -60,12 +60,14 @@ from cowprof.tree import Tree
 if TYPE_CHECKING:
     from cowprof.pages import PageReport
 
-__all__ = ["Exporter", "serve"]
+__all__ = ["MIN_INTERVAL", "Exporter", "check_options", "serve"]
 
 log = logging.getLogger("cowprof.exporter")
 
 #: How often a detached exporter looks for the master again (capped by ``interval``).
 REATTACH_POLL_SECONDS = 1.0
+#: The shortest scan ``interval`` the exporter takes (``export --interval``, docs/fleet.md).
+MIN_INTERVAL = 0.1
 
 FindTree = Callable[[int], Tree]
 Scan = Callable[[Tree], "PageReport"]
@@ -462,6 +464,20 @@ def _setup_logging() -> logging.Handler:
     return handler
 
 
+def check_options(*, port: int, interval: float, bind: str) -> float:
+    """The checks of :func:`serve`'s ``port``, ``interval`` (at least :data:`MIN_INTERVAL`, by
+    :func:`cowprof.timer.check_interval`) and ``bind``, which ``cowprof export`` runs too before it
+    imports numpy or starts anything: :class:`~cowprof.errors.BadInput` with a one-line message
+    naming the option.
+    Returns the interval in seconds."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise BadInput(f"--port must be between 0 and 65535, not {port}")
+    seconds = check_interval(interval, minimum=MIN_INTERVAL, option="--interval")
+    if not bind:
+        raise BadInput("--bind needs an address, e.g. 127.0.0.1")
+    return seconds
+
+
 def serve(pid: int | None, *, port: int = 9464, bind: str = "127.0.0.1", interval: float = 5.0,
           pidfile: str | None = None, cmdline: str | None = None) -> int:
     """Serve Prometheus metrics for the pre-fork tree of ``pid`` until SIGINT/SIGTERM.
@@ -474,12 +490,7 @@ def serve(pid: int | None, *, port: int = 9464, bind: str = "127.0.0.1", interva
     if _PROMETHEUS_MISSING is not None:
         raise CowprofError("cowprof export needs prometheus_client: "
                            "pip install 'cowprof[prometheus]'")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise BadInput(f"--port must be between 0 and 65535, not {port}")
-    if not isinstance(interval, (int, float)) or not math.isfinite(interval) or interval < 0.1:
-        raise BadInput(f"--interval must be at least 0.1 seconds, not {interval}")
-    if not bind:
-        raise BadInput("--bind needs an address, e.g. 127.0.0.1")
+    interval = check_options(port=port, interval=interval, bind=bind)
     from cowprof.pages import Scanner
     from cowprof.tree import find_tree
 

@@ -14,7 +14,13 @@ import math
 import time
 from collections.abc import Callable
 
-__all__ = ["CPU_BURST_SECONDS", "Timer"]
+from cowprof.errors import BadInput
+
+__all__ = ["CPU_BURST_SECONDS", "DEFAULT_TOP_MAX_CPU", "Timer", "check_interval"]
+
+DEFAULT_TOP_MAX_CPU = 1.5
+"""``cowprof top``'s ``max_cpu``, in % of one core (``--max-cpu``): under the 2% budget of a live
+view, with a margin for what the cap cannot see (interpreter start, terminal output)."""
 
 #: depth of the CPU cap's token bucket, in seconds of credit at ``max_cpu``
 CPU_BURST_SECONDS = 10.0
@@ -87,3 +93,31 @@ class Timer:
                 self._scheduled = earliest
                 self._tick = max(self._tick, math.ceil((earliest - self.start_time) / self.interval - 1e-9))
         self.effective_interval = self._scheduled - began
+
+
+def check_interval(value: object, *, minimum: float = 0.0, option: str | None = None) -> float:
+    """``value`` (a number, or its text as typed) as an interval in seconds, or
+    :class:`~cowprof.errors.BadInput`: finite and > 0, or at least ``minimum`` when that is > 0.
+    The one check of every interval option, by the CLI's parser and by the library functions that
+    take one (:func:`cowprof.exporter.serve`); the message names ``option`` when given (else
+    the value, for a parser that adds the option's name itself)."""
+    seconds = None
+    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    if seconds is None:
+        raise BadInput(f"{option}: {value!r} is not a number of seconds" if option
+                       else f"{value!r} is not a number of seconds")
+    shown = value if isinstance(value, str) else f"{seconds:g}"  # as typed, or 0.5 and -1 for numbers
+    if minimum > 0:
+        if not math.isfinite(seconds) or seconds < minimum:
+            raise BadInput(f"{option} must be at least {minimum:g} seconds, not {shown}" if option
+                           else f"{shown} must be at least {minimum:g} seconds")
+    elif not math.isfinite(seconds) or seconds <= 0:
+        raise BadInput(f"{option} must be a number of seconds > 0, not {shown}" if option
+                       else f"{shown} must be a number of seconds > 0")
+    return seconds

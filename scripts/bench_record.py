@@ -4,8 +4,8 @@
 Starts an app of tests/attribution_apps.py (default: ``floats``, ``--n`` mortal floats that every
 worker reads, so each worker copies the whole float heap) twice: prepared (it saves a heap map)
 and with ``--no-cowprof`` (the objects are read from its memory). Then runs the loop of ``cowprof
-record`` in this process (``cli._record_loop``: Sampler, RecordWriter, Attributor) for
-``--samples`` samples per variant, the variants interleaved round by round, and reports the CPU
+record`` in this process (``cowprof.commands.record.record_loop``: Sampler, RecordWriter,
+Attributor) for ``--samples`` samples per variant, the variants interleaved round by round, and reports the CPU
 time (``time.process_time``) of the first sample (which loads the heap map or reads the master's
 memory) and the median of the others:
 
@@ -37,7 +37,8 @@ os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-be
 
 from attribution_apps import App  # noqa: E402
 
-from cowprof import attribution, cli, heapmap  # noqa: E402
+from cowprof import attribution, heapmap  # noqa: E402
+from cowprof.commands.record import record_loop  # noqa: E402
 from cowprof.attributor import Attributor, SampleAttribution  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
 from cowprof.record import RecordWriter  # noqa: E402
@@ -79,7 +80,7 @@ def run(master: int, variant: str, changing: bool, samples: int, directory: str)
 
     path = os.path.join(directory, f"{variant}-{int(changing)}-{time.monotonic_ns()}.jsonl")
     with RecordWriter(path, target={"pid": master}) as writer:
-        cli._record_loop(sampler, writer, on_sample, attributor=att, top=20)
+        record_loop(sampler, writer, on_sample, attributor=att, top=20)
         writer.close("count")
     os.unlink(path)
     return cpu[0], statistics.median(cpu[1:]), copied[0] / MIB

@@ -1,4 +1,20 @@
-"""Reporters: render page reports and recordings they are given (table, JSON, live view, HTML).
+"""Reporters: render page reports, recordings and attributions they are given.
+
+One interface: every reporter module has ``render(data, file=None, *, options...)``, which writes
+``data`` to ``file`` (default stdout; the progress line: stderr) and returns nothing, or for the
+live views what they pass on or end with:
+
+* :mod:`~cowprof.reporters.table`: a page report by worker or region, or a recording's summary;
+* :mod:`~cowprof.reporters.attribution`: an attribution by type or cause, or by function;
+* :mod:`~cowprof.reporters.jsonout`: the JSON of any of these;
+* :mod:`~cowprof.reporters.html`: a recording as a self-contained HTML page;
+* :mod:`~cowprof.reporters.prometheus`: a page report as the Prometheus text exposition (bytes,
+  to a binary file; :func:`~cowprof.reporters.prometheus.exposition` returns them, and the
+  exporter serves the same families through its ``ReportCollector``);
+* :mod:`~cowprof.reporters.live`: ``cowprof top``'s view of an iterable of samples, refreshed in
+  place until it ends (returns the final view state);
+* :mod:`~cowprof.reporters.progress`: ``cowprof record``'s progress line over an iterable of
+  samples, which it passes on.
 
 Nothing here reads /proc or decides policy. This module holds the small helpers the reporters share:
 byte formatting, the region order, the causes' labels, :func:`worker_series` (per-worker time series of a recording)

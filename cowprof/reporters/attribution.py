@@ -1,13 +1,13 @@
-"""Rich tables and JSON for attribution (``cowprof snapshot PID --by type|cause``, and
-``cowprof report`` of a recording made with ``record --by``).
+"""Rich tables for attribution (``cowprof snapshot PID --by type|cause|function``, and
+``cowprof report`` of a recording made with ``record --by``); its JSON is
+:mod:`cowprof.reporters.jsonout`'s.
 
 Only rendering: the data comes from :func:`cowprof.attribution.attribute` /
-:func:`cowprof.attribution.snapshot`. Every ``render*`` function takes ``file=`` (default stdout).
+:func:`cowprof.attribution.snapshot` / :func:`cowprof.functions.snapshot`. :func:`render` takes
+either kind and the file to print to (default stdout), like every reporter's ``render``.
 """
 from __future__ import annotations
 
-import json
-import sys
 from typing import IO, TYPE_CHECKING
 
 from rich import box
@@ -22,8 +22,7 @@ if TYPE_CHECKING:
     from cowprof.functions import FunctionAttribution
     from cowprof.reporters import AttributionSeries
 
-__all__ = ["MAX_WORKER_COLUMNS", "cause_table", "function_tables", "over_time_tables", "render",
-           "render_functions", "render_functions_json", "render_json", "type_table"]
+__all__ = ["MAX_WORKER_COLUMNS", "cause_table", "function_tables", "over_time_tables", "render", "type_table"]
 
 #: at most this many per-worker columns (the workers with the most copied bytes); JSON has all
 MAX_WORKER_COLUMNS = 6
@@ -128,29 +127,32 @@ def cause_table(attr: Attribution, *, title: str | None = None) -> Table:
     return table
 
 
-def render(attr: Attribution, *, by: str = "type", top: int = 10, file: IO[str] | None = None) -> None:
-    """Print the by-``type`` or by-``cause`` table. By cause without the rights to read process
-    memory prints what is needed, then the by-type table."""
-    title = f"cowprof: master {attr.master}, {len(attr.workers)} workers"
+def render(data: Attribution | FunctionAttribution, file: IO[str] | None = None, *, by: str | None = None,
+           top: int = 10) -> None:
+    """Print an attribution to ``file`` (default stdout): by ``type`` (its default) or by ``cause``
+    (without the rights to read process memory: what is needed, then the by-type table), or a
+    function attribution (``by`` ``function``, its default): the by-function and by-module tables.
+    ``top`` rows of types, functions and modules. The JSON of either is :mod:`cowprof.reporters.jsonout`'s."""
+    from cowprof.attribution import Attribution
+
+    if not isinstance(data, Attribution):
+        if by not in (None, "function"):
+            raise ValueError(f"unknown grouping {by!r} of a function attribution; expected 'function'")
+        _console(file).print(Group(*function_tables(data, top=top)))
+        return
+    by = by or "type"
+    title = f"cowprof: master {data.master}, {len(data.workers)} workers"
     parts: list[RenderableType] = []
-    if by == "cause" and attr.has_causes:
-        parts.append(cause_table(attr, title=title + ", copied bytes by cause"))
+    if by == "cause" and data.has_causes:
+        parts.append(cause_table(data, title=title + ", copied bytes by cause"))
     elif by in ("cause", "type"):
         if by == "cause":
-            parts.append(Text(f"by cause unavailable: {attr.causes_error}; showing copied bytes by type",
+            parts.append(Text(f"by cause unavailable: {data.causes_error}; showing copied bytes by type",
                               style="yellow"))
-        parts.append(type_table(attr, top=top, title=title + ", copied bytes by type"))
+        parts.append(type_table(data, top=top, title=title + ", copied bytes by type"))
     else:
         raise ValueError(f"unknown grouping {by!r}; expected 'type' or 'cause'")
     _console(file).print(Group(*parts))
-
-
-def render_json(attr: Attribution, *, top: int | None = None, file: IO[str] | None = None,
-                indent: int | None = 2) -> None:
-    """Write ``attr.to_dict(top)`` (docs/attribute.md) as JSON followed by a newline."""
-    out = file if file is not None else sys.stdout
-    out.write(json.dumps(attr.to_dict(top), indent=indent, allow_nan=False) + "\n")
-    out.flush()
 
 
 def function_tables(fa: FunctionAttribution, *, top: int = 10) -> list[Table]:
@@ -183,19 +185,6 @@ def function_tables(fa: FunctionAttribution, *, top: int = 10) -> list[Table]:
     for m, b in fa.modules[:top]:
         mod.add_row(m, fmt_size(b), _pct(b, fa.copied_bytes))
     return [fn, mod]
-
-
-def render_functions(fa: FunctionAttribution, *, top: int = 10, file: IO[str] | None = None) -> None:
-    """Print the by-function and by-module tables."""
-    _console(file).print(Group(*function_tables(fa, top=top)))
-
-
-def render_functions_json(fa: FunctionAttribution, *, top: int | None = None, file: IO[str] | None = None,
-                          indent: int | None = 2) -> None:
-    """Write ``fa.to_dict(top)`` (docs/attribute.md) as JSON followed by a newline."""
-    out = file if file is not None else sys.stdout
-    out.write(json.dumps(fa.to_dict(top), indent=indent, allow_nan=False) + "\n")
-    out.flush()
 
 
 def over_time_tables(series: AttributionSeries) -> list[RenderableType]:

@@ -1,7 +1,13 @@
-"""JSON output of a page report: ``PageReport.to_dict()`` (the format documented in docs/CONTRACTS.md),
-plus the top-level keys the caller adds (``cowprof snapshot --json``: ``late_imports``), one
-document per call; and of a recording over time (``cowprof report --json``). Named ``jsonout`` so
-it never shadows the stdlib ``json``."""
+"""JSON output, one document per call, of what the commands print as JSON:
+
+* a page report: ``PageReport.to_dict()`` (the format documented in docs/CONTRACTS.md), plus the
+  top-level keys the caller adds (``cowprof snapshot --json``: ``late_imports``);
+* a recording over time (``cowprof report --json``): :func:`recording_dict`;
+* an attribution by type/cause or by function (``snapshot --by type|cause|function --json``): its
+  ``to_dict(top)`` (docs/attribute.md).
+
+Named ``jsonout`` so it never shadows the stdlib ``json``.
+"""
 from __future__ import annotations
 
 import json
@@ -9,21 +15,39 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cowprof.attribution import Attribution
+    from cowprof.functions import FunctionAttribution
     from cowprof.pages import PageReport
     from cowprof.record import Recording
 
-__all__ = ["RECORDING_VERSION", "recording_dict", "render", "render_recording"]
+__all__ = ["RECORDING_VERSION", "document", "recording_dict", "render"]
 
 
-def render(report: PageReport, *, file: IO[str] | None = None, indent: int | None = 2,
-           extra: dict[str, Any] | None = None) -> None:
-    """Write ``report`` as JSON followed by a newline (``indent=None``: one compact line);
-    ``extra`` keys are added at the top level (they never replace a key of the report)."""
+def document(data: PageReport | Recording | Attribution | FunctionAttribution, *, top: int | None = None,
+             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON document of ``data``: a page report's ``to_dict()`` with the ``extra`` keys added at
+    the top level (they never replace a key of the report); a recording's :func:`recording_dict`;
+    an attribution's ``to_dict(top)``."""
+    from cowprof.pagereport import PageReport
+
+    if isinstance(data, PageReport):
+        doc = data.to_dict()
+        for key, value in (extra or {}).items():
+            doc.setdefault(key, value)
+        return doc
+    from cowprof.record import Recording
+
+    if isinstance(data, Recording):
+        return recording_dict(data)
+    return data.to_dict(top)
+
+
+def render(data: PageReport | Recording | Attribution | FunctionAttribution, file: IO[str] | None = None, *,
+           indent: int | None = 2, top: int | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Write :func:`document` of ``data`` as JSON followed by a newline to ``file`` (default stdout;
+    ``indent=None``: one compact line)."""
     out = file if file is not None else sys.stdout
-    doc = report.to_dict()
-    for key, value in (extra or {}).items():
-        doc.setdefault(key, value)
-    out.write(json.dumps(doc, indent=indent, allow_nan=False) + "\n")
+    out.write(json.dumps(document(data, top=top, extra=extra), indent=indent, allow_nan=False) + "\n")
     out.flush()
 
 
@@ -64,9 +88,3 @@ def recording_dict(recording: Recording) -> dict[str, Any]:
         }
     return doc
 
-
-def render_recording(recording: Recording, *, file: IO[str] | None = None, indent: int | None = 2) -> None:
-    """Write :func:`recording_dict` as JSON followed by a newline."""
-    out = file if file is not None else sys.stdout
-    out.write(json.dumps(recording_dict(recording), indent=indent, allow_nan=False) + "\n")
-    out.flush()

@@ -3,7 +3,7 @@
 :class:`TopView` is fed :class:`~cowprof.sampler.Sample` objects and builds a Rich renderable; it
 keeps just enough state to compute each worker's copied MiB/s since the previous refresh and to say
 which workers appeared or disappeared (``max_requests`` recycling, HUP reloads). The refresh loop
-(Rich ``Live`` on a terminal, one table per sample otherwise) lives in :func:`run`.
+(Rich ``Live`` on a terminal, one table per sample otherwise) is :func:`render`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from cowprof.pages import PageReport
     from cowprof.sampler import Sample
 
-__all__ = ["TopView", "run"]
+__all__ = ["TopView", "render"]
 
 
 class TopView:
@@ -157,9 +157,10 @@ def _rate(bytes_per_s: float | None) -> str:
     return "new" if bytes_per_s is None else f"{bytes_per_s / MiB:.2f}"
 
 
-def run(samples: Iterable[Sample], *, interval: float, file: IO[str] | None = None,
-        live: bool | None = None, max_cpu: float | None = None) -> TopView:
-    """Show ``samples`` until the iterable ends; returns the final view state.
+def render(samples: Iterable[Sample], file: IO[str] | None = None, *, interval: float,
+           live: bool | None = None, max_cpu: float | None = None) -> TopView:
+    """Show ``samples`` on ``file`` (default stdout) until the iterable ends; returns the final
+    view state.
 
     ``live=None`` picks Rich ``Live`` (refresh in place) when ``file`` is a terminal; otherwise
     each sample prints one complete table (pipes, logs, tests). KeyboardInterrupt propagates: the

@@ -13,9 +13,10 @@ label. The metric names and meanings are documented in ``docs/fleet.md``.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -29,6 +30,7 @@ __all__ = [
     "MASTER_GAUGES",
     "ReportCollector",
     "WORKER_GAUGES",
+    "exposition",
     "metric_families",
     "render",
 ]
@@ -149,8 +151,18 @@ class ReportCollector:
         yield from metric_families(report, status)
 
 
-def render(report: PageReport | Any | None, status: ExporterStatus | None = None) -> bytes:
-    """The Prometheus text exposition of one report (e.g. for node_exporter's textfile collector)."""
+def render(report: PageReport | Any | None, file: IO[bytes] | None = None, *,
+           status: ExporterStatus | None = None) -> None:
+    """Write :func:`exposition` of ``report`` to the binary ``file`` (default stdout's buffer)."""
+    out = file if file is not None else sys.stdout.buffer
+    out.write(exposition(report, status))
+    out.flush()
+
+
+def exposition(report: PageReport | Any | None, status: ExporterStatus | None = None) -> bytes:
+    """The Prometheus text exposition of one report (e.g. for node_exporter's textfile collector),
+    with ``status`` (default: that of one successful scan, or of none without a report); the
+    exporter serves the same families live (:class:`ReportCollector`)."""
     if status is None:
         status = ExporterStatus(
             up=report is not None,

@@ -1,7 +1,7 @@
 """Rich tables for one page report (``cowprof snapshot``) and for a recording (``cowprof report``).
 
-Only rendering: the data comes from :mod:`cowprof.pages` / :mod:`cowprof.record`. Every ``render_*``
-function takes ``file=`` (default stdout) so tests and the CLI can direct the output.
+Only rendering: the data comes from :mod:`cowprof.pages` / :mod:`cowprof.record`. :func:`render`
+takes either, and the file to print to (default stdout), like every reporter's ``render``.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cowprof.pages import PageReport
     from cowprof.record import Recording
 
-__all__ = ["BY_CHOICES", "region_table", "render", "render_recording", "report_caption", "worker_table"]
+__all__ = ["BY_CHOICES", "recording_summary", "region_table", "render", "report_caption", "worker_table"]
 
 BY_CHOICES = ("worker", "region")
 """Groupings :func:`render` knows. Attribution adds more (``type``, ``cause``) by extending this and
@@ -133,15 +133,23 @@ def region_table(report: PageReport, *, title: str | None = None) -> Table:
     return table
 
 
-def render(report: PageReport, *, file: IO[str] | None = None, by: str = "worker") -> None:
-    """Print ``report`` as a table grouped ``by`` one of :data:`BY_CHOICES`."""
-    title = f"cowprof: master {report.master.pid}, {len(report.workers)} workers"
-    if by == "worker":
-        table: RenderableType = worker_table(report, title=title)
-    elif by == "region":
-        table = region_table(report, title=title + ", by region")
-    else:
+def render(data: PageReport | Recording, file: IO[str] | None = None, *, by: str = "worker") -> None:
+    """Print a page report as a table grouped ``by`` one of :data:`BY_CHOICES`, or a recording as
+    its summary (:func:`recording_summary`; ``by`` stays ``worker``), to ``file`` (default stdout)."""
+    from cowprof.pagereport import PageReport
+
+    if by not in BY_CHOICES:
         raise ValueError(f"unknown grouping {by!r}; expected one of {', '.join(BY_CHOICES)}")
+    if not isinstance(data, PageReport):
+        if by != "worker":
+            raise ValueError("a recording has one summary; by must be 'worker'")
+        _console(file).print(recording_summary(data))
+        return
+    title = f"cowprof: master {data.master.pid}, {len(data.workers)} workers"
+    if by == "worker":
+        table: RenderableType = worker_table(data, title=title)
+    else:
+        table = region_table(data, title=title + ", by region")
     _console(file).print(table)
 
 
@@ -205,8 +213,3 @@ def recording_summary(recording: Recording) -> RenderableType:
         parts.append(Text(f"recorded --by {','.join(recording.attributed_by)}, but no sample has an attribution"
                           + (f": {last_error}" if last_error else ""), style="yellow"))
     return Group(*parts)
-
-
-def render_recording(recording: Recording, *, file: IO[str] | None = None) -> None:
-    """Print :func:`recording_summary`."""
-    _console(file).print(recording_summary(recording))

@@ -372,3 +372,24 @@ def test_procfs_text_readers_and_tree_import_no_numpy():
     code = "import sys, cowprof.procfs, cowprof.tree, cowprof.pages; print(sorted({'numpy', 'psutil'} & set(sys.modules)))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+
+
+def test_command_modules_and_the_runner_import_only_the_standard_library():
+    """cli_app imports the command modules to build the app, the fast path imports snapshot's: none
+    of them may pull in what a command needs only when it runs; and the gunicorn config module the
+    master loads (``-c python:cowprof.gunicorn``) does not import the runner."""
+    code = ("import sys\nimport cowprof.commands.snapshot, cowprof.commands.top, cowprof.commands.record, "
+            "cowprof.commands.report, cowprof.commands.run, cowprof.commands.export, cowprof.gunicorn_run\n"
+            "print(' '.join(sorted(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert "cowprof.commands.common" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in _START_UP_HEAVY or m in _START_UP_HEAVY}
+    assert not {m for m in loaded if m.startswith("cowprof.") and m.split(".")[1] in (
+        "tree", "sampler", "record", "reporters", "exporter", "gunicorn", "prepare", "attribution")}
+    code = "import sys, cowprof.gunicorn\nprint(' '.join(sorted(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert "cowprof.gunicorn" in loaded and not {"cowprof.gunicorn_run", "cowprof.commands"} & loaded

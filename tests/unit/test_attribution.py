@@ -21,6 +21,7 @@ from cowprof.heapmap import HeapMap
 from cowprof.memreader import MemoryAccessDenied, MemReader
 from cowprof.pages import PageReport
 from cowprof.reporters import attribution as rep
+from cowprof.reporters import jsonout
 from conftest import master_dict, page_report, worker_dict
 
 PS = 4096
@@ -351,7 +352,7 @@ def test_json_round_trip_and_rendering(tree):
     with pytest.raises(BadInput):
         att.Attribution.from_dict({"version": 99})
     out = io.StringIO()
-    rep.render_json(attr, top=1, file=out)
+    jsonout.render(attr, out, top=1)
     assert json.loads(out.getvalue())["workers"][0]["no_object_bytes"] == 4 * PS - 240
     for by, words in (("type", ["Node", "no object", "Of copied"]),
                       ("cause", ["refcount", "GC header", "identical content", "unknown original", "Words"])):

@@ -141,7 +141,7 @@ def test_record_by_needs_valid_groupings(capsys):
 
 
 def test_record_loop_writes_attribution_lines_and_warns_once(tmp_path, capsys):
-    from cowprof.cli import _record_loop
+    from cowprof.commands.record import record_loop
     from cowprof.record import RecordWriter, read_record
     from cowprof.sampler import Sample
 
@@ -161,7 +161,7 @@ def test_record_loop_writes_attribution_lines_and_warns_once(tmp_path, capsys):
 
     path = tmp_path / "r.jsonl"
     with RecordWriter(path, target={"pid": 10}, attribution={"by": ["type"], "top": 5}) as w:
-        assert _record_loop(Samples(), w, attributor=Failing(), top=5) == "count"
+        assert record_loop(Samples(), w, attributor=Failing(), top=5) == "count"
         w.close("count")
     err = capsys.readouterr().err
     assert err == ("cowprof: sample 0 has no attribution: no heap map and no ptrace rights "

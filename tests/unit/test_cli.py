@@ -3,6 +3,7 @@ codes, and the ``run`` argument rewriting. Real processes are in tests/integrati
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ import cowprof.preload
 import cowprof.pages
 import cowprof.sampler
 import cowprof.tree
-from cowprof import cli
+from cowprof import cli, gunicorn_run
 from cowprof.errors import AccessDenied, BadInput, NotAPreforkTree, ProcessGone
 from cowprof.pages import PageReport
 from cowprof.procfs import ProcessIdentity
@@ -216,7 +217,7 @@ def test_top_without_terminal_prints_each_refresh(fake):
     assert "1.00" in result.stdout  # worker 11 copies 1 MiB per (fake) second
 
 
-@pytest.mark.parametrize("extra, tolerance, max_age", [([], cli.TOP_TOLERANCE, 5 * 0.5), (["--exact"], 0.0, None)])
+@pytest.mark.parametrize("extra, tolerance, max_age", [([], cowprof.pages.TOP_TOLERANCE, 5 * 0.5), (["--exact"], 0.0, None)])
 def test_top_tolerance_unless_exact(fake, monkeypatch, extra, tolerance, max_age):
     import cowprof.sampler
 
@@ -239,7 +240,7 @@ def test_top_ctrl_c_exits_zero(fake, monkeypatch):
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(live, "run", interrupted)
+    monkeypatch.setattr(live, "render", interrupted)
     result = runner.invoke(cli.app, ["top", "10"])
     assert result.exit_code == 0
 
@@ -333,7 +334,7 @@ def test_report_truncated_file_warns_and_keeps_the_rest(fake, tmp_path, capsys):
 # --- run -------------------------------------------------------------------------------------
 
 def rewrite(args, tmp_path, environ=None, prepare=True):
-    return cli.gunicorn_command(args, cwd=str(tmp_path), environ=environ or {}, prepare=prepare)
+    return gunicorn_run.gunicorn_command(args, cwd=str(tmp_path), environ=environ or {}, prepare=prepare)
 
 
 @pytest.mark.parametrize("args", [
@@ -391,7 +392,7 @@ def test_run_missing_gunicorn(capsys, tmp_path):
 
 
 def test_exit_status_of_signalled_child():
-    assert cli._exit_status(-15) == 143 and cli._exit_status(4) == 4
+    assert gunicorn_run.exit_status(-15) == 143 and gunicorn_run.exit_status(4) == 4
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -417,3 +418,41 @@ def test_export_without_the_module(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "cowprof.exporter", None)
     code, out, err = run_main(capsys, "export", "123")
     assert_one_line_error(err, code, 1, "cowprof.exporter")
+
+
+# --- one check of an option for the CLI and the library ------------------------------------------
+
+@pytest.mark.parametrize("value, minimum, seconds", [("0.5", 0.0, 0.5), (2, 0.0, 2.0), ("0.1", 0.1, 0.1), (5.0, 0.1, 5.0)])
+def test_check_interval_accepts(value, minimum, seconds):
+    from cowprof.timer import check_interval
+
+    assert check_interval(value, minimum=minimum) == seconds
+
+
+@pytest.mark.parametrize("value, minimum, needle", [
+    ("0", 0.0, "0 must be a number of seconds > 0"), ("-1", 0.0, "> 0"), ("nan", 0.0, "> 0"), ("inf", 0.0, "> 0"),
+    ("soon", 0.0, "'soon' is not a number of seconds"), (True, 0.0, "not a number"), (None, 0.0, "not a number"),
+    (0.05, 0.1, "at least 0.1 seconds"), (float("inf"), 0.1, "at least 0.1 seconds"),
+])
+def test_check_interval_rejects(value, minimum, needle):
+    from cowprof.timer import check_interval
+
+    with pytest.raises(BadInput, match=re.escape(needle)):
+        check_interval(value, minimum=minimum)
+    with pytest.raises(BadInput, match="^--interval"):
+        check_interval(value, minimum=minimum, option="--interval")
+
+
+@pytest.mark.parametrize("value, needle", [("0.05", "at least 0.1 seconds, not 0.05"), ("0", "at least 0.1"),
+                                           ("-1", "at least 0.1"), ("nan", "at least 0.1"),
+                                           ("soon", "not a number")])
+def test_export_interval_is_the_exporters_check(monkeypatch, capsys, value, needle):
+    """``export --interval`` fails as ``serve(interval=...)`` does, before anything is started."""
+    import cowprof.exporter
+
+    monkeypatch.setattr(cowprof.exporter, "serve", lambda *a, **kw: pytest.fail("serve was called"))
+    code, out, err = run_main(capsys, "export", "123", "--interval", value)
+    assert_one_line_error(err, code, 2, needle)
+    if needle != "not a number":
+        with pytest.raises(BadInput, match=re.escape(needle)):
+            cowprof.exporter.check_options(port=0, interval=float(value), bind="127.0.0.1")

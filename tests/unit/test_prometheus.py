@@ -20,6 +20,7 @@ from cowprof.reporters.prometheus import (
     WORKER_GAUGES,
     ExporterStatus,
     ReportCollector,
+    exposition,
     metric_families,
     render,
 )
@@ -84,7 +85,7 @@ EXPECTED_MASTER = {
 
 def test_every_worker_field_is_exported_with_its_value():
     d = _report_dict([11, 12, 13])
-    fams = _parse(render(_as_report(d)))
+    fams = _parse(exposition(_as_report(d)))
     assert {n for n in fams if n.startswith("cowprof_worker_")} == set(EXPECTED_WORKER)
     for name, key in EXPECTED_WORKER.items():
         assert fams[name].type == "gauge"
@@ -100,18 +101,28 @@ def test_every_worker_field_is_exported_with_its_value():
     assert _single(fams, "cowprof_scan_privileged") == 0
 
 
+def test_render_writes_the_exposition_to_a_binary_file():
+    import io
+
+    rep = _as_report(_report_dict([11, 12]))
+    buf = io.BytesIO()
+    assert render(rep, buf) is None
+    assert buf.getvalue() == exposition(rep)
+    assert _single(_parse(buf.getvalue()), "cowprof_workers") == 2
+
+
 def test_values_follow_the_report_not_constants():
     # baseline for the test above: a different report must give different numbers
     a, b = _report_dict([11, 12]), _report_dict([11, 12])
     b["workers"][0]["copied_bytes"] += 4096
     b["master"]["rss_bytes"] += 4096
-    fa, fb = _parse(render(_as_report(a))), _parse(render(_as_report(b)))
+    fa, fb = _parse(exposition(_as_report(a))), _parse(exposition(_as_report(b)))
     assert _by_pid(fb["cowprof_worker_copied_bytes"])[11] == _by_pid(fa["cowprof_worker_copied_bytes"])[11] + 4096
     assert _single(fb, "cowprof_master_rss_bytes") == _single(fa, "cowprof_master_rss_bytes") + 4096
 
 
 def test_worker_series_carry_the_pid_label_only():
-    fams = _parse(render(_as_report(_report_dict([11, 12]))))
+    fams = _parse(exposition(_as_report(_report_dict([11, 12]))))
     for name, _attr, _doc in WORKER_GAUGES:
         assert all(set(s.labels) == {"pid"} for s in fams[name].samples), name
     for name, fam in fams.items():
@@ -120,7 +131,7 @@ def test_worker_series_carry_the_pid_label_only():
 
 
 def test_naming_conventions():
-    fams = _parse(render(_as_report(_report_dict([11]))))
+    fams = _parse(exposition(_as_report(_report_dict([11]))))
     assert fams, "nothing exported"
     for name, fam in fams.items():
         assert name.startswith("cowprof_")

@@ -86,7 +86,7 @@ def test_todays_reader_reads_a_file_written_by_format_1_0(tmp_path):
     assert rec.reports[2].to_dict() == attributed(2)[0].report.to_dict()
     out = io.StringIO()
     from cowprof.reporters import table
-    table.render_recording(rec, file=out)
+    table.render(rec, out)
     assert "v1.0" in out.getvalue() and "by type" not in out.getvalue()
 
 

@@ -160,10 +160,10 @@ def test_top_keeps_last_report_on_error():
     assert "12" in out  # the last good table is still shown
 
 
-def test_top_run_prints_each_sample_without_a_terminal():
+def test_top_view_prints_each_sample_without_a_terminal():
     buf = io.StringIO()
     samples = [sample(0, report(1000.0, {11: MiB})), sample(1, report(1002.0, {11: 5 * MiB}))]
-    view = live.run(samples, interval=2.0, file=buf)
+    view = live.render(samples, buf, interval=2.0)
     out = buf.getvalue()
     assert out.count("cowprof top") == 2
     assert "2.00" in out  # (5 - 1) MiB over 2 s
@@ -207,7 +207,7 @@ def test_html_without_plotly_is_a_one_line_error(recording, monkeypatch):
 
 def test_recording_summary(recording):
     buf = io.StringIO()
-    table.render_recording(recording, file=buf)
+    table.render(recording, buf)
     out = buf.getvalue()
     assert "5 samples" in out and "1 failed" in out and "ended: duration" in out
     assert "command: gunicorn <app> [/x]" in out  # user text is not Rich markup
@@ -216,3 +216,38 @@ def test_recording_summary(recording):
     rows = [line.split() for line in summary.splitlines() if line.split()[:1] in (["11"], ["12"])]
     assert [r[0] for r in rows] == ["12", "11"]
     assert rows[0][1:7] == ["3s", "4", "0", "6.00M", "6.00M", "2.00M"]
+
+
+# --- one interface: render(data, file, *, options) -------------------------------------------
+
+def test_table_render_takes_a_report_or_a_recording(recording):
+    by_call, by_summary = io.StringIO(), io.StringIO()
+    table.render(recording, by_call)
+    from rich.console import Console
+
+    Console(file=by_summary, highlight=False).print(table.recording_summary(recording))
+    assert by_call.getvalue() == by_summary.getvalue() and "5 samples" in by_call.getvalue()
+    with pytest.raises(ValueError, match="one summary"):
+        table.render(recording, io.StringIO(), by="region")
+
+
+def test_jsonout_renders_reports_and_recordings(recording):
+    buf = io.StringIO()
+    jsonout.render(recording, buf)
+    assert json.loads(buf.getvalue()) == jsonout.recording_dict(recording)
+    buf = io.StringIO()
+    jsonout.render(recording.reports[-1], buf, indent=None, extra={"late_imports": [], "workers": "no"})
+    doc = json.loads(buf.getvalue())
+    assert buf.getvalue().count("\n") == 1 and doc["late_imports"] == [] and isinstance(doc["workers"], list)
+
+
+def test_progress_passes_every_sample_on_and_prints_nothing_off_a_terminal():
+    from cowprof.reporters import progress
+
+    samples = [sample(0, report(1000.0, {11: MiB})), sample(1, None, error=AccessDenied(11)),
+               sample(2, report(1002.0, {11: 3 * MiB}))]
+    buf = io.StringIO()
+    assert list(progress.render(iter(samples), buf, title="recording [bold]x[/bold]", duration=2.0)) == samples
+    assert buf.getvalue() == ""
+    assert progress.status(samples[2], 3) == "3 samples  1 workers  copied 3.0 MiB"
+    assert progress.status(samples[1], 2).startswith("2 samples  last failed: permission denied")

@@ -1,0 +1,32 @@
+"""``cowprof top``: the live view until Ctrl-C or the master exits."""
+from __future__ import annotations
+
+import sys
+
+from cowprof.commands.common import err, interrupt_on_term, numpy_on_one_blas_thread
+from cowprof.timer import DEFAULT_TOP_MAX_CPU
+
+__all__ = ["main"]
+
+
+def main(pid: int, *, interval: float = 1.0, max_cpu: float = DEFAULT_TOP_MAX_CPU, exact: bool = False,
+         iterations: int | None = None) -> int:
+    """Sample the tree of ``pid`` every ``interval`` seconds into the live view, with top's CPU cap
+    (``max_cpu``, % of one core; 0: none) and page-table tolerance (none with ``exact``)."""
+    from cowprof.pages import TOP_MAX_AGE_INTERVALS, TOP_TOLERANCE
+    from cowprof.reporters import live
+    from cowprof.sampler import Sampler, StopReason
+
+    cap = max_cpu / 100.0 if max_cpu > 0 else None
+    with numpy_on_one_blas_thread():
+        sampler = Sampler(pid, interval=interval, count=iterations, privileged=False, max_cpu=cap,
+                          tolerance=0.0 if exact else TOP_TOLERANCE,
+                          max_age=None if exact else TOP_MAX_AGE_INTERVALS * interval)
+    with interrupt_on_term():
+        try:
+            live.render(sampler, sys.stdout, interval=interval, max_cpu=cap)
+        except KeyboardInterrupt:
+            return 0
+    if sampler.stop_reason == StopReason.TARGET_EXITED:
+        err(f"master {sampler.master} exited")
+    return 0

@@ -903,11 +903,8 @@ def candidate_dirs(pid: int, procfs_root: str = "/proc") -> list[str]:
     """Directories where master ``pid`` would have saved its map: ours, then its environment's.
     Raises ProcessGone when the master is gone (its environment then says nothing)."""
     dirs = [default_directory()]
-    try:
-        env = procfs.read_environ(pid, procfs_root)
-    except ProcessGone:
-        raise
-    except CowprofError:  # not allowed to read it: only our own directory is known
+    env = procfs.readable_environ(pid, procfs_root)
+    if env is None:  # not allowed to read it: only our own directory is known
         return dirs
     heapmap_dir, runtime, home = (env.get(k) for k in _ENV_LINE)
     if heapmap_dir:

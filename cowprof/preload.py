@@ -337,11 +337,8 @@ class LateImports(Mutable):
 def _candidate_dirs(master: int, procfs_root: str) -> list[str]:
     """Ours, then the one the master's environment names. Raises ProcessGone when it is gone."""
     dirs = [directory()]
-    try:
-        env = procfs.read_environ(master, procfs_root)
-    except ProcessGone:
-        raise
-    except CowprofError:  # not allowed to read it: only our own directory is known
+    env = procfs.readable_environ(master, procfs_root)
+    if env is None:  # not allowed to read it: only our own directory is known
         return dirs
     if env.get(ENV_DIR):
         dirs.append(env[ENV_DIR])

@@ -195,6 +195,16 @@ def read_environ(pid: int, procfs_root: str = "/proc") -> dict[str, str]:
     return out
 
 
+def readable_environ(pid: int, procfs_root: str = "/proc") -> dict[str, str] | None:
+    """:func:`read_environ`, or None when we may not read it; ProcessGone still raises."""
+    try:
+        return read_environ(pid, procfs_root)
+    except ProcessGone:
+        raise
+    except CowprofError:
+        return None
+
+
 def read_children(pid: int, procfs_root: str = "/proc") -> list[int]:
     """The children of a process (of all its threads, ``task/TID/children``), in PID order.
     ProcessGone also when the kernel lacks the file (``CONFIG_PROC_CHILDREN``)."""

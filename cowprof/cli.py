@@ -25,9 +25,8 @@ from cowprof.errors import CowprofError
 
 if TYPE_CHECKING:  # served by __getattr__ below, on first use
     from cowprof.cli_app import app
-    from cowprof.gunicorn_run import gunicorn_command
 
-__all__ = ["app", "main", "gunicorn_command"]
+__all__ = ["app", "guarded", "main"]
 
 PROG = "cowprof"
 _SNAPSHOT_BY = ("worker", "region", "type", "cause", "function")
@@ -143,24 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     return cli_app.main(args)
 
 
-# --- names kept here for callers of the single-module CLI ---------------------------------------
-
-_MOVED = {"gunicorn_command": ("cowprof.gunicorn_run", "gunicorn_command"),
-          "_exit_status": ("cowprof.gunicorn_run", "exit_status"),
-          "By": ("cowprof.commands.snapshot", "By"), "RecordBy": ("cowprof.commands.record", "RecordBy"),
-          "TOP_TOLERANCE": ("cowprof.pages", "TOP_TOLERANCE"),
-          "DEFAULT_TOP_MAX_CPU": ("cowprof.timer", "DEFAULT_TOP_MAX_CPU"),
-          "_record_loop": ("cowprof.commands.record", "record_loop")}
-
-
 def __getattr__(name: str) -> Any:
+    """``cowprof.cli.app``, the Typer app, built on first use (the fast path never builds it)."""
     if name == "app":
         from cowprof import cli_app
 
         return cli_app.app
-    if name in _MOVED:
-        import importlib
-
-        module, attr = _MOVED[name]
-        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'cowprof.cli' has no attribute {name!r}")

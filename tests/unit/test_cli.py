@@ -14,6 +14,7 @@ import cowprof.pages
 import cowprof.sampler
 import cowprof.tree
 from cowprof import cli, gunicorn_run
+from cowprof.commands.snapshot import By
 from cowprof.errors import AccessDenied, BadInput, NotAPreforkTree, ProcessGone
 from cowprof.pages import PageReport
 from cowprof.procfs import ProcessIdentity
@@ -102,7 +103,7 @@ def test_by_choices_match_the_table_reporter():
     from cowprof.reporters.table import BY_CHOICES
 
     # worker/region are page tables; type/cause/function go to the attribution reporter
-    assert tuple(b.value for b in cli.By) == BY_CHOICES + ("type", "cause", "function")
+    assert tuple(b.value for b in By) == BY_CHOICES + ("type", "cause", "function")
 
 
 # --- the fast path: snapshot and --version without the Typer app ----------------------------------
@@ -111,9 +112,9 @@ def test_by_choices_match_the_table_reporter():
     (["snapshot", "10"], {"pid": 10}),
     (["snapshot", "10", "--json"], {"pid": 10, "json_out": True}),
     (["snapshot", "--json", "10"], {"pid": 10, "json_out": True}),
-    (["snapshot", "10", "--by", "region", "--top", "3"], {"pid": 10, "by": cli.By.region, "top_n": 3}),
+    (["snapshot", "10", "--by", "region", "--top", "3"], {"pid": 10, "by": By.region, "top_n": 3}),
     (["snapshot", "--by=cause", "10", "--top=20", "--json"],
-     {"pid": 10, "by": cli.By.cause, "top_n": 20, "json_out": True}),
+     {"pid": 10, "by": By.cause, "top_n": 20, "json_out": True}),
 ])
 def test_fast_path_takes_the_plain_forms(argv, expected):
     assert cli._fast_snapshot(argv[1:]) == expected

@@ -35,15 +35,14 @@ from .errors import AccessDenied, BadInput, ProcessGone
 from .heapmap import HeapMap, NoHeapMap, find_heapmap  # the last two: heapmap.py's, also offered here
 from .memreader import MemoryAccessDenied, MemReader
 from .pages import PageReport, scan
-from .tree import Tree, find_tree
+from .tree import find_tree
 
 __all__ = [
     "CAUSES", "NO_OBJECT", "ORIGINALS", "UNKNOWN_MEMORY", "VERSION", "Attribution", "NoAttribution",
     "NoHeapMap",
     "WorkerAttribution", "attribute", "by_cause", "by_type", "find_heapmap", "heapmap_or_memory", "layout_of",
     "record_bytes",
-    "snapshot", "top_causes",
-    "top_types",
+    "snapshot",
 ]
 
 VERSION = 1
@@ -609,29 +608,3 @@ def snapshot(pid: int, *, causes: bool = False, procfs_root: str = "/proc",
     report = scan(tree, privileged=privileged, procfs_root=procfs_root, keep_addresses=True)
     hm = heapmap_or_memory(report, procfs_root=procfs_root, heapmap_dir=heapmap_dir, from_memory=from_memory)
     return attribute(report, hm, causes=causes, procfs_root=procfs_root)
-
-
-# ------------------------------------------------------------------------ summaries (demo)
-
-
-def _attribution(source: Attribution | PageReport | Tree | int, hm: HeapMap | None, causes: bool) -> Attribution:
-    if isinstance(source, Attribution):
-        return source
-    if isinstance(source, PageReport):
-        if hm is None:
-            hm = find_heapmap(source.master.pid)
-        return attribute(source, hm, causes=causes)
-    return snapshot(source.master if isinstance(source, Tree) else source, causes=causes)
-
-
-def top_types(source: Attribution | PageReport | Tree | int, hm: HeapMap | None = None,
-              n: int = 3) -> list[tuple[str, int]]:
-    """The ``n`` types (``"no object"`` included) with the most copied bytes over all workers."""
-    return _attribution(source, hm, causes=False).total_types()[:n]
-
-
-def top_causes(source: Attribution | PageReport | Tree | int, hm: HeapMap | None = None,
-               n: int = 3) -> list[tuple[str, int]]:
-    """The ``n`` causes with the most copied bytes over all workers; ``[]`` when process memory
-    cannot be read (see ``Attribution.causes_error``)."""
-    return (_attribution(source, hm, causes=True).total_causes() or [])[:n]

@@ -274,8 +274,8 @@ def collect_attribution(result: ModeResult, tree: Tree) -> None:
     except (CowprofError, OSError) as err:
         result.extras["attribution_error"] = str(err)
         return
-    result.extras["top_types"] = attribution.top_types(attr, n=3)
-    result.extras["top_causes"] = attribution.top_causes(attr, n=3)
+    result.extras["top_types"] = attr.total_types()[:3]
+    result.extras["top_causes"] = (attr.total_causes() or [])[:3]
     if attr.causes_error:
         result.extras["attribution_error"] = attr.causes_error
 

@@ -267,7 +267,7 @@ def test_without_memory_access_by_type_stays_and_the_error_says_what_is_needed(t
     rep.render(attr, by="cause", file=out)
     text = out.getvalue()
     assert "by cause unavailable" in text and "ptrace" in text and "Node" in text
-    assert att.top_causes(attr) == []
+    assert attr.total_causes() is None
 
 
 def test_a_worker_that_exits_counts_as_unknown(tree):
@@ -368,7 +368,7 @@ def test_top_n_folds_the_rest_into_other_types():
     recs = [(0x10000 + 64 * i, 48, f"T{i % 5}") for i in range(60)]
     attr = att.attribute(make_report({11: [0x10000]}), make_hm(recs, pre={}), causes=False)
     assert attr.causes_error == "not requested"
-    assert len(att.top_types(attr, n=3)) == 3
+    assert {t for t, _b in attr.total_types()} >= {f"T{i}" for i in range(5)}
     d = attr.to_dict(top=2)
     w = d["workers"][0]
     assert len(w["types"]) == 2 and w["other_types_bytes"] == 60 * 48 - sum(t["bytes"] for t in w["types"])

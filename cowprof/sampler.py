@@ -133,18 +133,23 @@ class Sampler:
             from cowprof.tree import TreeWatcher
 
             find_tree = TreeWatcher().find
+        read: Callable[[Tree], tuple[PageReport, int]]
         if scan is None:
             from cowprof.pages import Scanner
 
             scanner = Scanner(privileged=privileged, tolerance=tolerance, max_age=max_age)
             self.scanner: Scanner | None = scanner
 
-            def scan(tree: Tree, _privileged: bool | None) -> PageReport:
-                return scanner.scan(tree, keep_addresses=keep_addresses)
+            def read(tree: Tree) -> tuple[PageReport, int]:
+                return scanner.read(tree, keep_addresses=keep_addresses)  # (report, drift_pages)
         else:
             self.scanner = None
+            injected = scan
+
+            def read(tree: Tree) -> tuple[PageReport, int]:
+                return injected(tree, self.privileged), 0
         self._find_tree = find_tree
-        self._scan = scan
+        self._read = read
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
@@ -179,8 +184,7 @@ class Sampler:
         try:
             tree = self._first_tree if self._first_tree is not None else self._find_tree(self.master)
             self._first_tree = None
-            report = self._scan(tree, self.privileged)
-            drift = self.scanner.drift_pages if self.scanner is not None else 0
+            report, drift = self._read(tree)
         except CowprofError as exc:  # ProcessGone, AccessDenied, NotAPreforkTree...: per sample
             error = exc
         return Sample(index=index, time=wall, elapsed=began - start, lateness=lateness, report=report,

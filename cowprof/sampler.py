@@ -69,6 +69,16 @@ def _process_identity(pid: int) -> procfs.ProcessIdentity | None:
     return procfs.ProcessIdentity.lookup(pid)
 
 
+def _alive_check(master: int) -> Callable[[int], bool]:
+    """Whether ``master`` is still the process it is now (its identity: a reused PID is not)."""
+    identity = _process_identity(master)
+
+    def is_alive(pid: int) -> bool:
+        now = _process_identity(pid)
+        return now is not None and (identity is None or now.same_process(identity))
+    return is_alive
+
+
 class Sampler:
     """Iterate over :class:`Sample` objects taken every ``interval`` seconds from the tree of ``pid``.
 
@@ -133,23 +143,9 @@ class Sampler:
             from cowprof.tree import TreeWatcher
 
             find_tree = TreeWatcher().find
-        read: Callable[[Tree], tuple[PageReport, int]]
-        if scan is None:
-            from cowprof.pages import Scanner
-
-            scanner = Scanner(privileged=privileged, tolerance=tolerance, max_age=max_age)
-            self.scanner: Scanner | None = scanner
-
-            def read(tree: Tree) -> tuple[PageReport, int]:
-                return scanner.read(tree, keep_addresses=keep_addresses)  # (report, drift_pages)
-        else:
-            self.scanner = None
-            injected = scan
-
-            def read(tree: Tree) -> tuple[PageReport, int]:
-                return injected(tree, self.privileged), 0
+        self.scanner: Scanner | None = None
+        self._read = self._reader(scan, tolerance, max_age, keep_addresses)  # sets self.scanner
         self._find_tree = find_tree
-        self._read = read
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
@@ -161,14 +157,25 @@ class Sampler:
         self.requested_pid = pid
         self.master: int = first.master
         self._first_tree: Tree | None = first
-        if is_alive is None:
-            identity = _process_identity(self.master)
+        self._is_alive = is_alive if is_alive is not None else _alive_check(self.master)
 
-            def is_alive(master: int) -> bool:
-                now = _process_identity(master)
-                return now is not None and (identity is None or now.same_process(identity))
+    def _reader(self, scan: Callable[[Tree, bool | None], PageReport] | None, tolerance: float,
+                max_age: float | None, keep_addresses: bool) -> Callable[[Tree], tuple[PageReport, int]]:
+        """What a sample calls: tree -> (report, drift_pages), from ``scan`` (exact: drift 0) or a
+        :class:`cowprof.pages.Scanner` of its own (``self.scanner``)."""
+        if scan is not None:
+            injected = scan
 
-        self._is_alive = is_alive
+            def read(tree: Tree) -> tuple[PageReport, int]:
+                return injected(tree, self.privileged), 0
+            return read
+        from cowprof.pages import Scanner
+
+        scanner = self.scanner = Scanner(privileged=self.privileged, tolerance=tolerance, max_age=max_age)
+
+        def scanner_read(tree: Tree) -> tuple[PageReport, int]:
+            return scanner.read(tree, keep_addresses=keep_addresses)  # a ScanResult: (report, drift_pages)
+        return scanner_read
 
     def stop(self) -> None:
         """Ask the iteration to end before the next sample (safe from a signal handler)."""

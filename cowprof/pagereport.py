@@ -99,6 +99,7 @@ class _Json(Mutable):
     _what = "a value"  # what refusals call the object: "<_what> is not a JSON object"
 
     def to_dict(self) -> dict[str, Any]:
+        """The documented JSON object (docs/measure.md), keys in the documented order."""
         return {name: getattr(self, name) if write is None else write(getattr(self, name))
                 for name, (_read, write) in self._json}
 

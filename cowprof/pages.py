@@ -160,8 +160,8 @@ class ScanResult(Frozen):
     def __new__(cls, report: PageReport, drift_pages: int = 0) -> ScanResult:
         return tuple.__new__(cls, (report, drift_pages))
 
-    report: PageReport = field(0)
-    drift_pages: int = field(1)
+    report: PageReport = field(0, "the page report (its ``taken_at``: when its page tables were read)")
+    drift_pages: int = field(1, "pages that can have changed since then (0: exact now)")
 
 
 class Scanner:

@@ -197,6 +197,31 @@ class Sampler:
         return Sample(index=index, time=wall, elapsed=began - start, lateness=lateness, report=report,
                       error=error, drift_pages=drift)
 
+    def _schedule_stop(self, timer: Timer) -> str | None:
+        """Why to stop before waiting for the next tick (:meth:`stop` called, count or duration reached)."""
+        if self._stopped:
+            return StopReason.STOPPED
+        expired = timer.expired()
+        if expired is not None:
+            return StopReason.COUNT if expired == "count" else StopReason.DURATION
+        return None
+
+    def _wait(self, timer: Timer) -> float:
+        """Sleep until the next tick is due; returns when it was scheduled."""
+        scheduled = timer.due()
+        delay = scheduled - self._clock()
+        if delay > 0:
+            self._sleep(delay)
+        return scheduled
+
+    def _target_stop(self) -> str | None:
+        """Why to stop after the wait (:meth:`stop` called meanwhile, the master gone)."""
+        if self._stopped:
+            return StopReason.STOPPED
+        if not self._is_alive(self.master):
+            return StopReason.TARGET_EXITED
+        return None
+
     @property
     def effective_interval(self) -> float:
         """Seconds between the last sample and the next one (> interval when max_cpu stretches it)."""
@@ -207,22 +232,12 @@ class Sampler:
         start = timer.start()
         index = 0
         while True:
-            if self._stopped:
-                self.stop_reason = StopReason.STOPPED
-                return
-            expired = timer.expired()
-            if expired is not None:
-                self.stop_reason = StopReason.COUNT if expired == "count" else StopReason.DURATION
-                return
-            scheduled = timer.due()
-            delay = scheduled - self._clock()
-            if delay > 0:
-                self._sleep(delay)
-            if self._stopped:
-                self.stop_reason = StopReason.STOPPED
-                return
-            if not self._is_alive(self.master):
-                self.stop_reason = StopReason.TARGET_EXITED
+            why = self._schedule_stop(timer)
+            if why is None:
+                scheduled = self._wait(timer)
+                why = self._target_stop()
+            if why is not None:
+                self.stop_reason = why
                 return
             sample = self._take(index, start, scheduled)
             if sample.error is not None and not self._is_alive(self.master):

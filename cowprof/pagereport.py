@@ -76,18 +76,18 @@ def _sharers_write(sharers: dict[int, int] | None) -> dict[str, int] | None:
     return None if sharers is None else {str(k): v for k, v in sorted(sharers.items())}
 
 
-BYTES: _Kind = (_required_bytes, None)
+_BYTES: _Kind = (_required_bytes, None)
 """A byte count that must be there."""
-OPTIONAL_BYTES: _Kind = (_bytes, None)
+_OPTIONAL_BYTES: _Kind = (_bytes, None)
 """A byte count, 0 when absent or null."""
-MAYBE_BYTES: _Kind = (_maybe_bytes, None)
+_MAYBE_BYTES: _Kind = (_maybe_bytes, None)
 """A byte count or None (null: not measured in this mode)."""
-PID: _Kind = (_pid, None)
-STARTED_AT: _Kind = (_started_at, None)
+_PID: _Kind = (_pid, None)
+_STARTED_AT: _Kind = (_started_at, None)
 """A unix time, 0.0 when absent."""
-REGION_MAP: _Kind = (_regions_read, _regions_write)
+_REGION_MAP: _Kind = (_regions_read, _regions_write)
 """Region name -> :class:`RegionPages`; written in :data:`REGIONS` order, unknown names left out."""
-SHARERS: _Kind = (_sharers_read, _sharers_write)
+_SHARERS: _Kind = (_sharers_read, _sharers_write)
 """Mapcount -> bytes, or None; written with string keys in mapcount order."""
 
 
@@ -115,7 +115,7 @@ class RegionPages(_Json):
 
     __slots__ = ("shared_bytes", "copied_bytes", "new_bytes")
     _fields = __slots__
-    _json = (("shared_bytes", OPTIONAL_BYTES), ("copied_bytes", OPTIONAL_BYTES), ("new_bytes", OPTIONAL_BYTES))
+    _json = (("shared_bytes", _OPTIONAL_BYTES), ("copied_bytes", _OPTIONAL_BYTES), ("new_bytes", _OPTIONAL_BYTES))
     _what = "a region"
 
     def __init__(self, shared_bytes: int = 0, copied_bytes: int = 0, new_bytes: int = 0) -> None:
@@ -136,10 +136,10 @@ class MasterPages(_Json):
     _fields = ("pid", "started_at", "rss_bytes", "pss_bytes", "uss_bytes", "swap_bytes", "diverged_bytes",
                "regions", "ambiguous_bytes", "shared_bytes", "new_bytes")
     __slots__ = (*_fields, "diverged_addrs")
-    _json = (("pid", PID), ("started_at", STARTED_AT), ("rss_bytes", BYTES), ("pss_bytes", BYTES),
-             ("uss_bytes", BYTES), ("swap_bytes", OPTIONAL_BYTES), ("shared_bytes", OPTIONAL_BYTES),
-             ("diverged_bytes", OPTIONAL_BYTES), ("ambiguous_bytes", OPTIONAL_BYTES), ("new_bytes", OPTIONAL_BYTES),
-             ("regions", REGION_MAP))
+    _json = (("pid", _PID), ("started_at", _STARTED_AT), ("rss_bytes", _BYTES), ("pss_bytes", _BYTES),
+             ("uss_bytes", _BYTES), ("swap_bytes", _OPTIONAL_BYTES), ("shared_bytes", _OPTIONAL_BYTES),
+             ("diverged_bytes", _OPTIONAL_BYTES), ("ambiguous_bytes", _OPTIONAL_BYTES), ("new_bytes", _OPTIONAL_BYTES),
+             ("regions", _REGION_MAP))
     _what = "'master'"
 
     def __init__(self, pid: int, started_at: float, rss_bytes: int, pss_bytes: int, uss_bytes: int,
@@ -169,10 +169,10 @@ class WorkerPages(_Json):
     _fields = ("pid", "started_at", "rss_bytes", "pss_bytes", "uss_bytes", "swap_bytes", "shared_bytes",
                "copied_bytes", "new_bytes", "regions", "ambiguous_bytes", "shared_with_master_bytes", "sharers")
     __slots__ = (*_fields, "copied_addrs")
-    _json = (("pid", PID), ("started_at", STARTED_AT), ("rss_bytes", BYTES), ("pss_bytes", BYTES),
-             ("uss_bytes", BYTES), ("swap_bytes", OPTIONAL_BYTES), ("shared_bytes", BYTES), ("copied_bytes", BYTES),
-             ("new_bytes", BYTES), ("ambiguous_bytes", OPTIONAL_BYTES), ("shared_with_master_bytes", MAYBE_BYTES),
-             ("sharers", SHARERS), ("regions", REGION_MAP))
+    _json = (("pid", _PID), ("started_at", _STARTED_AT), ("rss_bytes", _BYTES), ("pss_bytes", _BYTES),
+             ("uss_bytes", _BYTES), ("swap_bytes", _OPTIONAL_BYTES), ("shared_bytes", _BYTES), ("copied_bytes", _BYTES),
+             ("new_bytes", _BYTES), ("ambiguous_bytes", _OPTIONAL_BYTES), ("shared_with_master_bytes", _MAYBE_BYTES),
+             ("sharers", _SHARERS), ("regions", _REGION_MAP))
     _what = "a worker"
 
     def __init__(self, pid: int, started_at: float, rss_bytes: int, pss_bytes: int, uss_bytes: int,

@@ -6,7 +6,9 @@ Each class lists its JSON fields once, in ``_json``: (name, kind) pairs in the d
 the attribute and the key having the same name. A kind is a (read, write) pair: ``read(d, key)``
 checks and returns the attribute's value from a JSON object (``ValueError`` naming the key), and
 ``write(value)`` gives the JSON value (None: the value as it is). :class:`_Json` holds the one
-``to_dict``/``from_dict`` that walk that list.
+``to_dict``/``from_dict`` that walk that list (``from_dict`` in ``_checks`` order where a class
+gives one: the order the hand-written readers checked keys in, so that an input with several
+faults is refused with the same message as before).
 """
 from __future__ import annotations
 
@@ -97,6 +99,16 @@ class _Json(Mutable):
     __slots__ = ()
     _json: tuple[tuple[str, _Kind], ...] = ()
     _what = "a value"  # what refusals call the object: "<_what> is not a JSON object"
+    #: the order ``from_dict`` checks the keys in, when not ``_json``'s (an input with several
+    #: faults names the first): a name reads that field; a (name, read) pair is an early check
+    #: of that key, whose value a later read of the same name replaces
+    _checks: tuple[str | tuple[str, _Read], ...] = ()
+    _reads: tuple[tuple[str, _Read], ...] = ()  # from _checks or _json, per class
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        reads = {name: read for name, (read, _write) in cls._json}
+        cls._reads = tuple(c if isinstance(c, tuple) else (c, reads[c]) for c in cls._checks or tuple(reads))
 
     def to_dict(self) -> dict[str, Any]:
         """The documented JSON object (docs/measure.md), keys in the documented order."""
@@ -107,7 +119,7 @@ class _Json(Mutable):
     def from_dict(cls, d: Any) -> Self:
         """Rebuild one from its JSON form; ``ValueError`` naming the first bad key."""
         d = untrusted.obj(d, cls._what)
-        return cls(**{name: read(d, name) for name, (read, _write) in cls._json})
+        return cls(**{name: read(d, name) for name, read in cls._reads})
 
 
 class RegionPages(_Json):
@@ -140,6 +152,7 @@ class MasterPages(_Json):
              ("uss_bytes", _BYTES), ("swap_bytes", _OPTIONAL_BYTES), ("shared_bytes", _OPTIONAL_BYTES),
              ("diverged_bytes", _OPTIONAL_BYTES), ("ambiguous_bytes", _OPTIONAL_BYTES), ("new_bytes", _OPTIONAL_BYTES),
              ("regions", _REGION_MAP))
+    _checks = _fields
     _what = "'master'"
 
     def __init__(self, pid: int, started_at: float, rss_bytes: int, pss_bytes: int, uss_bytes: int,
@@ -173,6 +186,7 @@ class WorkerPages(_Json):
              ("uss_bytes", _BYTES), ("swap_bytes", _OPTIONAL_BYTES), ("shared_bytes", _BYTES), ("copied_bytes", _BYTES),
              ("new_bytes", _BYTES), ("ambiguous_bytes", _OPTIONAL_BYTES), ("shared_with_master_bytes", _MAYBE_BYTES),
              ("sharers", _SHARERS), ("regions", _REGION_MAP))
+    _checks = ("sharers", *_fields[:-1])
     _what = "a worker"
 
     def __init__(self, pid: int, started_at: float, rss_bytes: int, pss_bytes: int, uss_bytes: int,
@@ -230,11 +244,15 @@ def _flag(d: dict[str, Any], key: str) -> bool:
     return value
 
 
-def _workers_read(d: dict[str, Any], key: str) -> list[WorkerPages]:
+def _workers_list(d: dict[str, Any], key: str) -> list[Any]:
     workers = d.get(key)
     if not isinstance(workers, list):
         raise ValueError(f"'{key}' is not a list")
-    return [WorkerPages.from_dict(w) for w in workers]
+    return workers
+
+
+def _workers_read(d: dict[str, Any], key: str) -> list[WorkerPages]:
+    return [WorkerPages.from_dict(w) for w in _workers_list(d, key)]
 
 
 def _workers_write(workers: list[WorkerPages]) -> list[dict[str, Any]]:
@@ -258,6 +276,8 @@ class PageReport(_Json):
              ("mode", (_mode, None)), ("page_size", (_page_size, None)), ("scan_seconds", (_seconds, None)),
              ("master", (_master_read, MasterPages.to_dict)), ("workers", (_workers_read, _workers_write)),
              ("gone", (_pids_read, list)))
+    _checks = ("version", "privileged", ("workers", _workers_list), "gone", "taken_at", "mode", "page_size",
+               "scan_seconds", "master", "workers")
     _what = "the report"
 
     def __init__(self, version: int, taken_at: float, privileged: bool, mode: str, page_size: int,

@@ -4,7 +4,8 @@ it replaced (fixtures/pagereport_golden.json, written by that code before the fi
 Reports built with the shared factories (tests/conftest.py) and with the constructors must dump to
 the very same bytes (``json.dumps`` of ``to_dict()``) and repr; every one-fault variant of a full
 report (each key missing, null, negative, a bool, a float, a string, too big...) must be refused
-with the same message, or accepted with the same JSON.
+with the same message, or accepted with the same JSON; and an input with two faults must name the
+same one of them (the keys are checked in the same order).
 """
 from __future__ import annotations
 
@@ -98,3 +99,15 @@ def test_other_refusals_keep_their_message():
         assert _error(classes[key.split("/")[0]].from_dict, copy.deepcopy(case["input"])) == case["error"], key
     with pytest.raises(BadInput):
         PageReport.from_dict({"version": 2})
+
+
+@pytest.mark.parametrize("name", list(GOLDEN["multi_errors"]))
+def test_two_fault_inputs_name_the_same_fault(name):
+    case = GOLDEN["multi_errors"][name]
+    d = copy.deepcopy(GOLDEN["base"])
+    for op in case["ops"]:
+        o = d
+        for p in op["path"][:-1]:
+            o = o[p]
+        o[op["path"][-1]] = copy.deepcopy(op["value"])
+    assert _error(PageReport.from_dict, d) == case["error"]

@@ -72,7 +72,7 @@ class _Buffers:
         self._ext: dict[str, np.ndarray] = {}
 
     def ext(self, name: str, dtype: Any = np.uint8) -> np.ndarray:
-        """A master-side array with one extra slot (see _master_index), zeroed."""
+        """A master-side array with one extra slot (see master_index), zeroed."""
         a = self._ext.get(name)
         if a is None:
             a = self._ext[name] = np.zeros(self.top.size + 1, dtype=dtype)
@@ -234,7 +234,7 @@ def _compute_master_index(w: _Layout, m: _Layout) -> np.ndarray:
 
 
 def _at(idx: np.ndarray | None, ext: np.ndarray) -> np.ndarray:
-    """Per worker page, the value of a master-indexed array with one extra slot (see _master_index)."""
+    """Per worker page, the value of a master-indexed array with one extra slot (see master_index)."""
     return ext[:-1] if idx is None else ext[idx]
 
 
@@ -252,7 +252,7 @@ class _Worker:
         self.started_at = started_at
         self.counters = counters
         self.pages = pages
-        self.m_idx = m_idx  # see _master_index
+        self.m_idx = m_idx  # see master_index
         self.key: np.ndarray | None = None  # uint8 per page: top byte | _K_MASTER | _K_SAME
         self.present: np.ndarray | None = None  # bool per page
         self.shared: np.ndarray | None = None  # bool per page: present and shared
@@ -271,40 +271,58 @@ def _addrs(pages: _Proc, mask: np.ndarray) -> np.ndarray:
 def classify(master: _Proc, m_started: float, m_counters: procfs.MemCounters, workers: list[_Worker], *,
              pfn_mode: bool, procfs_root: str, keep_addresses: bool) -> tuple[MasterPages, list[WorkerPages]]:
     """The master's and each worker's pages by class and region (steps 2-5 of a scan)."""
-    page = procfs.PAGE_SIZE
+    m_present, m_at_flag = _master_flags(master)
+    m_counts_ext = _match_pfns(master, m_present, workers, procfs_root) if pfn_mode else None  # 2.
+    seen_any, seen_shared, several = _key_workers(master, m_at_flag, workers)  # 3.
+    master_pages = _master_pages(master, m_started, m_counters, m_present, seen_any, seen_shared,
+                                 keep_addresses)  # 4.
+    solo_own = _solo_own(master, seen_any, several)  # 5.
+    return master_pages, [_worker_pages(w, solo_own, m_counts_ext, keep_addresses) for w in workers]
+
+
+def _master_flags(master: _Proc) -> tuple[np.ndarray, np.ndarray]:
+    """The master's present pages (bool), and ``_K_MASTER`` where it has one (master-indexed, extra slot)."""
     # Master-indexed arrays have one extra slot, where worker pages without a master mapping land.
-    m_top = master.top
-    m_size = m_top.size
     mb = master.layout.buffers()
-    m_present = np.greater_equal(m_top, np.uint8(_T_PRESENT), out=mb.present)
+    m_present = np.greater_equal(master.top, np.uint8(_T_PRESENT), out=mb.present)
     m_at_flag = mb.ext("at_flag")  # _K_MASTER where the master has a present page
     np.left_shift(m_present.view(np.uint8), 1, out=m_at_flag[:-1])  # _K_MASTER is bit 1
+    return m_present, m_at_flag
 
+
+def _match_pfns(master: _Proc, m_present: np.ndarray, workers: list[_Worker], procfs_root: str) -> np.ndarray:
+    """Step 2 in pfn mode: each worker's ``same``/``own_need``/``own_counts``; the master's kpagecounts."""
     # 2. sharing is the exclusive bit (mapcount == 1). With root, also: is it the master's very
     #    page (same PFN), and kpagecount of the shared pages, read once per PFN (a worker page
     #    that is the master's page has the master's count), for the ``sharers`` histogram.
-    m_counts_ext = None
-    if pfn_mode:
-        m_pfn_ext = np.zeros(m_size + 1, dtype=np.uint64)
-        m_pfn_ext[:-1] = master.pfns()
-        m_need = m_present & (m_top & _T_EXCL == 0)
-        need = [m_pfn_ext[:-1][m_need]]
-        for w in workers:
-            w_pfn = w.pages.pfns()  # 0 where not present, and the master's is 0 where it has no page
-            w.same = (_at(w.m_idx, m_pfn_ext) == w_pfn) & (w_pfn != 0)
-            w.own_need = (w.pages.top & (_T_PRESENT | _T_EXCL) == _T_PRESENT) & ~w.same
-            need.append(w_pfn[w.own_need])
-        parts = np.split(pagemap.read_kpagecount(np.concatenate(need), procfs_root, threads=READ_THREADS),
-                         np.cumsum([a.size for a in need])[:-1])
-        m_counts_ext = np.zeros(m_size + 1, dtype=np.int64)
-        m_counts_ext[:-1][m_need] = parts[0]
-        for w, c in zip(workers, parts[1:]):
-            w.own_counts = c
+    m_top = master.top
+    m_size = m_top.size
+    m_pfn_ext = np.zeros(m_size + 1, dtype=np.uint64)
+    m_pfn_ext[:-1] = master.pfns()
+    m_need = m_present & (m_top & _T_EXCL == 0)
+    need = [m_pfn_ext[:-1][m_need]]
+    for w in workers:
+        w_pfn = w.pages.pfns()  # 0 where not present, and the master's is 0 where it has no page
+        w.same = (_at(w.m_idx, m_pfn_ext) == w_pfn) & (w_pfn != 0)
+        w.own_need = (w.pages.top & (_T_PRESENT | _T_EXCL) == _T_PRESENT) & ~w.same
+        need.append(w_pfn[w.own_need])
+    parts = np.split(pagemap.read_kpagecount(np.concatenate(need), procfs_root, threads=READ_THREADS),
+                     np.cumsum([a.size for a in need])[:-1])
+    m_counts_ext = np.zeros(m_size + 1, dtype=np.int64)
+    m_counts_ext[:-1][m_need] = parts[0]
+    for w, c in zip(workers, parts[1:]):
+        w.own_counts = c
+    return m_counts_ext
 
+
+def _key_workers(master: _Proc, m_at_flag: np.ndarray,
+                 workers: list[_Worker]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 3: each worker's key, present and shared pages; per master page seen_any, seen_shared, several."""
     # 3. workers: each page's key byte (flags of its entry, whether the master has a page there, in
     #    pfn mode whether it is the master's very page) decides its class. Per master page: whether
     #    some worker has a present page at its address (``seen_any``), still shares it
     #    (``seen_shared``), and whether more than one worker has one (``several``).
+    mb = master.layout.buffers()
     seen_any = mb.ext("seen_any")[:-1]
     seen_shared = mb.ext("seen_shared")[:-1]
     several = mb.ext("several")[:-1]
@@ -325,28 +343,37 @@ def classify(master: _Proc, m_started: float, m_counters: procfs.MemCounters, wo
         w.shared = _is(key, _W_NOT_SHARED, wb.tmp, wb.shared)
         np.logical_not(w.shared, out=w.shared)
         w.shared &= w.present
-
-        def at_master(a: np.ndarray) -> np.ndarray:
-            if w.m_idx is None:  # noqa: B023 - called in this iteration only
-                return a
-            scratch.fill(0)
-            scratch[w.m_idx] = a  # noqa: B023 - indexes are unique within one worker (the extra slot aside)
-            return scratch[:-1]
-
-        p = at_master(w.present.view(np.uint8))
+        p = _at_master(w.present.view(np.uint8), w.m_idx, scratch)
         np.bitwise_and(seen_any, p, out=m_tmp)
         several |= m_tmp
         seen_any |= p
-        seen_shared |= at_master(w.shared.view(np.uint8))
+        seen_shared |= _at_master(w.shared.view(np.uint8), w.m_idx, scratch)
+    return seen_any, seen_shared, several
 
+
+def _at_master(a: np.ndarray, m_idx: np.ndarray | None, scratch: np.ndarray) -> np.ndarray:
+    """A worker-indexed array laid out per master page (in ``scratch``, with the extra slot), 0 elsewhere."""
+    if m_idx is None:
+        return a
+    scratch.fill(0)
+    scratch[m_idx] = a  # indexes are unique within one worker (the extra slot aside)
+    return scratch[:-1]
+
+
+def _master_pages(master: _Proc, m_started: float, m_counters: procfs.MemCounters, m_present: np.ndarray,
+                  seen_any: np.ndarray, seen_shared: np.ndarray, keep_addresses: bool) -> MasterPages:
+    """Step 4: the master's pages by class (shared, diverged, ambiguous, new) and region."""
     # 4. the master: its exclusive anonymous pages at addresses workers still have are its own
     #    post-fork copies when a worker still shares the original ("diverged"); when every worker
     #    there is exclusive too, who wrote first is unknowable ("ambiguous")
+    page = procfs.PAGE_SIZE
+    mb = master.layout.buffers()
+    m_tmp = mb.tmp
     m_key = mb.key
     np.left_shift(seen_shared, 1, out=m_key)  # _K_MASTER
     np.left_shift(seen_any, 2, out=m_tmp)  # _K_SAME
     m_key |= m_tmp
-    m_key |= m_top
+    m_key |= master.top
     m_layout = master.layout
     m_all = m_layout.count(m_present)
     m_shared = m_layout.count(_is(m_key, _M_SHARED, m_tmp, mb.mask))
@@ -354,7 +381,7 @@ def classify(master: _Proc, m_started: float, m_counters: procfs.MemCounters, wo
     diverged = _is(m_key, _M_DIVERGED, m_tmp, mb.mask)
     m_div = m_layout.count(diverged)
     m_new = [a - s - d - x for a, s, d, x in zip(m_all, m_shared, m_div, m_amb)]
-    master_pages = MasterPages(
+    return MasterPages(
         pid=master.pid, started_at=m_started, rss_bytes=m_counters.rss, pss_bytes=m_counters.pss,
         uss_bytes=m_counters.uss, swap_bytes=m_counters.swap,
         diverged_bytes=sum(m_div) * page,
@@ -365,45 +392,58 @@ def classify(master: _Proc, m_started: float, m_counters: procfs.MemCounters, wo
         diverged_addrs=_addrs(master, diverged) if keep_addresses else None,
     )
 
-    # 5. per worker totals, regions, ambiguity, pfn-mode extras
-    out: list[WorkerPages] = []
+
+def _solo_own(master: _Proc, seen_any: np.ndarray, several: np.ndarray) -> np.ndarray:
+    """Step 5's input: the master's own pages where exactly one worker has a page (bool, extra slot)."""
     # the master's own (exclusive) pages where exactly one worker has a page: a copy there is
     # that worker's alone, and nobody can tell whether the master or the worker wrote first
+    mb = master.layout.buffers()
+    m_tmp = mb.tmp
     solo_own = mb.ext("solo_own", bool)
-    _is(m_top, (_T_PRESENT | _T_EXCL, _T_PRESENT | _T_EXCL), m_tmp, solo_own[:-1])
+    _is(master.top, (_T_PRESENT | _T_EXCL, _T_PRESENT | _T_EXCL), m_tmp, solo_own[:-1])
     np.bitwise_xor(several, np.uint8(1), out=m_tmp)
     m_tmp &= seen_any
     solo_own[:-1] &= m_tmp.view(bool)
-    for w in workers:
-        assert w.key is not None and w.present is not None and w.shared is not None  # set by step 4
-        layout = w.pages.layout
-        wb = layout.buffers()
-        copied = _is(w.key, _W_COPIED, wb.tmp, wb.copied)
-        n_all, n_shared, n_copied = layout.count(w.present), layout.count(w.shared), layout.count(copied)
-        n_new = [a - s - c for a, s, c in zip(n_all, n_shared, n_copied)]
-        amb = 0
-        if sum(n_copied):
-            if w.m_idx is None:
-                np.logical_and(copied, solo_own[:-1], out=wb.mask)
-            else:
-                np.take(solo_own, w.m_idx, out=wb.mask)
-                wb.mask &= copied
-            amb = int(np.count_nonzero(wb.mask))
-        swm = sharers = None
-        if w.same is not None and w.own_need is not None and m_counts_ext is not None:
-            swm = int(np.count_nonzero(w.same)) * page
-            full = np.ones(w.key.size, dtype=np.int64)  # exclusive: mapped once
-            full[w.same] = _at(w.m_idx, m_counts_ext)[w.same]
-            full[w.own_need] = w.own_counts
-            hist = np.bincount(np.clip(full[w.shared], 0, SHARERS_MAX), minlength=1)
-            sharers = {int(k): int(v) * page for k, v in enumerate(hist) if v}
-        out.append(WorkerPages(
-            pid=w.pid, started_at=w.started_at, rss_bytes=w.counters.rss, pss_bytes=w.counters.pss,
-            uss_bytes=w.counters.uss, swap_bytes=w.counters.swap,
-            shared_bytes=sum(n_shared) * page, copied_bytes=sum(n_copied) * page,
-            new_bytes=sum(n_new) * page, regions=_regions(n_shared, n_copied, n_new, page),
-            ambiguous_bytes=amb * page, shared_with_master_bytes=swm, sharers=sharers,
-            copied_addrs=_addrs(w.pages, copied) if keep_addresses else None,
-        ))
+    return solo_own
 
-    return master_pages, out
+
+def _worker_pages(w: _Worker, solo_own: np.ndarray, m_counts_ext: np.ndarray | None,
+                  keep_addresses: bool) -> WorkerPages:
+    """Step 5: one worker's totals, regions, ambiguity and pfn-mode extras."""
+    assert w.key is not None and w.present is not None and w.shared is not None  # set by step 3
+    page = procfs.PAGE_SIZE
+    layout = w.pages.layout
+    wb = layout.buffers()
+    copied = _is(w.key, _W_COPIED, wb.tmp, wb.copied)
+    n_all, n_shared, n_copied = layout.count(w.present), layout.count(w.shared), layout.count(copied)
+    n_new = [a - s - c for a, s, c in zip(n_all, n_shared, n_copied)]
+    amb = 0
+    if sum(n_copied):
+        if w.m_idx is None:
+            np.logical_and(copied, solo_own[:-1], out=wb.mask)
+        else:
+            np.take(solo_own, w.m_idx, out=wb.mask)
+            wb.mask &= copied
+        amb = int(np.count_nonzero(wb.mask))
+    swm = sharers = None
+    if w.same is not None and w.own_need is not None and m_counts_ext is not None:
+        swm = int(np.count_nonzero(w.same)) * page
+        sharers = _sharers(w, m_counts_ext)
+    return WorkerPages(
+        pid=w.pid, started_at=w.started_at, rss_bytes=w.counters.rss, pss_bytes=w.counters.pss,
+        uss_bytes=w.counters.uss, swap_bytes=w.counters.swap,
+        shared_bytes=sum(n_shared) * page, copied_bytes=sum(n_copied) * page,
+        new_bytes=sum(n_new) * page, regions=_regions(n_shared, n_copied, n_new, page),
+        ambiguous_bytes=amb * page, shared_with_master_bytes=swm, sharers=sharers,
+        copied_addrs=_addrs(w.pages, copied) if keep_addresses else None,
+    )
+
+
+def _sharers(w: _Worker, m_counts_ext: np.ndarray) -> dict[int, int]:
+    """Pfn mode: bytes of the worker's shared pages by mapcount (folded at ``SHARERS_MAX``)."""
+    assert w.key is not None and w.shared is not None and w.same is not None and w.own_need is not None
+    full = np.ones(w.key.size, dtype=np.int64)  # exclusive: mapped once
+    full[w.same] = _at(w.m_idx, m_counts_ext)[w.same]
+    full[w.own_need] = w.own_counts
+    hist = np.bincount(np.clip(full[w.shared], 0, SHARERS_MAX), minlength=1)
+    return {int(k): int(v) * procfs.PAGE_SIZE for k, v in enumerate(hist) if v}

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import procfs
 from ._parallel import in_threads
+from ._values import Frozen, field
 from .errors import AccessDenied, BadInput, ProcessGone
 from .pagereport import SHARERS_MAX, VERSION, MasterPages, PageReport, RegionPages, WorkerPages
 from .regions import REGIONS, region_of, region_ranges
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from .classify import _Layout, _Proc, _Worker
 
 __all__ = ["REGIONS", "SHARERS_MAX", "TOP_MAX_AGE_INTERVALS", "TOP_TOLERANCE", "VERSION", "MasterPages",
-           "PageReport", "RegionPages", "Scanner", "WorkerPages", "region_of", "region_ranges", "scan"]
+           "PageReport", "RegionPages", "ScanResult", "Scanner", "WorkerPages", "region_of", "region_ranges", "scan"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -148,6 +149,21 @@ TOP_MAX_AGE_INTERVALS = 5
 """``cowprof top``'s :class:`Scanner` ``max_age``, in refresh intervals."""
 
 
+class ScanResult(Frozen):
+    """What :meth:`Scanner.read` returns: the page report, and how many pages can have changed
+    since its page tables were read (0: it is exact now). The bound describes this answer, not
+    the page data, so it is no part of the report or its JSON."""
+
+    __slots__ = ()
+    _fields = ("report", "drift_pages")
+
+    def __new__(cls, report: PageReport, drift_pages: int = 0) -> ScanResult:
+        return tuple.__new__(cls, (report, drift_pages))
+
+    report: PageReport = field(0, "the page report (its ``taken_at``: when its page tables were read)")
+    drift_pages: int = field(1, "pages that can have changed since then (0: exact now)")
+
+
 class Scanner:
     """Repeated scans of one pre-fork tree (``top``, ``record``, ``export``): the same reports as
     :func:`scan`, for less work.
@@ -167,7 +183,7 @@ class Scanner:
       most that many pages, and each PSS by at most that many pages' worth. Not seen, besides what
       the exact check does not see: pages dropped without unmapping them (``madvise`` DONTNEED or
       FREE, swap-out), which ``max_age`` bounds in time. The report keeps its ``taken_at`` (when its
-      pages were read) and ``drift_pages`` says the bound.
+      pages were read) and :meth:`read`'s result carries the bound (``ScanResult.drift_pages``).
     * Otherwise it scans, reusing the parsed mappings and the pagemap buffer of a process while
       ``/proc/PID/maps`` reads the same, and the worker-to-master page index while both maps are
       unchanged.
@@ -189,9 +205,6 @@ class Scanner:
         self.max_age = max_age
         self.unchanged = 0
         self.scans = 0
-        self.drift_pages = 0
-        """For the report the last ``scan()`` returned: how many pages can have changed since its page
-        tables were read (0: it is exact now)."""
         self._cache = _Cache()
         # (tree, keep_addresses, per-process state when the report was read, report, monotonic time)
         self._last: tuple[Tree, bool, dict[int, tuple[int, ...]], PageReport, float] | None = None
@@ -233,6 +246,12 @@ class Scanner:
         return drift
 
     def scan(self, target: int | Tree, *, keep_addresses: bool = False) -> PageReport:
+        """The tree's page report now (:meth:`read` without its drift bound)."""
+        return self.read(target, keep_addresses=keep_addresses).report
+
+    def read(self, target: int | Tree, *, keep_addresses: bool = False) -> ScanResult:
+        """The tree's page report now, with how many pages can have changed since its page tables
+        were read (see the class doc)."""
         t0 = time.perf_counter()
         tree = _as_tree(target, self.procfs_root)
         self.scans += 1
@@ -244,21 +263,18 @@ class Scanner:
             same_processes = all(state[p][:2] == then[p][:2] for p in state)
             if same_processes and state == then:
                 self.unchanged += 1
-                self.drift_pages = 0
-                return report.replace(taken_at=time.time(), scan_seconds=time.perf_counter() - t0)
+                return ScanResult(report.replace(taken_at=time.time(), scan_seconds=time.perf_counter() - t0), 0)
             if same_processes and self.tolerance > 0 and (self.max_age is None or t0 - last[4] <= self.max_age):
                 drift = self._drift(then, state)
                 rss_pages = (report.master.rss_bytes + sum(w.rss_bytes for w in report.workers)) // report.page_size
                 if drift is not None and drift <= max(self.MIN_TOLERANCE_PAGES, int(self.tolerance * rss_pages)):
                     self.unchanged += 1
-                    self.drift_pages = drift
-                    return report.replace(scan_seconds=time.perf_counter() - t0)
+                    return ScanResult(report.replace(scan_seconds=time.perf_counter() - t0), drift)
         report = _scan(tree, privileged=self.privileged, procfs_root=self.procfs_root,
                        keep_addresses=keep_addresses, cache=self._cache, t0=t0, stats=stats)
         self._cache.keep({tree.master, *tree.workers})
-        self.drift_pages = 0
         self._last = (tree, keep_addresses, state, report, t0) if state is not None else None
-        return report
+        return ScanResult(report, 0)
 
 
 def _read_tree(tree: Tree, procfs_root: str, cache: _Cache | None, stats: dict[int, procfs.Stat] | None,
@@ -271,36 +287,63 @@ def _read_tree(tree: Tree, procfs_root: str, cache: _Cache | None, stats: dict[i
     second stat read). Returns the master's start time, counters and pages, the workers, the gone."""
     with procfs.ExitWatch(tree.master, procfs_root) as master_exit:
         btime = procfs.boot_time(procfs_root)
-        m_stat = procfs.read_stat(tree.master, procfs_root) if stats is None else stats.get(tree.master)
-        if m_stat is None or m_stat.zombie:
-            raise ProcessGone(tree.master, f"process {tree.master} (the master) has exited")
-        jobs: list[Callable[[], Any]] = [functools.partial(procfs.read_smaps_rollup, tree.master, procfs_root)]
-        for pid in tree.workers:
-            if stats is None or pid in stats:
-                jobs.append(functools.partial(_read_worker, pid, tree.master, btime, procfs_root,
-                                              None if stats is None else stats[pid]))
-            else:
-                jobs.append(functools.partial(_raise, ProcessGone(pid)))
-        # the master's maps first, here: the libraries' headers the region split needs are read
-        # through the master (the workers map the same files), in the same order every scan
-        try:
-            m_maps = _read_maps(tree.master, procfs_root, cache)
-        except ProcessGone:
-            raise ProcessGone(tree.master, f"process {tree.master} (the master) has exited") from None
-        jobs.append(functools.partial(_read_pages, tree.master, procfs_root, cache, m_maps))
-        jobs += [functools.partial(_read_pages, pid, procfs_root, cache) for pid in tree.workers]
+        m_stat = _master_stat(tree.master, procfs_root, stats)
+        jobs = _read_jobs(tree, btime, procfs_root, cache, stats)
         results = in_threads(jobs, first=prepare)
         exited = master_exit.exited()
-    n = len(tree.workers)
+    m_counters, master = _master_results(tree.master, results, len(tree.workers), exited)
+    workers, gone = _worker_results(tree, results, master, cache)
+    return _started(m_stat, btime), m_counters, master, workers, gone
+
+
+def _master_stat(master: int, procfs_root: str, stats: dict[int, procfs.Stat] | None) -> procfs.Stat:
+    """The master's ``stat`` (read unless in ``stats``); ProcessGone when it exited."""
+    m_stat = procfs.read_stat(master, procfs_root) if stats is None else stats.get(master)
+    if m_stat is None or m_stat.zombie:
+        raise ProcessGone(master, f"process {master} (the master) has exited")
+    return m_stat
+
+
+def _read_jobs(tree: Tree, btime: float, procfs_root: str, cache: _Cache | None,
+               stats: dict[int, procfs.Stat] | None) -> list[Callable[[], Any]]:
+    """The reads of a scan, in result order: the master's and the workers' text, then their pages."""
+    jobs: list[Callable[[], Any]] = [functools.partial(procfs.read_smaps_rollup, tree.master, procfs_root)]
+    for pid in tree.workers:
+        if stats is None or pid in stats:
+            jobs.append(functools.partial(_read_worker, pid, tree.master, btime, procfs_root,
+                                          None if stats is None else stats[pid]))
+        else:
+            jobs.append(functools.partial(_raise, ProcessGone(pid)))
+    # the master's maps first, here: the libraries' headers the region split needs are read
+    # through the master (the workers map the same files), in the same order every scan
+    try:
+        m_maps = _read_maps(tree.master, procfs_root, cache)
+    except ProcessGone:
+        raise ProcessGone(tree.master, f"process {tree.master} (the master) has exited") from None
+    jobs.append(functools.partial(_read_pages, tree.master, procfs_root, cache, m_maps))
+    jobs += [functools.partial(_read_pages, pid, procfs_root, cache) for pid in tree.workers]
+    return jobs
+
+
+def _master_results(master: int, results: list[tuple[bool, Any]], n: int,
+                    exited: bool) -> tuple[procfs.MemCounters, _Proc]:
+    """The master's counters and pages out of the reads (``n`` workers); its error, or ProcessGone when it exited."""
     master_results = [results[0], results[1 + n]]
     for ok, r in master_results:
         if not ok and not (exited and isinstance(r, ProcessGone)):
             raise r
     if exited:
-        raise ProcessGone(tree.master, f"process {tree.master} (the master) exited during the scan")
-    m_counters, master = (r for _ok, r in master_results)
+        raise ProcessGone(master, f"process {master} (the master) exited during the scan")
+    m_counters, pages = (r for _ok, r in master_results)
+    return m_counters, pages
+
+
+def _worker_results(tree: Tree, results: list[tuple[bool, Any]], master: _Proc,
+                    cache: _Cache | None) -> tuple[list[_Worker], list[int]]:
+    """The workers read whole, joined with the master by address, and the PIDs of those gone meanwhile."""
     from .classify import _Worker, master_index
 
+    n = len(tree.workers)
     workers: list[_Worker] = []
     gone: list[int] = []
     for pid, text, pages in zip(tree.workers, results[1 : 1 + n], results[2 + n :]):
@@ -313,7 +356,7 @@ def _read_tree(tree: Tree, procfs_root: str, cache: _Cache | None, stats: dict[i
             gone.append(pid)
         else:
             raise next(e for e in failed if not isinstance(e, ProcessGone))
-    return _started(m_stat, btime), m_counters, master, workers, gone
+    return workers, gone
 
 
 def _raise(exc: BaseException) -> None:
@@ -326,19 +369,17 @@ def _import_classify() -> None:
 
 def _scan(tree: Tree, *, privileged: bool | None, procfs_root: str, keep_addresses: bool,
           cache: _Cache | None, t0: float, stats: dict[int, procfs.Stat] | None = None) -> PageReport:
+    """One scan: 1. read every process (:func:`_read_tree`, importing the numpy half meanwhile);
+    2-5. classify every page (:func:`cowprof.classify.classify`, which reads as those steps)."""
     pfn_mode = _pfn_mode(privileged, procfs_root)
-    page = procfs.PAGE_SIZE
     taken_at = time.time()
-
-    # 1. read every process (see _read_tree), importing the numpy half meanwhile
     m_started, m_counters, master, workers, gone = _read_tree(tree, procfs_root, cache, stats, _import_classify)
-
-    # 2-5. classify every page
     from .classify import classify
 
     master_pages, out = classify(master, m_started, m_counters, workers, pfn_mode=pfn_mode,
                                  procfs_root=procfs_root, keep_addresses=keep_addresses)
     return PageReport(
         version=VERSION, taken_at=taken_at, privileged=pfn_mode, mode="pfn" if pfn_mode else "exclusive-bit",
-        page_size=page, scan_seconds=time.perf_counter() - t0, master=master_pages, workers=out, gone=gone,
+        page_size=procfs.PAGE_SIZE, scan_seconds=time.perf_counter() - t0, master=master_pages, workers=out,
+        gone=gone,
     )

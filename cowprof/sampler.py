@@ -69,6 +69,16 @@ def _process_identity(pid: int) -> procfs.ProcessIdentity | None:
     return procfs.ProcessIdentity.lookup(pid)
 
 
+def _alive_check(master: int) -> Callable[[int], bool]:
+    """Whether ``master`` is still the process it is now (its identity: a reused PID is not)."""
+    identity = _process_identity(master)
+
+    def is_alive(pid: int) -> bool:
+        now = _process_identity(pid)
+        return now is not None and (identity is None or now.same_process(identity))
+    return is_alive
+
+
 class Sampler:
     """Iterate over :class:`Sample` objects taken every ``interval`` seconds from the tree of ``pid``.
 
@@ -133,18 +143,9 @@ class Sampler:
             from cowprof.tree import TreeWatcher
 
             find_tree = TreeWatcher().find
-        if scan is None:
-            from cowprof.pages import Scanner
-
-            scanner = Scanner(privileged=privileged, tolerance=tolerance, max_age=max_age)
-            self.scanner: Scanner | None = scanner
-
-            def scan(tree: Tree, _privileged: bool | None) -> PageReport:
-                return scanner.scan(tree, keep_addresses=keep_addresses)
-        else:
-            self.scanner = None
+        self.scanner: Scanner | None = None
+        self._read = self._reader(scan, tolerance, max_age, keep_addresses)  # sets self.scanner
         self._find_tree = find_tree
-        self._scan = scan
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
@@ -156,14 +157,25 @@ class Sampler:
         self.requested_pid = pid
         self.master: int = first.master
         self._first_tree: Tree | None = first
-        if is_alive is None:
-            identity = _process_identity(self.master)
+        self._is_alive = is_alive if is_alive is not None else _alive_check(self.master)
 
-            def is_alive(master: int) -> bool:
-                now = _process_identity(master)
-                return now is not None and (identity is None or now.same_process(identity))
+    def _reader(self, scan: Callable[[Tree, bool | None], PageReport] | None, tolerance: float,
+                max_age: float | None, keep_addresses: bool) -> Callable[[Tree], tuple[PageReport, int]]:
+        """What a sample calls: tree -> (report, drift_pages), from ``scan`` (exact: drift 0) or a
+        :class:`cowprof.pages.Scanner` of its own (``self.scanner``)."""
+        if scan is not None:
+            injected = scan
 
-        self._is_alive = is_alive
+            def read(tree: Tree) -> tuple[PageReport, int]:
+                return injected(tree, self.privileged), 0
+            return read
+        from cowprof.pages import Scanner
+
+        scanner = self.scanner = Scanner(privileged=self.privileged, tolerance=tolerance, max_age=max_age)
+
+        def scanner_read(tree: Tree) -> tuple[PageReport, int]:
+            return scanner.read(tree, keep_addresses=keep_addresses)  # a ScanResult: (report, drift_pages)
+        return scanner_read
 
     def stop(self) -> None:
         """Ask the iteration to end before the next sample (safe from a signal handler)."""
@@ -179,12 +191,36 @@ class Sampler:
         try:
             tree = self._first_tree if self._first_tree is not None else self._find_tree(self.master)
             self._first_tree = None
-            report = self._scan(tree, self.privileged)
-            drift = self.scanner.drift_pages if self.scanner is not None else 0
+            report, drift = self._read(tree)
         except CowprofError as exc:  # ProcessGone, AccessDenied, NotAPreforkTree...: per sample
             error = exc
         return Sample(index=index, time=wall, elapsed=began - start, lateness=lateness, report=report,
                       error=error, drift_pages=drift)
+
+    def _schedule_stop(self, timer: Timer) -> str | None:
+        """Why to stop before waiting for the next tick (:meth:`stop` called, count or duration reached)."""
+        if self._stopped:
+            return StopReason.STOPPED
+        expired = timer.expired()
+        if expired is not None:
+            return StopReason.COUNT if expired == "count" else StopReason.DURATION
+        return None
+
+    def _wait(self, timer: Timer) -> float:
+        """Sleep until the next tick is due; returns when it was scheduled."""
+        scheduled = timer.due()
+        delay = scheduled - self._clock()
+        if delay > 0:
+            self._sleep(delay)
+        return scheduled
+
+    def _target_stop(self) -> str | None:
+        """Why to stop after the wait (:meth:`stop` called meanwhile, the master gone)."""
+        if self._stopped:
+            return StopReason.STOPPED
+        if not self._is_alive(self.master):
+            return StopReason.TARGET_EXITED
+        return None
 
     @property
     def effective_interval(self) -> float:
@@ -196,22 +232,12 @@ class Sampler:
         start = timer.start()
         index = 0
         while True:
-            if self._stopped:
-                self.stop_reason = StopReason.STOPPED
-                return
-            expired = timer.expired()
-            if expired is not None:
-                self.stop_reason = StopReason.COUNT if expired == "count" else StopReason.DURATION
-                return
-            scheduled = timer.due()
-            delay = scheduled - self._clock()
-            if delay > 0:
-                self._sleep(delay)
-            if self._stopped:
-                self.stop_reason = StopReason.STOPPED
-                return
-            if not self._is_alive(self.master):
-                self.stop_reason = StopReason.TARGET_EXITED
+            why = self._schedule_stop(timer)
+            if why is None:
+                scheduled = self._wait(timer)
+                why = self._target_stop()
+            if why is not None:
+                self.stop_reason = why
                 return
             sample = self._take(index, start, scheduled)
             if sample.error is not None and not self._is_alive(self.master):

@@ -50,10 +50,13 @@ def _public_names(module: object) -> list[str]:
 def _describe(name: str, obj: object) -> list[str]:
     if inspect.isclass(obj):
         lines = [f"- class `{name}{_signature(obj)}` — {_first_line(obj)}"]
-        for attr, value in vars(obj).items():
+        # a private base's methods (``pagereport._Json``'s to_dict/from_dict) are the class's own API
+        members = {a: v for base in reversed(obj.__mro__) if base is obj or base.__name__.startswith("_")
+                   for a, v in vars(base).items()}
+        for attr, value in members.items():
             if attr.startswith("_") or not (inspect.isfunction(value) or isinstance(value, (classmethod, staticmethod, property))):
                 continue
-            target = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+            target = value if isinstance(value, property) else getattr(value, "__func__", value)
             sig = "" if isinstance(value, property) else _signature(target)
             lines.append(f"  - `.{attr}{sig}` — {_first_line(target)}")
         return lines

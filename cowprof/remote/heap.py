@@ -108,76 +108,97 @@ def _identify(types: TypeTable, interp: Interpreter, words: np.ndarray, size: np
 def _pools(mem: Memory, interp: Interpreter, types: TypeTable, pages: np.ndarray, acc: _Acc) -> np.ndarray:
     """Attribute the pages that lie in valid pymalloc pools; returns the mask of those pages."""
     in_pool = np.zeros(pages.size, dtype=bool)
-    lay = interp.layout
-    overhead = lay.pool_overhead
     bases_all = pages & ~np.uint64(POOL_SIZE - 1)
     bases, page_pool = np.unique(bases_all, return_inverse=True)
     page_slot = ((pages - bases_all) // np.uint64(PAGE)).astype(np.intp)
     for c0 in range(0, bases.size, _CHUNK_POOLS):
         b = bases[c0 : c0 + _CHUNK_POOLS]
         n = b.size
-        buf = np.zeros((n * _POOL_PAGES, PAGE // 8), dtype=np.uint64)
-        addrs = (b[:, None] + np.arange(_POOL_PAGES, dtype=np.uint64)[None, :] * np.uint64(PAGE)).reshape(-1)
-        ok = mem.reader.read_pages(addrs, buf, PAGE).reshape(n, _POOL_PAGES).all(axis=1)
-        w = buf.reshape(n, _POOL_WORDS)
-        count = w[:, 0] & np.uint64(0xFFFFFFFF)
-        freeblock = w[:, 1]
-        szidx = w[:, 4] >> np.uint64(32)
-        nextoff = w[:, 5] & np.uint64(0xFFFFFFFF)
-        maxnext = w[:, 5] >> np.uint64(32)
-        size = (np.minimum(szidx, _NCLASSES - 1) + np.uint64(1)) * np.uint64(lay.alignment)
-        valid = ok & (szidx < _NCLASSES) & (maxnext == np.uint64(POOL_SIZE) - size) & (nextoff >= overhead) \
-            & (nextoff <= np.uint64(POOL_SIZE)) & ((nextoff - np.uint64(overhead)) % size == 0) \
-            & (w[:, 2] != 0) & (w[:, 3] != 0)
-        carved = np.where(valid, (nextoff - np.uint64(overhead)) // size, 0).astype(np.int64)
-        maxblocks = (POOL_SIZE - overhead) // lay.alignment
-        free = np.zeros((n, maxblocks), dtype=bool)
-        cur = np.where(valid, freeblock, 0)
-        rows = np.arange(n)
-        for _ in range(maxblocks + 1):
-            active = cur != 0
-            if not active.any():
-                break
-            r = rows[active]
-            off = cur[active] - b[active]
-            good = (off >= overhead) & (off < nextoff[active]) & ((off - np.uint64(overhead)) % size[active] == 0)
-            j = np.where(good, (off - np.uint64(overhead)) // size[active], 0).astype(np.intp)
-            good &= ~free[r, j]  # a block twice in the list: not a free list
-            valid[r[~good]] = False
-            r, j, off = r[good], j[good], off[good]
-            free[r, j] = True
-            nxt = np.zeros(n, dtype=np.uint64)
-            nxt[r] = w[r, (off // np.uint64(8)).astype(np.intp)]
-            cur = np.where(valid, nxt, 0)
-        else:
-            valid[cur != 0] = False
-        valid &= (carved - free.sum(axis=1)) == count.astype(np.int64)
+        w, valid, size, carved, free = _read_pools(mem, interp, b)
         # pages of this chunk's pools that are copied
         sel = (page_pool >= c0) & (page_pool < c0 + n)
         copied = np.zeros((n, _POOL_PAGES), dtype=bool)
         copied[page_pool[sel] - c0, page_slot[sel]] = True
         in_pool[np.flatnonzero(sel)[valid[page_pool[sel] - c0]]] = True
         types.pool_bases = np.union1d(types.pool_bases, b[valid])
-        # allocated blocks of valid pools touching a copied page
-        vr = np.flatnonzero(valid)
-        if vr.size == 0:
-            continue
-        nb = carved[vr]
-        pool_of = np.repeat(vr, nb)
-        jj = np.arange(int(nb.sum())) - np.repeat(np.cumsum(nb) - nb, nb)
-        keep = ~free[pool_of, jj]
-        pool_of, jj = pool_of[keep], jj[keep]
-        bsize = size[pool_of]
-        off = np.uint64(overhead) + jj.astype(np.uint64) * bsize
-        first_pg = (off // np.uint64(PAGE)).astype(np.intp)
-        last_pg = ((off + bsize - np.uint64(1)) // np.uint64(PAGE)).astype(np.intp)
-        touch = copied[pool_of, first_pg] | copied[pool_of, last_pg]
-        pool_of, off, bsize = pool_of[touch], off[touch], bsize[touch]
-        wi = (off // np.uint64(8)).astype(np.intp)
-        head = np.stack([w[pool_of, np.minimum(wi + k, _POOL_WORDS - 1)] for k in range(6)], axis=1)
-        t = _identify(types, interp, head, bsize.astype(np.int64))
-        acc.add(b[pool_of] + off, bsize, t)
+        if valid.any():
+            _pool_objects(interp, types, b, w, valid, size, carved, free, copied, acc)
     return in_pool
+
+
+def _read_pools(mem: Memory, interp: Interpreter,
+                b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pools at bases ``b``: their words (n, _POOL_WORDS), which are valid pools (see the module
+    doc), their block size, how many blocks are carved and which of those are free (n, maxblocks)."""
+    lay = interp.layout
+    overhead = lay.pool_overhead
+    n = b.size
+    buf = np.zeros((n * _POOL_PAGES, PAGE // 8), dtype=np.uint64)
+    addrs = (b[:, None] + np.arange(_POOL_PAGES, dtype=np.uint64)[None, :] * np.uint64(PAGE)).reshape(-1)
+    ok = mem.reader.read_pages(addrs, buf, PAGE).reshape(n, _POOL_PAGES).all(axis=1)
+    w = buf.reshape(n, _POOL_WORDS)
+    count = w[:, 0] & np.uint64(0xFFFFFFFF)
+    szidx = w[:, 4] >> np.uint64(32)
+    nextoff = w[:, 5] & np.uint64(0xFFFFFFFF)
+    maxnext = w[:, 5] >> np.uint64(32)
+    size = (np.minimum(szidx, _NCLASSES - 1) + np.uint64(1)) * np.uint64(lay.alignment)
+    valid = ok & (szidx < _NCLASSES) & (maxnext == np.uint64(POOL_SIZE) - size) & (nextoff >= overhead) \
+        & (nextoff <= np.uint64(POOL_SIZE)) & ((nextoff - np.uint64(overhead)) % size == 0) \
+        & (w[:, 2] != 0) & (w[:, 3] != 0)
+    carved = np.where(valid, (nextoff - np.uint64(overhead)) // size, 0).astype(np.int64)
+    free = _free_blocks(w, b, valid, nextoff, size, (POOL_SIZE - overhead) // lay.alignment, overhead)
+    valid &= (carved - free.sum(axis=1)) == count.astype(np.int64)
+    return w, valid, size, carved, free
+
+
+def _free_blocks(w: np.ndarray, b: np.ndarray, valid: np.ndarray, nextoff: np.ndarray, size: np.ndarray,
+                 maxblocks: int, overhead: int) -> np.ndarray:
+    """Walk every valid pool's free list at once: the free blocks (n, maxblocks); a pool whose list
+    leaves the carved blocks, is misaligned, loops or does not end is no longer ``valid``."""
+    n = b.size
+    free = np.zeros((n, maxblocks), dtype=bool)
+    cur = np.where(valid, w[:, 1], 0)  # freeblock
+    rows = np.arange(n)
+    for _ in range(maxblocks + 1):
+        active = cur != 0
+        if not active.any():
+            break
+        r = rows[active]
+        off = cur[active] - b[active]
+        good = (off >= overhead) & (off < nextoff[active]) & ((off - np.uint64(overhead)) % size[active] == 0)
+        j = np.where(good, (off - np.uint64(overhead)) // size[active], 0).astype(np.intp)
+        good &= ~free[r, j]  # a block twice in the list: not a free list
+        valid[r[~good]] = False
+        r, j, off = r[good], j[good], off[good]
+        free[r, j] = True
+        nxt = np.zeros(n, dtype=np.uint64)
+        nxt[r] = w[r, (off // np.uint64(8)).astype(np.intp)]
+        cur = np.where(valid, nxt, 0)
+    else:
+        valid[cur != 0] = False
+    return free
+
+
+def _pool_objects(interp: Interpreter, types: TypeTable, b: np.ndarray, w: np.ndarray, valid: np.ndarray,
+                  size: np.ndarray, carved: np.ndarray, free: np.ndarray, copied: np.ndarray, acc: _Acc) -> None:
+    """Add the allocated blocks of the valid pools that touch a copied page, with their objects, to ``acc``."""
+    overhead = interp.layout.pool_overhead
+    vr = np.flatnonzero(valid)
+    nb = carved[vr]
+    pool_of = np.repeat(vr, nb)
+    jj = np.arange(int(nb.sum())) - np.repeat(np.cumsum(nb) - nb, nb)
+    keep = ~free[pool_of, jj]
+    pool_of, jj = pool_of[keep], jj[keep]
+    bsize = size[pool_of]
+    off = np.uint64(overhead) + jj.astype(np.uint64) * bsize
+    first_pg = (off // np.uint64(PAGE)).astype(np.intp)
+    last_pg = ((off + bsize - np.uint64(1)) // np.uint64(PAGE)).astype(np.intp)
+    touch = copied[pool_of, first_pg] | copied[pool_of, last_pg]
+    pool_of, off, bsize = pool_of[touch], off[touch], bsize[touch]
+    wi = (off // np.uint64(8)).astype(np.intp)
+    head = np.stack([w[pool_of, np.minimum(wi + k, _POOL_WORDS - 1)] for k in range(6)], axis=1)
+    t = _identify(types, interp, head, bsize.astype(np.int64))
+    acc.add(b[pool_of] + off, bsize, t)
 
 
 def find_objects(mem: Memory, interp: Interpreter, pages: np.ndarray, maps: list[procfs.Mapping]) -> Found:

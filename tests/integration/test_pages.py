@@ -403,21 +403,24 @@ def test_scanner_tolerance_reuses_a_report_within_its_bound():
             return len(_in(report.workers[0].copied_addrs, buf, 256 * P))
 
         write(1, 1)  # the worker's first run after fork copies pages of the interpreter too
-        first = sc.scan(tree, keep_addresses=True)
-        assert copied(first) == 1 and sc.drift_pages == 0
+        first, drift = sc.read(tree, keep_addresses=True)
+        assert copied(first) == 1 and drift == 0
         write(7, 8)
-        reused = sc.scan(tree, keep_addresses=True)
+        reused, drift = sc.read(tree, keep_addresses=True)
         assert reused.taken_at == first.taken_at and copied(reused) == 1  # the old page data...
-        assert 7 <= sc.drift_pages <= sc.MIN_TOLERANCE_PAGES  # ...with a bound that covers the change
-        assert copied(exact.scan(tree, keep_addresses=True)) == 8 and exact.drift_pages == 0
+        assert 7 <= drift <= sc.MIN_TOLERANCE_PAGES  # ...with a bound that covers the change
+        result = exact.read(tree, keep_addresses=True)
+        assert copied(result.report) == 8 and result.drift_pages == 0
+        assert copied(sc.scan(tree, keep_addresses=True)) == 1  # scan(): read() without the bound
         write(100, 108)  # more than the tolerance: a real scan
-        fresh = sc.scan(tree, keep_addresses=True)
-        assert copied(fresh) == 108 and sc.drift_pages == 0 and fresh.taken_at > first.taken_at
+        fresh, drift = sc.read(tree, keep_addresses=True)
+        assert copied(fresh) == 108 and drift == 0 and fresh.taken_at > first.taken_at
         # max_age: a report older than that is not reused, however small the change
         young = pages.Scanner(privileged=False, tolerance=0.001, max_age=0.0)
         young.scan(tree, keep_addresses=True)
         write(3, 111)
-        assert copied(young.scan(tree, keep_addresses=True)) == 111 and young.drift_pages == 0
+        result = young.read(tree, keep_addresses=True)
+        assert copied(result.report) == 111 and result.drift_pages == 0
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)

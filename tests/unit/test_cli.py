@@ -53,6 +53,8 @@ def fake(monkeypatch):
     monkeypatch.setattr(cowprof.tree, "find_tree", f.find_tree)
     monkeypatch.setattr(cowprof.pages, "scan", f.scan)
     monkeypatch.setattr(cowprof.pages.Scanner, "scan", lambda self, target, **kw: f.scan(target, **kw))
+    monkeypatch.setattr(cowprof.pages.Scanner, "read",
+                        lambda self, target, **kw: cowprof.pages.ScanResult(f.scan(target, **kw), 0))
     monkeypatch.setattr(cowprof.tree.TreeWatcher, "find", lambda self, pid: f.find_tree(pid))
     monkeypatch.setattr(cowprof.sampler, "_process_identity", lambda pid: ProcessIdentity(pid, 1))
     # the fake tree's processes have no /proc: no late-import records either

@@ -121,3 +121,27 @@ def test_sampler_error_when_master_dies_mid_scan_ends_cleanly():
     s = Sampler(10, find_tree=lambda pid: Tree(10, (11,)), scan=scan,
                 is_alive=lambda pid: alive.pop(0), clock=clock, wall_clock=clock, sleep=clock.sleep)
     assert list(s) == [] and s.stop_reason == StopReason.TARGET_EXITED
+
+
+def test_samples_carry_the_drift_bound_of_the_scanners_answer():
+    from cowprof.pages import ScanResult
+
+    clock = Clock()
+    answers = [ScanResult(page_report(), 0), ScanResult(page_report(), 40)]
+    s = Sampler(10, interval=1.0, count=2, tolerance=0.01, keep_addresses=True,
+                find_tree=lambda pid: Tree(10, (11,)), is_alive=lambda pid: True, clock=clock, wall_clock=clock,
+                sleep=clock.sleep)
+    asked = []
+    assert s.scanner is not None
+
+    def read(tree, *, keep_addresses=False):
+        asked.append((tree, keep_addresses))
+        return answers.pop(0)
+
+    s.scanner.read = read  # type: ignore[method-assign]
+    assert [x.drift_pages for x in s] == [0, 40]
+    assert asked == [(Tree(10, (11,)), True)] * 2
+    # an injected scan has no bound: its samples are exact
+    s = Sampler(10, interval=1.0, count=1, find_tree=lambda pid: Tree(10, (11,)), scan=lambda t, p: page_report(),
+                is_alive=lambda pid: True, clock=clock, wall_clock=clock, sleep=clock.sleep)
+    assert [x.drift_pages for x in s] == [0] and s.scanner is None

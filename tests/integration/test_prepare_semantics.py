@@ -238,3 +238,35 @@ def test_extension_static_types_are_not_traversed():
     """)
     assert out["arr"] is True and out["objects"] > 10_000
     assert out["sum"] == 49995000.0
+
+
+# The collection before the walk: a garbage cycle it missed would be made immortal and frozen, never
+# freed. Each child makes a cycle of a weakly referenceable object and says whether prepare_fork
+# freed it. Baseline: gc.freeze() alone (the walk's immortalization without a collection) keeps it.
+_GARBAGE_CYCLE = """
+    import gc, json, weakref, cowprof
+    class Node: pass
+    node = Node(); node.self = node
+    ref = weakref.ref(node)
+    keep = [[i] for i in range(5000)]
+    {setup}
+    {prepare}
+    print(json.dumps({{"freed": ref() is None}}))
+"""
+
+
+@needs_312
+@pytest.mark.parametrize("setup", [
+    # survived a full collection (generation 2), dropped, then a young collection since
+    "gc.collect()\ndel node\ngc.collect(1)",
+    # old, no full collection ever ran, the collector disabled (the gc.freeze recipe's first step)
+    "gc.disable()\ngc.collect(1)\ndel node",
+    # dropped right after a full collection
+    "gc.collect()\ndel node",
+], ids=["old-then-young-collection", "collector-disabled", "just-after-full-collection"])
+def test_prepare_fork_frees_garbage_cycles_before_freezing(setup):
+    indent = "\n    "
+    out = run_json(_GARBAGE_CYCLE.format(setup=setup.replace("\n", indent), prepare="cowprof.prepare_fork()"))
+    assert out["freed"], out
+    baseline = run_json(_GARBAGE_CYCLE.format(setup=setup.replace("\n", indent), prepare="gc.freeze()"))
+    assert not baseline["freed"], baseline

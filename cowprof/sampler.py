@@ -21,6 +21,7 @@ from cowprof.errors import CowprofError
 from cowprof.timer import CPU_BURST_SECONDS, Timer
 
 if TYPE_CHECKING:
+    from cowprof.timer import Rereads
     from cowprof.pages import PageReport, Scanner
     from cowprof.tree import Tree
 
@@ -88,7 +89,8 @@ class Sampler:
     ``tolerance`` and ``max_age`` go to the :class:`cowprof.pages.Scanner`: with ``tolerance`` > 0 a
     sample may hold the previous report while few pages can have changed since (``drift_pages``
     bounds how many); 0 (the default, for ``record`` and ``export``) re-reads the page tables
-    whenever anything changed.
+    whenever anything changed. ``rereads`` (a :class:`cowprof.timer.Rereads`, ``top``'s) instead sets
+    the Scanner's tolerance before each sample, with its max age counted in samples.
 
     ``keep_addresses`` keeps each worker's copied page addresses in the reports (for attribution:
     ``record --by``).
@@ -112,6 +114,7 @@ class Sampler:
         max_cpu: float | None = None,
         tolerance: float = 0.0,
         max_age: float | None = None,
+        rereads: Rereads | None = None,
         keep_addresses: bool = False,
         find_tree: Callable[[int], Tree] | None = None,
         scan: Callable[[Tree, bool | None], PageReport] | None = None,
@@ -129,6 +132,7 @@ class Sampler:
         self.duration = duration
         self.count = count
         self.privileged = privileged
+        self.rereads = rereads
         if find_tree is None:
             from cowprof.tree import TreeWatcher
 
@@ -140,6 +144,8 @@ class Sampler:
             self.scanner: Scanner | None = scanner
 
             def scan(tree: Tree, _privileged: bool | None) -> PageReport:
+                if rereads is not None:
+                    return rereads.scan(scanner, tree, keep_addresses=keep_addresses)
                 return scanner.scan(tree, keep_addresses=keep_addresses)
         else:
             self.scanner = None

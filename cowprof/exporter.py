@@ -49,8 +49,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from cowprof import procfs
 from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
 from cowprof.procfs import ProcessIdentity
-from cowprof.timer import (DEFAULT_EXPORT_MAX_CPU, EXPORT_MAX_AGE_INTERVALS, EXPORT_TOLERANCE, Rereads,
-                           check_interval)
+from cowprof.timer import DEFAULT_EXPORT_MAX_CPU, EXPORT_MAX_AGE_INTERVALS, EXPORT_TOLERANCE, Rereads, check_interval
 
 try:
     from prometheus_client import make_wsgi_app

@@ -21,8 +21,8 @@ from cowprof.errors import CowprofError
 from cowprof.timer import CPU_BURST_SECONDS, Timer
 
 if TYPE_CHECKING:
-    from cowprof.timer import Rereads
     from cowprof.pages import PageReport, Scanner
+    from cowprof.timer import Rereads
     from cowprof.tree import Tree
 
 __all__ = ["Sample", "Sampler", "StopReason", "CPU_BURST_SECONDS"]

@@ -110,7 +110,7 @@ from cowprof.commands import common  # noqa: E402
 from cowprof.commands.record import RecordBy  # noqa: E402
 from cowprof.commands.snapshot import By  # noqa: E402
 from cowprof.errors import BadInput  # noqa: E402
-from cowprof.timer import DEFAULT_TOP_MAX_CPU, check_interval  # noqa: E402
+from cowprof.timer import DEFAULT_EXPORT_MAX_CPU, DEFAULT_TOP_MAX_CPU, check_interval  # noqa: E402
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _click_exc
@@ -271,7 +271,8 @@ def top(
     exact: Annotated[bool, typer.Option("--exact",
                                         help="Re-read the page tables on every refresh where anything "
                                              "changed, instead of once 0.1% of the tree's memory can "
-                                             "have changed (or every 5 refreshes).")] = False,
+                                             "have changed (or every 5 refreshes, more on big trees).")
+                 ] = False,
     iterations: Annotated[int | None, typer.Option(min=1, hidden=True,
                                                    help="Stop after N samples (tests).")] = None,
 ) -> int:
@@ -283,8 +284,9 @@ def top(
 
     Each refresh checks in /proc/PID/stat whether the tree can have changed (page faults) and
     re-reads the page tables (12-20 ms of CPU for a 1 GiB tree) once more than 0.1% of its memory
-    can have changed, or every 5 refreshes; meanwhile the header says how old the page figures are
-    and by how much they can be off. --exact re-reads on every change. On trees too busy for that,
+    can have changed, or every 5 refreshes (more on trees whose re-read costs more than 0.2% of a
+    core over 5 refreshes: every ~25-40 for 4 GiB, at most 60); meanwhile the header says how old the page
+    figures are and by how much they can be off. --exact re-reads on every change. On trees too busy for that,
     top refreshes less often than --interval to stay under --max-cpu (the header says so). top
     classifies pages with the exclusive bit even as root: the same columns for less CPU than the
     PFN mode.
@@ -401,11 +403,27 @@ def export(
     cmdline: Annotated[str | None, typer.Option(metavar="TEXT",
                                                 help="The master's command line, to find it "
                                                      "again after a restart.")] = None,
+    max_cpu: Annotated[float, typer.Option("--max-cpu", min=0, max=100, metavar="PERCENT",
+                                           help="CPU budget of the exporter, in % of one core: "
+                                                "page-table re-reads wait while it is used up "
+                                                "(0: no budget).")] = DEFAULT_EXPORT_MAX_CPU,
+    exact: Annotated[bool, typer.Option("--exact",
+                                        help="Re-read the page tables at every interval where "
+                                             "anything changed, with no budget, instead of once "
+                                             "0.1% of the tree's memory can have changed (or every "
+                                             "12 intervals).")] = False,
 ) -> int:
-    """Serve Prometheus metrics of the tree's page accounting (needs cowprof\\[prometheus])."""
+    """Serve Prometheus metrics of the tree's page accounting (needs cowprof\\[prometheus]).
+
+    Every interval the exporter checks in /proc/PID/stat whether the tree can have changed (page
+    faults) and re-reads the page tables once more than 0.1% of its memory can have changed, or
+    every 12 intervals, within its --max-cpu budget; cowprof_pages_drift_bytes says by how much
+    the figures can be off meanwhile, cowprof_pages_read_timestamp_seconds when they were read.
+    """
     from cowprof.commands import export as command
 
-    return command.main(pid, port=port, interval=interval, bind=bind, pidfile=pidfile, cmdline=cmdline)
+    return command.main(pid, port=port, interval=interval, bind=bind, pidfile=pidfile, cmdline=cmdline,
+                        max_cpu=max_cpu, exact=exact)
 
 
 def _reflow_help() -> None:

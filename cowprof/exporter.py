@@ -11,7 +11,13 @@ Design (one job each):
   in the latest ``(report, status)`` pair. Chosen over scan-on-scrape because a scan of big workers
   can take seconds (a scrape must not wait for it, nor time out), and because the load on the host
   then depends on ``--interval`` only, not on how many Prometheus servers scrape and how often.
-  ``cowprof_last_scan_timestamp_seconds`` says how old the data is;
+  ``cowprof_last_scan_timestamp_seconds`` says when the tree was last checked. A check reads
+  ``/proc/PID/stat`` of each process and re-reads the page tables only when needed
+  (:class:`cowprof.timer.Rereads`: once 0.1% of the tree's pages can have changed, counted in
+  page faults, or every ``EXPORT_MAX_AGE_INTERVALS`` intervals, within a CPU budget ``max_cpu``);
+  ``cowprof_pages_read_timestamp_seconds`` says when they were read and
+  ``cowprof_pages_drift_bytes`` how much memory can have changed since (``exact``: re-read at every
+  check where anything changed, drift always 0);
 * the **HTTP server** (wsgiref + ``prometheus_client.make_wsgi_app``, one thread per request) serves
   a private ``CollectorRegistry`` holding one :class:`~cowprof.reporters.prometheus.ReportCollector`
   that builds every series from the latest snapshot at each scrape: workers that exited are simply
@@ -43,7 +49,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from cowprof import procfs
 from cowprof.errors import BadInput, CowprofError, NotAPreforkTree, ProcessGone
 from cowprof.procfs import ProcessIdentity
-from cowprof.timer import check_interval
+from cowprof.timer import DEFAULT_EXPORT_MAX_CPU, EXPORT_MAX_AGE_INTERVALS, EXPORT_TOLERANCE, Rereads, check_interval
 
 try:
     from prometheus_client import make_wsgi_app
@@ -58,9 +64,9 @@ else:
 from cowprof.tree import Tree
 
 if TYPE_CHECKING:
-    from cowprof.pages import PageReport
+    from cowprof.pages import PageReport, ScanResult
 
-__all__ = ["MIN_INTERVAL", "Exporter", "check_options", "serve"]
+__all__ = ["MIN_INTERVAL", "Exporter", "check_options", "make_scan", "serve"]
 
 log = logging.getLogger("cowprof.exporter")
 
@@ -70,7 +76,7 @@ REATTACH_POLL_SECONDS = 1.0
 MIN_INTERVAL = 0.1
 
 FindTree = Callable[[int], Tree]
-Scan = Callable[[Tree], "PageReport"]
+Scan = Callable[[Tree], "ScanResult"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,12 +200,17 @@ class Exporter:
     ``step()`` is one iteration (scan, or look for the master when detached); ``run()`` repeats it
     every ``interval`` seconds until ``stop`` is set. ``snapshot()`` is what the HTTP thread reads:
     an immutable ``(report or None, ExporterStatus)`` tuple, swapped in one assignment.
+    ``scan`` returns a :class:`cowprof.pages.ScanResult`: the report, and how many pages can have
+    changed since its page tables were read (a :class:`cowprof.pages.Scanner` with a tolerance;
+    0: exact).
     """
 
     def __init__(self, master: ProcessIdentity, finder: MasterFinder, *,
                  find_tree: FindTree, scan: Scan) -> None:
         self._find_tree = find_tree
         self._scan = scan
+        self._drift_bytes: float | None = None
+        self._pages_read_at: float | None = None
         self._finder = finder
         self._master: ProcessIdentity | None = None
         self._last_master = master
@@ -230,6 +241,8 @@ class Exporter:
             scrape_errors_total=self._errors,
             scan_seconds=self._scan_seconds,
             last_scan_at=self._last_scan_at,
+            drift_bytes=self._drift_bytes if report is not None else None,
+            pages_read_at=self._pages_read_at if report is not None else None,
         )
         self._snap = (report, status)
 
@@ -275,6 +288,7 @@ class Exporter:
             self._detach("exited")
             return
         started = time.perf_counter()
+        checked_at = time.time()
         try:
             try:
                 tree = self._find_tree(master.pid)
@@ -284,7 +298,7 @@ class Exporter:
                 tree = Tree(master.pid, ())
             if tree.master != master.pid:
                 raise NotAPreforkTree(f"PID {master.pid} is now a worker of PID {tree.master}")
-            report = self._scan(tree)
+            report, drift = self._scan(tree)
         except ProcessGone as exc:
             if not still_alive(master):
                 self._detach("exited")
@@ -298,7 +312,11 @@ class Exporter:
             self._error(f"{type(exc).__name__}: {exc}", exc_info=True)
             return
         self._scan_seconds = time.perf_counter() - started
-        self._last_scan_at = float(getattr(report, "taken_at", 0.0) or time.time())
+        # the check's time, every check; the page tables' read time and the bound on what can
+        # have changed since, on their own
+        self._last_scan_at = checked_at
+        self._pages_read_at = float(getattr(report, "taken_at", 0.0) or checked_at)
+        self._drift_bytes = float(drift * int(getattr(report, "page_size", 0) or procfs.PAGE_SIZE))
         self._scans += 1
         if self._last_error is not None:
             log.info("scans of master PID %d succeed again", master.pid)
@@ -464,39 +482,62 @@ def _setup_logging() -> logging.Handler:
     return handler
 
 
-def check_options(*, port: int, interval: float, bind: str) -> float:
+def check_options(*, port: int, interval: float, bind: str, max_cpu: float = DEFAULT_EXPORT_MAX_CPU) -> float:
     """The checks of :func:`serve`'s ``port``, ``interval`` (at least :data:`MIN_INTERVAL`, by
-    :func:`cowprof.timer.check_interval`) and ``bind``, which ``cowprof export`` runs too before it
-    imports numpy or starts anything: :class:`~cowprof.errors.BadInput` with a one-line message
-    naming the option.
+    :func:`cowprof.timer.check_interval`), ``bind`` and ``max_cpu`` (0 to 100), which ``cowprof
+    export`` runs too before it imports numpy or starts anything:
+    :class:`~cowprof.errors.BadInput` with a one-line message naming the option.
     Returns the interval in seconds."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise BadInput(f"--port must be between 0 and 65535, not {port}")
+    if (isinstance(max_cpu, bool) or not isinstance(max_cpu, (int, float))
+            or not 0 <= max_cpu <= 100):  # NaN fails too
+        raise BadInput(f"--max-cpu must be between 0 and 100 (% of one core), not {max_cpu}")
     seconds = check_interval(interval, minimum=MIN_INTERVAL, option="--interval")
     if not bind:
         raise BadInput("--bind needs an address, e.g. 127.0.0.1")
     return seconds
 
 
+def make_scan(*, interval: float, max_cpu: float = DEFAULT_EXPORT_MAX_CPU, exact: bool = False) -> Scan:
+    """The exporter's ``scan`` (:class:`Exporter`): a
+    :class:`cowprof.pages.Scanner` in the exclusive-bit mode (even as root: the metrics need
+    nothing the PFN mode adds, and it costs half the CPU) that costs no page scan while nothing
+    changed; unless ``exact``, under :class:`cowprof.timer.Rereads` with ``EXPORT_TOLERANCE``,
+    ``EXPORT_MAX_AGE_INTERVALS`` and a CPU budget of ``max_cpu`` % of one core (0: none)."""
+    from cowprof.pages import Scanner
+
+    if exact:
+        return Scanner(privileged=False).read
+    scanner = Scanner(privileged=False, tolerance=EXPORT_TOLERANCE)
+    rereads = Rereads(tolerance=EXPORT_TOLERANCE, max_age=EXPORT_MAX_AGE_INTERVALS, interval=interval,
+                      max_cpu=max_cpu / 100.0 if max_cpu > 0 else None)
+
+    def scan(tree: Tree) -> ScanResult:
+        return rereads.read(scanner, tree)
+
+    return scan
+
+
 def serve(pid: int | None, *, port: int = 9464, bind: str = "127.0.0.1", interval: float = 5.0,
-          pidfile: str | None = None, cmdline: str | None = None) -> int:
+          pidfile: str | None = None, cmdline: str | None = None, max_cpu: float = DEFAULT_EXPORT_MAX_CPU,
+          exact: bool = False) -> int:
     """Serve Prometheus metrics for the pre-fork tree of ``pid`` until SIGINT/SIGTERM.
 
     Blocking. ``pid`` may be the master or any worker; it may be ``None`` when ``pidfile`` (or
-    ``cmdline``) says where the master is. ``port`` 0 picks a free port (logged). Returns the exit
+    ``cmdline``) says where the master is. ``port`` 0 picks a free port (logged). ``max_cpu`` (%
+    of one core, 0: none) budgets the page-table re-reads; ``exact`` re-reads them at every
+    interval where anything changed, with no budget (:func:`make_scan`). Returns the exit
     code (0 after a signal); raises :class:`~cowprof.errors.CowprofError` subclasses with one-line
-    messages for bad input (bad PID, unusable PID file, busy port, bad interval).
+    messages for bad input (bad PID, unusable PID file, busy port, bad interval, bad max_cpu).
     """
     if _PROMETHEUS_MISSING is not None:
         raise CowprofError("cowprof export needs prometheus_client: "
                            "pip install 'cowprof[prometheus]'")
-    interval = check_options(port=port, interval=interval, bind=bind)
-    from cowprof.pages import Scanner
+    interval = check_options(port=port, interval=interval, bind=bind, max_cpu=max_cpu)
     from cowprof.tree import find_tree
 
-    # an unchanged tree (no fault, unmap or swap since) costs no page scan; the exclusive-bit mode
-    # even as root: the metrics need nothing the PFN mode adds, and it costs half the CPU
-    scan = Scanner(privileged=False).scan
+    scan = make_scan(interval=interval, max_cpu=max_cpu, exact=exact)
 
     handler = _setup_logging()
     server: WSGIServer | None = None

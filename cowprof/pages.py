@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from .classify import _Layout, _Proc, _Worker
 
-__all__ = ["REGIONS", "SHARERS_MAX", "TOP_MAX_AGE_INTERVALS", "TOP_TOLERANCE", "VERSION", "MasterPages",
+__all__ = ["REGIONS", "SHARERS_MAX", "VERSION", "MasterPages",
            "PageReport", "RegionPages", "ScanResult", "Scanner", "WorkerPages", "region_of", "region_ranges", "scan"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -140,13 +140,6 @@ def _as_tree(target: int | Tree, procfs_root: str) -> Tree:
     raise BadInput(f"scan() needs a PID or a Tree, not {type(target).__name__}")
 
 
-TOP_TOLERANCE = 0.001
-"""``cowprof top``'s :class:`Scanner` ``tolerance``: it re-reads page tables once this fraction of
-the tree's resident pages (at least ``MIN_TOLERANCE_PAGES``) can have changed since the last read
-(counted in page faults of the tree), or after ``TOP_MAX_AGE_INTERVALS`` refreshes; ``--exact``
-re-reads them whenever anything changed (tolerance 0)."""
-TOP_MAX_AGE_INTERVALS = 5
-"""``cowprof top``'s :class:`Scanner` ``max_age``, in refresh intervals."""
 
 
 class ScanResult(Frozen):

@@ -22,6 +22,7 @@ from cowprof.timer import CPU_BURST_SECONDS, Timer
 
 if TYPE_CHECKING:
     from cowprof.pages import PageReport, Scanner
+    from cowprof.timer import Rereads
     from cowprof.tree import Tree
 
 __all__ = ["Sample", "Sampler", "StopReason", "CPU_BURST_SECONDS"]
@@ -98,7 +99,8 @@ class Sampler:
     ``tolerance`` and ``max_age`` go to the :class:`cowprof.pages.Scanner`: with ``tolerance`` > 0 a
     sample may hold the previous report while few pages can have changed since (``drift_pages``
     bounds how many); 0 (the default, for ``record`` and ``export``) re-reads the page tables
-    whenever anything changed.
+    whenever anything changed. ``rereads`` (a :class:`cowprof.timer.Rereads`, ``top``'s) instead sets
+    the Scanner's tolerance before each sample, with its max age counted in samples.
 
     ``keep_addresses`` keeps each worker's copied page addresses in the reports (for attribution:
     ``record --by``).
@@ -122,6 +124,7 @@ class Sampler:
         max_cpu: float | None = None,
         tolerance: float = 0.0,
         max_age: float | None = None,
+        rereads: Rereads | None = None,
         keep_addresses: bool = False,
         find_tree: Callable[[int], Tree] | None = None,
         scan: Callable[[Tree, bool | None], PageReport] | None = None,
@@ -139,6 +142,7 @@ class Sampler:
         self.duration = duration
         self.count = count
         self.privileged = privileged
+        self.rereads = rereads
         if find_tree is None:
             from cowprof.tree import TreeWatcher
 
@@ -173,8 +177,13 @@ class Sampler:
 
         scanner = self.scanner = Scanner(privileged=self.privileged, tolerance=tolerance, max_age=max_age)
 
+        rereads = self.rereads
+
         def scanner_read(tree: Tree) -> tuple[PageReport, int]:
-            return scanner.read(tree, keep_addresses=keep_addresses)  # a ScanResult: (report, drift_pages)
+            # a ScanResult: (report, drift_pages)
+            if rereads is not None:
+                return rereads.read(scanner, tree, keep_addresses=keep_addresses)
+            return scanner.read(tree, keep_addresses=keep_addresses)
         return scanner_read
 
     def stop(self) -> None:

@@ -72,7 +72,9 @@ class ExporterStatus:
 
     ``up`` is true while attached to a live pre-fork tree whose latest scan succeeded;
     ``scans_total`` / ``scrape_errors_total`` only ever grow; ``scan_seconds`` and ``last_scan_at``
-    describe the latest successful scan (``None`` before the first one).
+    describe the latest successful scan (``None`` before the first one); ``drift_bytes`` and
+    ``pages_read_at`` the report it holds (the exporter's, when it keeps a report within its
+    tolerance: ``cowprof_pages_drift_bytes``, ``cowprof_pages_read_timestamp_seconds``).
     """
 
     up: bool = False
@@ -81,6 +83,10 @@ class ExporterStatus:
     scrape_errors_total: int = 0
     scan_seconds: float | None = None
     last_scan_at: float | None = None
+    drift_bytes: float | None = None
+    """Bytes that can have changed since the report's page tables were read (None: not known)."""
+    pages_read_at: float | None = None
+    """When the report's page tables were read (None: not known)."""
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -114,6 +120,16 @@ def metric_families(report: PageReport | Any | None, status: ExporterStatus) -> 
                           status.last_scan_at))
     if report is None:
         return out
+    if status.pages_read_at is not None:
+        out.append(_gauge("cowprof_pages_read_timestamp_seconds",
+                          "When the page tables behind the latest report were read, since the Unix "
+                          "epoch (earlier than the last scan while the report is kept within the "
+                          "tolerance).", status.pages_read_at))
+    if status.drift_bytes is not None:
+        out.append(_gauge("cowprof_pages_drift_bytes",
+                          "Bound on the bytes that can have changed class since the page tables were "
+                          "read (page faults of the tree since then, in bytes); 0 when exact.",
+                          status.drift_bytes))
 
     master = report.master
     out.append(_gauge("cowprof_master_pid", "PID of the master process being watched.", master.pid))

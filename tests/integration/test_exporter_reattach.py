@@ -12,6 +12,7 @@ import pytest
 
 from cowprof.errors import NotAPreforkTree, ProcessGone
 from cowprof.exporter import Exporter, MasterFinder, identify
+from cowprof.pages import ScanResult
 from cowprof.reporters.prometheus import metric_families
 from conftest import MiB, master_dict, page_report, worker_dict
 
@@ -52,7 +53,8 @@ class FakeTree:
         if self.fail is not None:
             raise self.fail
         self.scans += 1
-        return page_report([worker_dict(pid, 2 * MiB) for pid in tree.workers], master=master_dict(tree.master))
+        return ScanResult(page_report([worker_dict(pid, 2 * MiB) for pid in tree.workers],
+                                      master=master_dict(tree.master)))
 
 
 def _exporter(fake: FakeTree, pid: int, *, pidfile: str | None = None, cmdline: str | None = None):

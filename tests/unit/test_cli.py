@@ -13,6 +13,7 @@ import cowprof.preload
 import cowprof.pages
 import cowprof.sampler
 import cowprof.tree
+import cowprof.timer
 from cowprof import cli, gunicorn_run
 from cowprof.commands.snapshot import By
 from cowprof.errors import AccessDenied, BadInput, NotAPreforkTree, ProcessGone
@@ -220,8 +221,9 @@ def test_top_without_terminal_prints_each_refresh(fake):
     assert "1.00" in result.stdout  # worker 11 copies 1 MiB per (fake) second
 
 
-@pytest.mark.parametrize("extra, tolerance, max_age", [([], cowprof.pages.TOP_TOLERANCE, 5 * 0.5), (["--exact"], 0.0, None)])
+@pytest.mark.parametrize("extra, tolerance, max_age", [([], cowprof.timer.TOP_TOLERANCE, 5), (["--exact"], 0.0, None)])
 def test_top_tolerance_unless_exact(fake, monkeypatch, extra, tolerance, max_age):
+    """top's max age counts refreshes (Rereads), as its help says; --exact: no tolerance, no policy."""
     import cowprof.sampler
 
     seen = {}
@@ -234,7 +236,13 @@ def test_top_tolerance_unless_exact(fake, monkeypatch, extra, tolerance, max_age
     monkeypatch.setattr(cowprof.sampler.Sampler, "__init__", init)
     result = runner.invoke(cli.app, ["top", "10", "--interval", "0.5", "--iterations", "1", *extra])
     assert result.exit_code == 0, result.output
-    assert seen["tolerance"] == tolerance and seen["max_age"] == max_age and seen["privileged"] is False
+    rereads = seen["rereads"]
+    assert seen["tolerance"] == tolerance and seen["privileged"] is False and seen.get("max_age") is None
+    if max_age is None:
+        assert rereads is None
+    else:
+        assert rereads.max_age == max_age and rereads.tolerance == tolerance and rereads.interval == 0.5
+        assert rereads.age_share == cowprof.timer.TOP_AGE_SHARE and rereads.max_cpu is None
 
 
 def test_top_ctrl_c_exits_zero(fake, monkeypatch):
@@ -414,7 +422,10 @@ def test_export_calls_serve(monkeypatch):
                                      "--bind", "127.0.0.1"])
     assert result.exit_code == 0, result.output
     assert seen == {"pid": 123, "port": 0, "bind": "127.0.0.1", "interval": 2.0, "pidfile": None,
-                    "cmdline": None}
+                    "cmdline": None, "max_cpu": cowprof.timer.DEFAULT_EXPORT_MAX_CPU, "exact": False}
+    result = runner.invoke(cli.app, ["export", "123", "--max-cpu", "0.5", "--exact"])
+    assert result.exit_code == 0, result.output
+    assert seen["max_cpu"] == 0.5 and seen["exact"] is True
 
 
 def test_export_without_the_module(monkeypatch, capsys):

@@ -693,13 +693,13 @@ static Py_ssize_t object_size(cp_typeinfo *ti, PyObject *op) {
     }
 }
 
-static inline int hm_add(cp_walk *w, const void *addr, Py_ssize_t size, uint32_t type) {
+static inline void hm_add(cp_walk *w, const void *addr, Py_ssize_t size, uint32_t type) {
     sink_add(&w->hm, addr, size, type);
-    return 0;
 }
 
 /* Heap map: the object's own block (pre-header included) plus the separately allocated buffers of
- * list, set and dict that are part of its __sizeof__ and whose addresses public structs expose. */
+ * list, set and dict that are part of its __sizeof__ and whose addresses public structs expose.
+ * Cannot fail (the sink keeps a write error for the end of the walk): always 0. */
 static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
     PyTypeObject *tp = ti->tp;
     Py_ssize_t block = size;
@@ -707,24 +707,19 @@ static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
         /* __sizeof__ counts separately allocated parts too: the object's own block is its layout */
         block = tp->tp_itemsize ? var_size(tp, op) : tp->tp_basicsize;
     }
-    if (hm_add(w, (char *)op - ti->preheader, block + ti->preheader, ti->id) < 0) return -1;
+    hm_add(w, (char *)op - ti->preheader, block + ti->preheader, ti->id);
     if (ti->buffers == BUF_NONE) return 0;
     if (ti->buffers == BUF_LIST) {
         PyListObject *l = (PyListObject *)op;
-        if (l->ob_item && l->allocated > 0 &&
-            hm_add(w, l->ob_item, l->allocated * (Py_ssize_t)sizeof(PyObject *), ti->id) < 0)
-            return -1;
+        if (l->ob_item && l->allocated > 0) hm_add(w, l->ob_item, l->allocated * (Py_ssize_t)sizeof(PyObject *), ti->id);
     } else if (ti->buffers == BUF_SET) {
         PySetObject *s = (PySetObject *)op;
-        if (s->table != s->smalltable &&
-            hm_add(w, s->table, (s->mask + 1) * (Py_ssize_t)sizeof(setentry), ti->id) < 0)
-            return -1;
+        if (s->table != s->smalltable) hm_add(w, s->table, (s->mask + 1) * (Py_ssize_t)sizeof(setentry), ti->id);
     } else {
         PyDictObject *d = (PyDictObject *)op;
         /* combined table: __sizeof__ - basicsize is the keys object this dict owns */
-        if (d->ma_values == NULL && size > tp->tp_basicsize && d->ma_keys != NULL &&
-            hm_add(w, d->ma_keys, size - tp->tp_basicsize, ti->id) < 0)
-            return -1;
+        if (d->ma_values == NULL && size > tp->tp_basicsize && d->ma_keys != NULL)
+            hm_add(w, d->ma_keys, size - tp->tp_basicsize, ti->id);
     }
     return 0;
 }
@@ -940,18 +935,190 @@ static void walk_free(cp_walk *w) {
     Py_XDECREF(w->sizeof_name);
 }
 
-/* d[key] = the new reference `made`; on failure `goto error` */
-#define SET_ITEM(d, key, made)                                              \
-    do {                                                                     \
-        PyObject *_v = (made);                                               \
-        if (_v == NULL || PyDict_SetItemString(d, key, _v) < 0) {           \
-            Py_XDECREF(_v);                                                  \
-            goto error;                                                      \
-        }                                                                    \
-        Py_DECREF(_v);                                                       \
-    } while (0)
-#define SET_U64(d, key, val) SET_ITEM(d, key, PyLong_FromUnsignedLongLong((unsigned long long)(val)))
-#define SET_FLOAT(d, key, val) SET_ITEM(d, key, PyFloat_FromDouble(val))
+/* ---- walk(): its arguments and state, the walk, its result --------------------------------- */
+
+/* Parses walk()'s arguments into *w (zeroed first) and sets up what the walk needs: object.__sizeof__
+ * and, with a heap map, its sink and writer thread. -1 with an exception set; walk_free(w) is due
+ * either way. */
+static int walk_init(cp_walk *w, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
+                             "tag_types", "new_only", "heapmap_format", "heapmap_copy_fd", NULL};
+    int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1, new_only = 0;
+    int heapmap_format = 3, copy_fd = -1;
+    Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
+    memset(w, 0, sizeof(*w));
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpppii:walk", kwlist, &immortalize, &heapmap_fd,
+                                     &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only,
+                                     &heapmap_format, &copy_fd))
+        return -1;
+    if (heapmap_format != 2 && heapmap_format != 3) {
+        PyErr_SetString(PyExc_ValueError, "heapmap_format must be 2 or 3");
+        return -1;
+    }
+    if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
+        PyErr_SetString(PyExc_ValueError, "implausible pre-header sizes");
+        return -1;
+    }
+    w->immortalize = immortalize;
+    w->new_only = new_only && immortalize;
+    w->record = heapmap_fd >= 0;
+    w->hash_strings = hash_strings;
+    w->tag_types = tag_types;
+    w->gc_head = gc_head;
+    w->managed_pre = managed_pre;
+    w->sizeof_name = PyUnicode_InternFromString("__sizeof__");
+    if (w->sizeof_name == NULL) return -1;
+    PyObject *odict = PyType_GetDict(&PyBaseObject_Type);
+    if (odict == NULL) return -1;
+    w->object_sizeof = PyDict_GetItemWithError(odict, w->sizeof_name);
+    Py_XINCREF(w->object_sizeof);
+    Py_DECREF(odict);
+    if (w->object_sizeof == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "object.__sizeof__ not found");
+        return -1;
+    }
+    if (w->record && sink_open(&w->hm, heapmap_fd, heapmap_format, copy_fd) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* What walk_run measured besides the counts in cp_walk. */
+typedef struct {
+    double seconds, cpu_seconds; /* wall clock and CPU time of the walking thread */
+    int write_error;             /* errno of the heap map's first failed write, or 0 */
+} cp_walk_run;
+
+/* The walk itself; with a heap map its file is complete when this returns. -1 with an exception set. */
+static int walk_run(cp_walk *w, cp_walk_run *run) {
+    double t0 = now_seconds(), cpu0 = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
+    PyUnstable_GC_VisitObjects(visit_root, w);
+    run->write_error = w->record ? sink_close(&w->hm) : 0;
+    run->seconds = now_seconds() - t0;
+    run->cpu_seconds = clock_seconds(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+    if (w->failed) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* A dict built item by item that keeps the first error: once an item failed (its exception stays
+ * set), the items after it are neither made nor set, and db_finish returns NULL. */
+typedef struct {
+    PyObject *d;
+    int failed;
+} cp_dict_builder;
+
+static void db_init(cp_dict_builder *b) {
+    b->d = PyDict_New();
+    b->failed = b->d == NULL;
+}
+
+/* d[key] = made, a new reference released here, or NULL after an error */
+static void db_set(cp_dict_builder *b, const char *key, PyObject *made) {
+    if (made == NULL) {
+        b->failed = 1;
+        return;
+    }
+    if (!b->failed && PyDict_SetItemString(b->d, key, made) < 0) b->failed = 1;
+    Py_DECREF(made);
+}
+
+static void db_u64(cp_dict_builder *b, const char *key, uint64_t v) {
+    if (!b->failed) db_set(b, key, PyLong_FromUnsignedLongLong((unsigned long long)v));
+}
+
+static void db_float(cp_dict_builder *b, const char *key, double v) {
+    if (!b->failed) db_set(b, key, PyFloat_FromDouble(v));
+}
+
+/* d[key] = make(w) */
+static void db_make(cp_dict_builder *b, const char *key, PyObject *(*make)(const cp_walk *), const cp_walk *w) {
+    if (!b->failed) db_set(b, key, make(w));
+}
+
+static PyObject *db_finish(cp_dict_builder *b) {
+    if (!b->failed) return b->d;
+    Py_XDECREF(b->d);
+    return NULL;
+}
+
+/* the objects with a finalizer left mortal: still alive, no Python code ran since the walk saw them */
+static PyObject *walk_finalizable(const cp_walk *w) {
+    PyObject *objs = PyList_New((Py_ssize_t)w->finalizable.len);
+    if (objs == NULL) return NULL;
+    for (size_t i = 0; i < w->finalizable.len; i++) PyList_SET_ITEM(objs, (Py_ssize_t)i, Py_NewRef(w->finalizable.items[i]));
+    return objs;
+}
+
+/* the heap map's types by index */
+static PyObject *walk_heapmap_types(const cp_walk *w) {
+    PyObject *types = PyTuple_New((Py_ssize_t)w->types_len);
+    if (types == NULL) return NULL;
+    for (size_t i = 0; i < w->types_len; i++) PyTuple_SET_ITEM(types, (Py_ssize_t)i, Py_NewRef((PyObject *)w->type_list[i]));
+    return types;
+}
+
+/* per type index: bytes of pre-header (GC header, managed dict/weakref) before the object */
+static PyObject *walk_heapmap_preheaders(const cp_walk *w) {
+    PyObject *pre = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)w->types_len);
+    if (pre == NULL) return NULL;
+    for (size_t i = 0; i < w->types_cap; i++) {
+        if (w->types[i].tp) PyBytes_AS_STRING(pre)[w->types[i].id] = (char)w->types[i].preheader;
+    }
+    return pre;
+}
+
+/* format 3, per type index: the size of its records that carry none (the first one the writer saw) */
+static PyObject *walk_heapmap_type_sizes(const cp_walk *w) {
+    PyObject *sizes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * w->types_len));
+    if (sizes == NULL) return NULL;
+    for (size_t i = 0; i < w->types_len; i++) {
+        uint64_t v = i < w->hm.enc.types_cap ? w->hm.enc.types[i].first_size : CP_HM3_NO_SIZE;
+        put_u32le((uint8_t *)PyBytes_AS_STRING(sizes) + 4 * i, v == CP_HM3_NO_SIZE ? 0 : (uint32_t)v);
+    }
+    return sizes;
+}
+
+/* None, or the OSError of the heap map's failed write */
+static PyObject *write_error_value(int write_error) {
+    if (write_error == 0) return Py_NewRef(Py_None);
+    return PyObject_CallFunction(PyExc_OSError, "is", write_error, strerror(write_error));
+}
+
+/* walk()'s result (keys in this order: see walk_doc and cowprof/_native.pyi) */
+static PyObject *walk_result(const cp_walk *w, const cp_walk_run *run) {
+    cp_dict_builder b;
+    db_init(&b);
+    db_u64(&b, "objects", w->objects);
+    db_u64(&b, "immortalized", w->immortalized);
+    db_u64(&b, "already_immortal", w->already_immortal);
+    db_u64(&b, "left_mortal", w->left_mortal);
+    db_u64(&b, "tracked", w->tracked);
+    db_u64(&b, "untracked", w->untracked);
+    db_u64(&b, "bytes", w->bytes);
+    db_u64(&b, "strings_hashed", w->strings_hashed);
+    db_u64(&b, "types_tagged", w->types_tagged);
+    db_u64(&b, "containers_descended", w->containers_descended);
+    db_u64(&b, "with_finalizer", w->with_finalizer);
+    db_make(&b, "finalizable", walk_finalizable, w);
+    db_float(&b, "seconds", run->seconds);
+    db_float(&b, "cpu_seconds", run->cpu_seconds);
+    if (w->record) {
+        db_u64(&b, "heapmap_records", w->hm.records);
+        db_u64(&b, "heapmap_bytes", w->hm.bytes);
+        db_u64(&b, "heapmap_format", (uint64_t)w->hm.format);
+        db_float(&b, "heapmap_wait_seconds", w->hm.waited);
+        db_float(&b, "heapmap_writer_cpu_seconds", w->hm.writer_cpu);
+        if (!b.failed) db_set(&b, "heapmap_error", write_error_value(run->write_error));
+        db_make(&b, "heapmap_types", walk_heapmap_types, w);
+        db_make(&b, "heapmap_preheaders", walk_heapmap_preheaders, w);
+        if (w->hm.format == 3) db_make(&b, "heapmap_type_sizes", walk_heapmap_type_sizes, w);
+    }
+    return db_finish(&b);
+}
 
 PyDoc_STRVAR(walk_doc,
 "walk($module, /, *, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16,\n"
@@ -974,137 +1141,12 @@ PyDoc_STRVAR(walk_doc,
 "(<u4 per type index: the size its records have unless they give their own).");
 
 static PyObject *cp_walk_fn(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
-                             "tag_types", "new_only", "heapmap_format", "heapmap_copy_fd", NULL};
-    int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1, new_only = 0;
-    int heapmap_format = 3, copy_fd = -1;
-    Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpppii:walk", kwlist, &immortalize, &heapmap_fd,
-                                     &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only,
-                                     &heapmap_format, &copy_fd))
-        return NULL;
-    int heapmap = heapmap_fd >= 0;
-    if (heapmap_format != 2 && heapmap_format != 3) {
-        PyErr_SetString(PyExc_ValueError, "heapmap_format must be 2 or 3");
-        return NULL;
-    }
-    if (gc_head < 0 || gc_head > 64 || managed_pre < 0 || managed_pre > 64) {
-        PyErr_SetString(PyExc_ValueError, "implausible pre-header sizes");
-        return NULL;
-    }
     cp_walk w;
-    memset(&w, 0, sizeof(w));
-    w.immortalize = immortalize;
-    w.new_only = new_only && immortalize;
-    w.record = heapmap;
-    w.hash_strings = hash_strings;
-    w.tag_types = tag_types;
-    w.gc_head = gc_head;
-    w.managed_pre = managed_pre;
+    cp_walk_run run;
     PyObject *result = NULL;
-    w.sizeof_name = PyUnicode_InternFromString("__sizeof__");
-    if (w.sizeof_name == NULL) goto error;
-    {
-        PyObject *odict = PyType_GetDict(&PyBaseObject_Type);
-        if (odict == NULL) goto error;
-        w.object_sizeof = PyDict_GetItemWithError(odict, w.sizeof_name);
-        Py_XINCREF(w.object_sizeof);
-        Py_DECREF(odict);
-    }
-    if (w.object_sizeof == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "object.__sizeof__ not found");
-        goto error;
-    }
-    if (heapmap && sink_open(&w.hm, heapmap_fd, heapmap_format, copy_fd) < 0) {
-        PyErr_NoMemory();
-        goto error;
-    }
-
-    double t0 = now_seconds(), cpu0 = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
-    PyUnstable_GC_VisitObjects(visit_root, &w);
-    int write_error = heapmap ? sink_close(&w.hm) : 0; /* the file is complete when the walk returns */
-    double seconds = now_seconds() - t0, cpu_seconds = clock_seconds(CLOCK_THREAD_CPUTIME_ID) - cpu0;
-    if (w.failed) {
-        if (!PyErr_Occurred()) PyErr_NoMemory();
-        goto error;
-    }
-    result = PyDict_New();
-    if (result == NULL) goto error;
-    SET_U64(result, "objects", w.objects);
-    SET_U64(result, "immortalized", w.immortalized);
-    SET_U64(result, "already_immortal", w.already_immortal);
-    SET_U64(result, "left_mortal", w.left_mortal);
-    SET_U64(result, "tracked", w.tracked);
-    SET_U64(result, "untracked", w.untracked);
-    SET_U64(result, "bytes", w.bytes);
-    SET_U64(result, "strings_hashed", w.strings_hashed);
-    SET_U64(result, "types_tagged", w.types_tagged);
-    SET_U64(result, "containers_descended", w.containers_descended);
-    SET_U64(result, "with_finalizer", w.with_finalizer);
-    {
-        /* still alive: no Python code ran since the walk saw them */
-        PyObject *objs = PyList_New((Py_ssize_t)w.finalizable.len);
-        if (objs == NULL) goto error;
-        for (size_t i = 0; i < w.finalizable.len; i++) PyList_SET_ITEM(objs, (Py_ssize_t)i, Py_NewRef(w.finalizable.items[i]));
-        int rc = PyDict_SetItemString(result, "finalizable", objs);
-        Py_DECREF(objs);
-        if (rc < 0) goto error;
-    }
-    SET_FLOAT(result, "seconds", seconds);
-    SET_FLOAT(result, "cpu_seconds", cpu_seconds);
-    if (heapmap) {
-        SET_U64(result, "heapmap_records", w.hm.records);
-        SET_U64(result, "heapmap_bytes", w.hm.bytes);
-        SET_U64(result, "heapmap_format", heapmap_format);
-        SET_FLOAT(result, "heapmap_wait_seconds", w.hm.waited);
-        SET_FLOAT(result, "heapmap_writer_cpu_seconds", w.hm.writer_cpu);
-        if (write_error) {
-            PyObject *e = PyObject_CallFunction(PyExc_OSError, "is", write_error, strerror(write_error));
-            if (e == NULL || PyDict_SetItemString(result, "heapmap_error", e) < 0) {
-                Py_XDECREF(e);
-                goto error;
-            }
-            Py_DECREF(e);
-        } else if (PyDict_SetItemString(result, "heapmap_error", Py_None) < 0) {
-            goto error;
-        }
-        PyObject *types = PyTuple_New((Py_ssize_t)w.types_len);
-        if (types == NULL) goto error;
-        for (size_t i = 0; i < w.types_len; i++) {
-            Py_INCREF(w.type_list[i]);
-            PyTuple_SET_ITEM(types, (Py_ssize_t)i, (PyObject *)w.type_list[i]);
-        }
-        int rc = PyDict_SetItemString(result, "heapmap_types", types);
-        Py_DECREF(types);
-        if (rc < 0) goto error;
-        /* per type: bytes of pre-header (GC header, managed dict/weakref) before the object */
-        PyObject *pre = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)w.types_len);
-        if (pre == NULL) goto error;
-        for (size_t i = 0; i < w.types_cap; i++) {
-            if (w.types[i].tp) PyBytes_AS_STRING(pre)[w.types[i].id] = (char)w.types[i].preheader;
-        }
-        rc = PyDict_SetItemString(result, "heapmap_preheaders", pre);
-        Py_DECREF(pre);
-        if (rc < 0) goto error;
-        if (heapmap_format == 3) {
-            /* per type: the size of its records that carry none (the first one the writer saw) */
-            PyObject *sizes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * w.types_len));
-            if (sizes == NULL) goto error;
-            for (size_t i = 0; i < w.types_len; i++) {
-                uint64_t v = i < w.hm.enc.types_cap ? w.hm.enc.types[i].first_size : CP_HM3_NO_SIZE;
-                put_u32le((uint8_t *)PyBytes_AS_STRING(sizes) + 4 * i, v == CP_HM3_NO_SIZE ? 0 : (uint32_t)v);
-            }
-            rc = PyDict_SetItemString(result, "heapmap_type_sizes", sizes);
-            Py_DECREF(sizes);
-            if (rc < 0) goto error;
-        }
-    }
+    if (walk_init(&w, args, kwargs) == 0 && walk_run(&w, &run) == 0) result = walk_result(&w, &run);
     walk_free(&w);
     return result;
-error:
-    Py_XDECREF(result);
-    walk_free(&w);
-    return NULL;
 }
 
 /* ---- exit finalization (policy and order: cowprof/finalize.py) ----------------------------- */

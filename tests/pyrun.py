@@ -12,13 +12,15 @@ import sys
 import textwrap
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+#: the children's timeouts are multiplied by this (scripts/check_native: under valgrind they run 30-100x slower)
+TIMEOUT_SCALE = float(os.environ.get("COWPROF_TEST_TIMEOUT_SCALE", "1"))
 
 
 def run_py(code: str, *args: str, timeout: float = 120.0, env: dict | None = None,
            cwd: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd or TESTS_DIR,
+        capture_output=True, text=True, timeout=timeout * TIMEOUT_SCALE, cwd=cwd or TESTS_DIR,
         env={**os.environ, **(env or {})},
     )
 
@@ -32,6 +34,6 @@ def run_json(code: str, *args: str, timeout: float = 120.0, env: dict | None = N
 
 def run_script_json(script: str, *args: str, timeout: float = 300.0):
     proc = subprocess.run([sys.executable, os.path.join(TESTS_DIR, script), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=TESTS_DIR)
+                          capture_output=True, text=True, timeout=timeout * TIMEOUT_SCALE, cwd=TESTS_DIR)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])

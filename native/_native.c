@@ -699,8 +699,8 @@ static inline void hm_add(cp_walk *w, const void *addr, Py_ssize_t size, uint32_
 
 /* Heap map: the object's own block (pre-header included) plus the separately allocated buffers of
  * list, set and dict that are part of its __sizeof__ and whose addresses public structs expose.
- * Cannot fail (the sink keeps a write error for the end of the walk): always 0. */
-static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
+ * Cannot fail: the sink keeps a write error for the end of the walk. */
+static void record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
     PyTypeObject *tp = ti->tp;
     Py_ssize_t block = size;
     if ((ti->mode == SZ_CALL && !PyLong_Check(op)) || ti->mode == SZ_DICT) {
@@ -708,7 +708,7 @@ static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
         block = tp->tp_itemsize ? var_size(tp, op) : tp->tp_basicsize;
     }
     hm_add(w, (char *)op - ti->preheader, block + ti->preheader, ti->id);
-    if (ti->buffers == BUF_NONE) return 0;
+    if (ti->buffers == BUF_NONE) return;
     if (ti->buffers == BUF_LIST) {
         PyListObject *l = (PyListObject *)op;
         if (l->ob_item && l->allocated > 0) hm_add(w, l->ob_item, l->allocated * (Py_ssize_t)sizeof(PyObject *), ti->id);
@@ -721,7 +721,6 @@ static int record(cp_walk *w, cp_typeinfo *ti, PyObject *op, Py_ssize_t size) {
         if (d->ma_values == NULL && size > tp->tp_basicsize && d->ma_keys != NULL)
             hm_add(w, d->ma_keys, size - tp->tp_basicsize, ti->id);
     }
-    return 0;
 }
 
 /* Objects the walk must leave mortal. Debug builds of 3.14+ check that every immortal str that is
@@ -742,7 +741,7 @@ static int account(cp_walk *w, cp_typeinfo *ti, PyObject *op) {
     Py_ssize_t size = object_size(ti, op);
     w->objects++;
     w->bytes += (uint64_t)(size + ti->preheader);
-    if (w->record && record(w, ti, op, size) < 0) return -1;
+    if (w->record) record(w, ti, op, size);
     if (w->hash_strings && tp == &PyUnicode_Type && ((PyASCIIObject *)op)->hash == -1 &&
         PyUnicode_GET_LENGTH(op) <= CP_HASH_MAX_LEN) {
         if (PyObject_Hash(op) == -1) PyErr_Clear();

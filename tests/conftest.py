@@ -122,6 +122,20 @@ def record_header() -> dict[str, Any]:
 
 # --- the CLI in this process ---------------------------------------------------------------------
 
+class FakeClocks:
+    """A monotonic clock and a CPU clock (``clock``, ``cpu_clock``) that a test moves by hand."""
+
+    def __init__(self, now: float = 100.0, cpu: float = 0.0) -> None:
+        self.now = now
+        self.cpu = cpu
+
+    def clock(self) -> float:
+        return self.now
+
+    def cpu_clock(self) -> float:
+        return self.cpu
+
+
 def run_main(capsys: Any, *argv: str) -> tuple[int, str, str]:
     """``cowprof.cli.main(argv)``: its exit code, stdout and stderr (pytest's ``capsys``)."""
     from cowprof import cli

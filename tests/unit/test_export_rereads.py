@@ -19,7 +19,7 @@ from cowprof.reporters.prometheus import ExporterStatus, exposition, metric_fami
 from cowprof.timer import (CPU_BURST_SECONDS, DEFAULT_EXPORT_MAX_CPU, EXPORT_MAX_AGE_INTERVALS,
                            EXPORT_TOLERANCE, TOP_AGE_SHARE, Rereads)
 from cowprof.tree import Tree
-from conftest import MiB, master_dict, page_report, worker_dict
+from conftest import FakeClocks, MiB, master_dict, page_report, worker_dict
 
 # the model tree of test_pages_model (loaded by path: the test modules are not a package)
 _spec = importlib.util.spec_from_file_location("_pages_model", pathlib.Path(__file__).with_name("test_pages_model.py"))
@@ -29,16 +29,6 @@ _spec.loader.exec_module(_pages_model)
 MASTER, _model = _pages_model.MASTER, _pages_model._model
 
 
-class Clocks:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.cpu = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def cpu_clock(self) -> float:
-        return self.cpu
 
 
 # --- a real Scanner over a fake /proc ---------------------------------------------------------
@@ -71,7 +61,7 @@ def test_top_policy_on_a_scanner_reads_when_over_the_tolerance_or_max_age_refres
     refreshes, so the max age (5 refreshes, counted in refreshes) ends each stretch."""
     tree, root = fake_tree
     sc = pages.Scanner(privileged=False, procfs_root=root, tolerance=0.001)
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     policy = Rereads(tolerance=0.001, max_age=5, interval=1.0, clock=c.clock, cpu_clock=c.cpu_clock)
     read, drifts = [], []
     for i in range(13):
@@ -94,7 +84,7 @@ def test_top_policy_on_a_scanner_reads_when_over_the_tolerance_or_max_age_refres
 def test_an_idle_tree_is_never_read_again_and_stays_exact(fake_tree):
     tree, root = fake_tree
     sc = pages.Scanner(privileged=False, procfs_root=root, tolerance=0.001)
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     policy = Rereads(tolerance=0.001, max_age=5, interval=1.0, clock=c.clock, cpu_clock=c.cpu_clock)
     for _ in range(20):
         r = policy.read(sc, tree)
@@ -107,7 +97,7 @@ def test_a_kept_report_after_an_exactly_unchanged_check_still_ages(fake_tree):
     the report within the tolerance returns it with its read's taken_at and counts as older."""
     tree, root = fake_tree
     sc = pages.Scanner(privileged=False, procfs_root=root, tolerance=0.001)
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     policy = Rereads(tolerance=0.001, max_age=2, interval=1.0, clock=c.clock, cpu_clock=c.cpu_clock)
     r = policy.read(sc, tree)
     first = r.report
@@ -130,7 +120,7 @@ def test_a_deferred_check_keeps_the_report_past_the_tolerance_and_says_so(fake_t
     drift says how many), until the hard age; new or gone processes are read at once anyway."""
     tree, root = fake_tree
     sc = pages.Scanner(privileged=False, procfs_root=root, tolerance=0.001)
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     policy = Rereads(tolerance=0.001, max_age=3, interval=1.0, max_cpu=0.01, hard_age=4,
                      clock=c.clock, cpu_clock=c.cpu_clock)
     r = policy.read(sc, tree)
@@ -164,7 +154,7 @@ class FakeScanner:
 
     MIN_TOLERANCE_PAGES = 64
 
-    def __init__(self, clocks: Clocks, *, cost: float, rss_pages: int = 1_000_000) -> None:
+    def __init__(self, clocks: FakeClocks, *, cost: float, rss_pages: int = 1_000_000) -> None:
         self.c = clocks
         self.cost = cost
         self.rss_pages = rss_pages
@@ -194,7 +184,7 @@ class FakeScanner:
         return ScanResult(self.report, self.drift_pages)
 
 
-def _run(policy: Rereads, sc: FakeScanner, c: Clocks, *, checks: int, faults: int, interval: float,
+def _run(policy: Rereads, sc: FakeScanner, c: FakeClocks, *, checks: int, faults: int, interval: float,
          check_cpu: float = 0.0) -> list[int]:
     """``checks`` checks ``interval`` apart, ``faults`` new faults before each; the indices that read."""
     read = []
@@ -212,13 +202,13 @@ def _run(policy: Rereads, sc: FakeScanner, c: Clocks, *, checks: int, faults: in
 def test_top_max_age_stretches_with_the_cost_of_a_read():
     """A 60 ms read at 1 Hz: at most TOP_AGE_SHARE (0.2%) of a core for max-age reads, i.e. every
     30 refreshes; a 6 ms read keeps the 5 refreshes."""
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     sc = FakeScanner(c, cost=0.060)
     policy = Rereads(tolerance=0.001, max_age=5, interval=1.0, age_share=TOP_AGE_SHARE,
                      clock=c.clock, cpu_clock=c.cpu_clock)
     assert _run(policy, sc, c, checks=70, faults=10, interval=1.0) == [0, 31, 62]
     assert policy.effective_max_age == 30
-    c2 = Clocks()
+    c2 = FakeClocks(now=1000.0)
     cheap = FakeScanner(c2, cost=0.006)
     policy = Rereads(tolerance=0.001, max_age=5, interval=1.0, age_share=TOP_AGE_SHARE,
                      clock=c2.clock, cpu_clock=c2.cpu_clock)
@@ -226,7 +216,7 @@ def test_top_max_age_stretches_with_the_cost_of_a_read():
 
 
 def test_over_the_tolerance_every_check_reads_without_a_budget():
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     sc = FakeScanner(c, cost=0.060)
     policy = Rereads(tolerance=0.001, max_age=5, interval=1.0, age_share=TOP_AGE_SHARE,
                      clock=c.clock, cpu_clock=c.cpu_clock)
@@ -237,7 +227,7 @@ def test_over_the_tolerance_every_check_reads_without_a_budget():
 def test_the_budget_holds_the_exporters_cpu(cost, check_cpu):
     """A tree always over the tolerance, 5 s checks, 0.8% of a core: reads wait for credit, and
     over any run the CPU stays within max_cpu x (T + the burst)."""
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     sc = FakeScanner(c, cost=cost)
     max_cpu = DEFAULT_EXPORT_MAX_CPU / 100
     policy = Rereads(tolerance=EXPORT_TOLERANCE, max_age=EXPORT_MAX_AGE_INTERVALS, interval=5.0,
@@ -256,7 +246,7 @@ def test_the_budget_holds_the_exporters_cpu(cost, check_cpu):
 
 
 def test_a_budget_the_checks_alone_exceed_still_reads_at_the_hard_age():
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     sc = FakeScanner(c, cost=0.1)
     policy = Rereads(tolerance=0.001, max_age=3, interval=1.0, max_cpu=0.001, clock=c.clock,
                      cpu_clock=c.cpu_clock)
@@ -340,7 +330,7 @@ def test_bad_max_cpu_is_a_one_line_bad_input(bad):
 
 def test_top_max_age_stretch_stops_at_the_limit():
     """A 1 s re-read at 1 Hz would stretch the max age to 500 refreshes; the limit keeps 60."""
-    c = Clocks()
+    c = FakeClocks(now=1000.0)
     sc = FakeScanner(c, cost=1.0)
     policy = Rereads(tolerance=0.001, max_age=5, interval=1.0, age_share=TOP_AGE_SHARE, age_limit=60,
                      clock=c.clock, cpu_clock=c.cpu_clock)

@@ -2,18 +2,7 @@
 import pytest
 
 from cowprof.timer import CPU_BURST_SECONDS, Timer
-
-
-class FakeClocks:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.cpu = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def cpu_clock(self) -> float:
-        return self.cpu
+from conftest import FakeClocks
 
 
 def run(timer: Timer, clocks: FakeClocks, work: float = 0.0, cpu: float = 0.0, limit: int = 100) -> list[float]:

@@ -57,8 +57,11 @@ def test_prepare_fork_saves_a_map_that_locates_objects(hm_dir):
     assert len(raw) == head.offset + head.records_bytes + head.meta_len
     meta = json.loads(raw[-head.meta_len:])  # metadata is plain JSON, no pickle
     assert meta["pid"] == pid and meta["format"] == 3
-    # compact records: format 2 took 16 bytes each
-    assert head.records_bytes <= 6 * head.records, head.records_bytes / head.records
+    # compact records: format 2 took 16 bytes each. Their size follows the gaps between neighbouring
+    # objects; under AddressSanitizer (scripts/check_native asan) its allocator's red zones and size
+    # classes widen them (6.8 bytes a record there on 3.12), so the bound is looser in that run only.
+    per_record = 8 if "libasan" in os.environ.get("LD_PRELOAD", "") else 6
+    assert head.records_bytes <= per_record * head.records, head.records_bytes / head.records
 
 
 @needs_312

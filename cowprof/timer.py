@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from cowprof.pages import ScanResult
     from cowprof.tree import Tree
 
-__all__ = ["CPU_BURST_SECONDS", "DEFAULT_EXPORT_MAX_CPU", "DEFAULT_TOP_MAX_CPU", "EXPORT_MAX_AGE_INTERVALS",
-           "EXPORT_TOLERANCE", "Rereads", "TOP_AGE_SHARE", "TOP_MAX_AGE_INTERVALS", "TOP_MAX_AGE_LIMIT",
-           "TOP_TOLERANCE", "Timer", "check_interval"]
+__all__ = ["CPU_BURST_SECONDS", "CpuBudget", "DEFAULT_EXPORT_MAX_CPU", "DEFAULT_TOP_MAX_CPU",
+           "EXPORT_MAX_AGE_INTERVALS", "EXPORT_TOLERANCE", "Rereads", "TOP_AGE_SHARE", "TOP_MAX_AGE_INTERVALS",
+           "TOP_MAX_AGE_LIMIT", "TOP_TOLERANCE", "Timer", "check_interval"]
 
 DEFAULT_TOP_MAX_CPU = 1.5
 """``cowprof top``'s ``max_cpu``, in % of one core (``--max-cpu``): under the 2% budget of a live
@@ -62,6 +62,34 @@ stretches to as many refreshes as keep one re-read per max age under this (a 1 G
 CPU_BURST_SECONDS = 10.0
 
 
+class CpuBudget:
+    """A token bucket of CPU time, for :class:`Timer`'s cap and :class:`Rereads`' budget: credit
+    accrues at ``rate`` (a fraction of one core) per second of wall time, up to
+    ``CPU_BURST_SECONDS`` worth, and each :meth:`charge` spends the process CPU used since the
+    previous one."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.depth = rate * CPU_BURST_SECONDS
+        self.credit = self.depth
+        self._at: float | None = None
+        self._cpu = 0.0
+
+    def reset(self, now: float, cpu: float) -> None:
+        """Full credit at ``now``, the process CPU counted from ``cpu``."""
+        self.credit, self._at, self._cpu = self.depth, now, cpu
+
+    def charge(self, now: float, cpu: float) -> float:
+        """Accrue credit up to ``now``, spend the CPU used since the previous call (``cpu``: the
+        process CPU time now) and return the credit left (negative: in debt). The first call of a
+        bucket never reset only marks the clocks."""
+        if self._at is not None:
+            spent = max(0.0, cpu - self._cpu)
+            self.credit = min(self.depth, self.credit + (now - self._at) * self.rate) - spent
+        self._at, self._cpu = now, cpu
+        return self.credit
+
+
 class Timer:
     """The schedule of a sampler. Call :meth:`start` once, then per cycle: :meth:`expired` (is the
     schedule over?), :meth:`due` (when the next sample is due, on the ``clock``), take the sample,
@@ -86,14 +114,13 @@ class Timer:
         self._tick = 0  # index on the grid start + k * interval
         self._scheduled = 0.0
         self._taken = 0
-        self._depth = (max_cpu or 0.0) * CPU_BURST_SECONDS
-        self._credit = self._credit_at = self._cpu_mark = 0.0
+        self._budget = CpuBudget(max_cpu) if max_cpu is not None else None
 
     def start(self) -> float:
         """Starts the schedule now: the first sample is due at once. Returns the start time."""
         self.start_time = self._scheduled = self._clock()
-        self._credit, self._credit_at = self._depth, self.start_time
-        self._cpu_mark = self._cpu_clock()
+        if self._budget is not None:
+            self._budget.reset(self.start_time, self._cpu_clock())
         return self.start_time
 
     def expired(self) -> str | None:
@@ -116,15 +143,11 @@ class Timer:
         now = self._clock()
         self._tick = max(self._tick + 1, math.floor((now - self.start_time) / self.interval) + 1)
         self._scheduled = self.start_time + self._tick * self.interval
-        if self.max_cpu is not None:
-            # this cycle cost `spent` CPU seconds of the whole process (whatever it did between two
-            # calls); once the credit is used up, wait until it has grown back to zero
-            cpu_now = self._cpu_clock()
-            spent = max(0.0, cpu_now - self._cpu_mark)
-            self._cpu_mark = cpu_now
-            self._credit = min(self._depth, self._credit + (now - self._credit_at) * self.max_cpu) - spent
-            self._credit_at = now
-            earliest = now - self._credit / self.max_cpu if self._credit < 0 else now
+        if self._budget is not None:
+            # this cycle cost the CPU of the whole process (whatever it did between two calls);
+            # once the credit is used up, wait until it has grown back to zero
+            credit = self._budget.charge(now, self._cpu_clock())
+            earliest = now - credit / self._budget.rate if credit < 0 else now
             if earliest > self._scheduled:
                 self._scheduled = earliest
                 self._tick = max(self._tick, math.ceil((earliest - self.start_time) / self.interval - 1e-9))
@@ -201,10 +224,7 @@ class Rereads:
         self.reread_cpu = 0.0
         """CPU seconds the last re-read took."""
         self._read_at: float | None = None  # taken_at of the report last read
-        self._depth = (max_cpu or 0.0) * CPU_BURST_SECONDS
-        self._credit = self._depth
-        self._credit_at: float | None = None
-        self._cpu_mark = 0.0
+        self._budget = CpuBudget(max_cpu) if max_cpu is not None else None
 
     @property
     def effective_max_age(self) -> int:
@@ -217,13 +237,7 @@ class Rereads:
         return max(self.max_age, stretched)
 
     def _budget_left(self, now: float, cpu: float) -> bool:
-        if self.max_cpu is None:
-            return True
-        if self._credit_at is not None:
-            spent = max(0.0, cpu - self._cpu_mark)
-            self._credit = min(self._depth, self._credit + (now - self._credit_at) * self.max_cpu) - spent
-        self._credit_at, self._cpu_mark = now, cpu
-        return self._credit >= 0
+        return self._budget is None or self._budget.charge(now, cpu) >= 0
 
     def tolerance_now(self) -> float:
         """The tolerance this check runs with (and updates the budget with what was spent since

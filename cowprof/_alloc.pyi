@@ -8,6 +8,7 @@ class FillPools(TypedDict):
     reason: str | None
     filler_bytes: int
     blocks: int
+    discarded_bytes: int
     avail_before: int
     avail_after: int
     empty_pools_before: int
@@ -22,5 +23,17 @@ class Stats(TypedDict):
     pool_size: int
     arenas: int
 
-def fill_pools(*, max_bytes: int, empty_pools: bool = True) -> FillPools: ...
+def fill_pools(*, max_bytes: int, empty_pools: bool = True, discard: bool = True) -> FillPools: ...
 def stats() -> Stats | None: ...
+
+@type_check_only  # the functions return plain dicts
+class FillMalloc(TypedDict):
+    filled: bool
+    reason: str | None
+    filler_bytes: int
+    chunks: int
+    free_before: int
+    free_after: int
+    seconds: float
+
+def fill_malloc(*, max_bytes: int) -> FillMalloc: ...

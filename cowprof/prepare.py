@@ -11,10 +11,17 @@
    directly stay mortal; :mod:`cowprof.finalize` finalizes at exit those still alive;
 3. ``gc.freeze()`` — moves everything tracked to the permanent generation, so the workers'
    collections never write GC headers of the master's objects;
-4. filling the free blocks of partly used pymalloc pools (:mod:`cowprof.allocator`), so that the
-   workers' first allocations go to fresh pools instead of writing pages they share;
-5. ``malloc_trim(0)`` — hands free malloc memory back to the OS instead of to the first worker
-   that touches it.
+4. releasing what a worker would free or reuse in pages it shares: the attribute names only the
+   type attribute cache holds (a worker replacing the entry frees the name) and, once everything
+   is frozen, the dead objects parked in CPython's free lists since step 1 (a worker's next tuple,
+   list or dict would be built in them);
+5. filling the free blocks of partly used pymalloc pools and the arenas' empty pools
+   (:mod:`cowprof.allocator`), so that the workers' first allocations go to fresh pools instead of
+   writing pages they share;
+6. ``malloc_trim(0)`` — hands free malloc memory back to the OS instead of to the first worker
+   that touches it;
+7. filling glibc malloc's free chunks (what step 6 left of them: their headers), so that the
+   workers' ``malloc`` takes fresh memory instead of the gaps between the master's data.
 
 Policy lives here; the native module only walks. See docs/fix.md for trade-offs
 (prepared objects are never freed; a second call only handles objects created since).
@@ -68,6 +75,8 @@ class PrepareReport:
     """Whether ``malloc_trim`` released memory."""
     collected: int = 0
     """Unreachable objects found by the ``gc.collect()`` before the walk."""
+    released: int = 0
+    """Unreachable objects found by the collection that cleared the free lists after the freeze."""
     already_immortal: int = 0
     left_mortal: int = 0
     """Objects the walk left mortal: those with a finalizer (``with_finalizer``) and the dicts, cells
@@ -86,6 +95,11 @@ class PrepareReport:
     """Bytes allocated (for good) to fill partly used pymalloc pools (see cowprof.allocator)."""
     fill_skipped: str | None = None
     """Why the pools were not (all) filled, or None."""
+    malloc_filler_bytes: int = 0
+    """Bytes of glibc malloc's free chunks allocated (for good) after ``malloc_trim``, so that
+    workers' ``malloc`` takes fresh memory (see cowprof.allocator); their pages stay given back."""
+    malloc_fill_skipped: str | None = None
+    """Why malloc's free chunks were not (all) filled, or None."""
     late_imports: tuple[str, ...] = ()
     """Modules the workers of this app's earlier masters imported after the fork (each then
     loaded once per worker): cowprof.preload's learned list."""
@@ -100,7 +114,8 @@ class PrepareReport:
     (the heap map file, which removes stale maps), ``walk`` (the native walk, its heap map writer
     thread included; ``writer_wait``: how much of it the walk waited for that thread), ``heapmap``
     (the map's metadata, renaming it into place), ``finalize`` (registering the objects left
-    mortal), ``freeze``, ``fill`` (free pool blocks), ``trim``."""
+    mortal), ``freeze``, ``release`` (type cache and free lists), ``fill`` (free pool blocks), ``trim``,
+    ``fill_malloc``."""
 
     @property
     def immortalize_ran(self) -> bool:
@@ -126,6 +141,8 @@ class PrepareReport:
             parts.append(f"{self.filler_bytes / 1e6:,.2f} MB of free pool blocks filled")
         if self.trimmed:
             parts.append("malloc_trim released memory")
+        if self.malloc_filler_bytes:
+            parts.append(f"{self.malloc_filler_bytes / 1e6:,.2f} MB of free malloc chunks filled")
         if not self.full_walk:
             parts.append("repeat call: only new objects walked")
         return "; ".join(parts)
@@ -163,6 +180,9 @@ def immortalize_unavailable() -> str | None:
     return None
 
 
+ENV_RELEASE = "COWPROF_RELEASE_CACHES"
+
+
 def _warn_once(message: str) -> None:
     if not _state["warned"]:
         _state["warned"] = True
@@ -171,7 +191,7 @@ def _warn_once(message: str) -> None:
 
 def prepare_fork(
     *, immortalize: bool = True, freeze: bool = True, trim: bool = True, heapmap: bool | str = True,
-    fill_free_blocks: bool | int = True, record_imports: bool = True,
+    fill_free_blocks: bool | int = True, release_caches: bool = True, record_imports: bool = True,
 ) -> PrepareReport:
     """Prepare the current (master) process's heap to be shared with workers forked after it.
 
@@ -188,6 +208,11 @@ def prepare_fork(
     (``True``: up to ``cowprof.allocator.DEFAULT_MAX_BYTES``, a number: up to that many bytes,
     ``False``: not at all); ``COWPROF_FILL_FREE_BLOCKS`` (``0``, ``1`` or a size such as ``8M``)
     overrides it.
+
+    ``release_caches``: empty the type attribute cache and (when freezing) CPython's free lists
+    before the fill, so that workers neither free the names only that cache holds nor build new
+    objects in the dead ones parked in the free lists, both on pages they share;
+    ``COWPROF_RELEASE_CACHES`` (``0`` or ``1``) overrides it.
 
     ``record_imports``: learn which modules earlier workers of this app imported after the fork
     and have the children forked from now on record theirs (``cowprof.preload``; small files in
@@ -249,10 +274,14 @@ def prepare_fork(
         if immortalize and not skipped:
             _state["walked_and_frozen"] = True
     t = _phase(phases, "freeze", t)
+    released = _release_reusable(frozen=bool(freeze)) if _env_flag(ENV_RELEASE, release_caches) else 0
+    t = _phase(phases, "release", t)
     fill = _fill(fill_free_blocks)
     t = _phase(phases, "fill", t)
     trimmed = bool(_native.trim()) if (trim and _native is not None) else False
-    _phase(phases, "trim", t)
+    t = _phase(phases, "trim", t)
+    malloc_fill = _fill(fill_free_blocks, malloc=True)
+    _phase(phases, "fill_malloc", t)
     return PrepareReport(
         objects=int(walk.get("objects", 0)),
         immortalized=int(walk.get("immortalized", 0)),
@@ -264,6 +293,7 @@ def prepare_fork(
         immortalize_skipped=skipped if immortalize else "not requested",
         trimmed=trimmed,
         collected=collected,
+        released=released,
         already_immortal=int(walk.get("already_immortal", 0)),
         left_mortal=int(walk.get("left_mortal", 0)),
         with_finalizer=int(walk.get("with_finalizer", 0)),
@@ -273,6 +303,8 @@ def prepare_fork(
         heapmap_path=heapmap_path,
         filler_bytes=fill.filler_bytes,
         fill_skipped=fill.skipped,
+        malloc_filler_bytes=malloc_fill.filler_bytes,
+        malloc_fill_skipped=malloc_fill.skipped,
         late_imports=learned,
         preloaded=_preloaded(),
         imports_error=imports_error,
@@ -310,8 +342,29 @@ def _preloaded() -> tuple[str, ...]:
     return tuple(mod.preloaded()) if mod is not None else ()
 
 
-def _fill(request: bool | int) -> Any:
-    """Runs cowprof.allocator.fill_free_blocks as requested (the environment wins)."""
+def _env_flag(name: str, default: bool) -> bool:
+    """A ``0``/``1`` switch in the environment, which wins over the argument; anything else warns."""
+    raw = os.environ.get(name, "").strip()
+    if raw in ("0", "1"):
+        return raw == "1"
+    if raw:
+        warnings.warn(f"cowprof: {name} must be 0 or 1, got {raw!r}; using the default", RuntimeWarning, stacklevel=3)
+    return default
+
+
+def _release_reusable(*, frozen: bool) -> int:
+    """Step 4: empties the type attribute cache (``PyType_ClearCache``: version tags are kept, so
+    specialized code stays valid) and, when everything is frozen, collects the then empty young
+    generations, which also clears the free lists. The fill that follows takes the blocks they
+    leave. Returns the objects that collection found unreachable."""
+    if _native is not None:
+        _native.clear_type_cache()
+    return gc.collect() if frozen else 0
+
+
+def _fill(request: bool | int, *, malloc: bool = False) -> Any:
+    """Runs cowprof.allocator.fill_free_blocks (or, with ``malloc``, fill_malloc_chunks) as
+    requested; the environment wins."""
     from cowprof import allocator
 
     cap = allocator.DEFAULT_MAX_BYTES if request is True else int(request)
@@ -320,7 +373,9 @@ def _fill(request: bool | int) -> Any:
             cap = allocator.max_bytes_from_env()
         except ValueError as err:
             warnings.warn(f"cowprof: {err}; using the default", RuntimeWarning, stacklevel=3)
-    return allocator.fill_free_blocks(max_bytes=cap)
+    if malloc:
+        return allocator.fill_malloc_chunks(max_bytes=cap if _env_flag(allocator.ENV_MALLOC, True) else 0)
+    return allocator.fill_free_blocks(max_bytes=cap, empty_pools=_env_flag(allocator.ENV_EMPTY_POOLS, True))
 
 
 def _heapmap_segment(heapmap: bool | str, full_walk: bool) -> Any:

@@ -6,7 +6,10 @@
  * worker shares with the master, so the kernel copies it. fill_pools() runs in the master right
  * before fork and allocates (and leaks) exactly the free blocks of every partly used pool, and
  * optionally blocks in the arenas' empty pools, so that a worker's allocations start in fresh pools
- * of fresh arenas (pages that are new, not copied, and packed densely).
+ * of fresh arenas (pages that are new, not copied, and packed densely). The pages that filler blocks
+ * cover whole (most of an empty pool: all but the page with its header) are then handed back to the
+ * kernel with madvise(MADV_DONTNEED): nothing ever reads or writes a filler block, so the master keeps
+ * the blocks allocated at the cost of no memory, and gives back what its emptied pools held.
  *
  * What to fill is read from the interpreter itself: _PyObject_DebugMallocStats() (what
  * sys._debugmallocstats() prints) gives, per size class, the block size, the pools in use, the
@@ -21,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/mman.h>
 
 /* Exported by libpython since 3.3 (declared in an internal header): prints pymalloc statistics. */
 PyAPI_FUNC(int) _PyObject_DebugMallocStats(FILE *out);
@@ -38,7 +43,7 @@ typedef struct {
     size_t pool_size;
     size_t arenas;
     const char *error; /* why the statistics could not be read */
-} malloc_stats;
+} pymalloc_stats;
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -47,7 +52,7 @@ static double now_seconds(void) {
 }
 
 /* Parses the text of _PyObject_DebugMallocStats. Returns 0, or -1 with st->error set. */
-static int parse_stats(const char *text, malloc_stats *st) {
+static int parse_stats(const char *text, pymalloc_stats *st) {
     memset(st, 0, sizeof(*st));
     const char *p = strstr(text, "avail blocks");
     if (p == NULL) {
@@ -99,7 +104,7 @@ static int parse_stats(const char *text, malloc_stats *st) {
 }
 
 /* Reads the current statistics. Returns 1 if read, 0 when pymalloc is not in use, -1 on error. */
-static int read_stats(malloc_stats *st) {
+static int read_stats(pymalloc_stats *st) {
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -122,19 +127,70 @@ static int read_stats(malloc_stats *st) {
     return rc;
 }
 
-static size_t avail_blocks(const malloc_stats *st) {
+static size_t avail_blocks(const pymalloc_stats *st) {
     size_t n = 0;
     for (int i = 0; i < st->nclasses; i++) n += st->cls[i].avail;
     return n;
 }
 
-/* Allocates and leaks n blocks of size bytes; returns how many were allocated. */
-static size_t leak_blocks(size_t size, size_t n) {
+/* The filler blocks allocated by one fill_pools() call, for discard_pages(). */
+typedef struct {
+    uintptr_t addr;
+    size_t size;
+} filler_block;
+
+typedef struct {
+    filler_block *block;
+    size_t n, cap;
+    int lost; /* a block could not be recorded: discard nothing (a page might hold an unrecorded one) */
+} filler_list;
+
+static void filler_add(filler_list *fl, uintptr_t addr, size_t size) {
+    if (fl->lost) return;
+    if (fl->n == fl->cap) {
+        size_t cap = fl->cap ? fl->cap * 2 : 4096;
+        filler_block *grown = realloc(fl->block, cap * sizeof(*grown));
+        if (grown == NULL) {
+            fl->lost = 1;
+            return;
+        }
+        fl->block = grown;
+        fl->cap = cap;
+    }
+    fl->block[fl->n++] = (filler_block){addr, size};
+}
+
+/* Allocates and leaks n blocks of size bytes, recording each in fl; returns how many were allocated. */
+static size_t leak_blocks(size_t size, size_t n, filler_list *fl) {
     size_t done = 0;
     for (; done < n; done++) {
-        if (PyObject_Malloc(size) == NULL) break;
+        void *p = PyObject_Malloc(size);
+        if (p == NULL) break;
+        filler_add(fl, (uintptr_t)p, size);
     }
     return done;
+}
+
+static int cmp_by_addr(const void *a, const void *b) {
+    uintptr_t x = ((const filler_block *)a)->addr, y = ((const filler_block *)b)->addr;
+    return (x > y) - (x < y);
+}
+
+/* Hands back to the kernel every page that filler blocks cover whole: sorts the blocks by address,
+ * merges adjacent ones into runs and madvise(MADV_DONTNEED)s the pages inside each run. Returns the
+ * bytes discarded. */
+static size_t discard_pages(filler_list *fl) {
+    if (fl->lost || fl->n == 0) return 0;
+    qsort(fl->block, fl->n, sizeof(*fl->block), cmp_by_addr);
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    size_t discarded = 0;
+    for (size_t i = 0; i < fl->n;) {
+        uintptr_t lo = fl->block[i].addr, hi = lo + fl->block[i].size;
+        for (i++; i < fl->n && fl->block[i].addr == hi; i++) hi += fl->block[i].size;
+        uintptr_t first = (lo + page - 1) & ~(page - 1), last = hi & ~(page - 1);
+        if (last > first && madvise((void *)first, last - first, MADV_DONTNEED) == 0) discarded += last - first;
+    }
+    return discarded;
 }
 
 #define SET_SIZE(d, key, val)                                                   \
@@ -149,27 +205,30 @@ static size_t leak_blocks(size_t size, size_t n) {
     } while (0)
 
 PyDoc_STRVAR(fill_pools_doc,
-"fill_pools($module, /, *, max_bytes, empty_pools=True)\n--\n\n"
+"fill_pools($module, /, *, max_bytes, empty_pools=True, discard=True)\n--\n\n"
 "Allocate (and never free) the free blocks of every partly used pymalloc pool and, with\n"
 "empty_pools, blocks of the largest size class in the arenas' empty pools, so that allocations\n"
-"made after this call (in a forked child) start in fresh pools. Spends at most max_bytes.\n"
+"made after this call (in a forked child) start in fresh pools. Allocates at most max_bytes.\n"
+"With discard, the pages the filler blocks cover whole are given back (madvise MADV_DONTNEED).\n"
 "Returns: filled (bool), reason (None or why nothing was filled), filler_bytes, blocks,\n"
+"discarded_bytes,\n"
 "avail_before, avail_after (free blocks in used pools), empty_pools_before, empty_pools_after,\n"
 "pool_size, seconds.");
 
 static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"max_bytes", "empty_pools", NULL};
+    static char *kwlist[] = {"max_bytes", "empty_pools", "discard", NULL};
     Py_ssize_t max_bytes = -1;
-    int empty_pools = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$np:fill_pools", kwlist, &max_bytes, &empty_pools))
+    int empty_pools = 1, discard = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$npp:fill_pools", kwlist, &max_bytes, &empty_pools, &discard))
         return NULL;
     if (max_bytes < 0) {
         PyErr_SetString(PyExc_ValueError, "max_bytes (>= 0) is required");
         return NULL;
     }
     double t0 = now_seconds();
-    malloc_stats before, st, after;
-    size_t spent = 0, blocks = 0;
+    pymalloc_stats before, st, after;
+    filler_list fillers = {0};
+    size_t spent = 0, blocks = 0, discarded = 0;
     const char *reason = NULL;
     int rc = read_stats(&before);
     if (rc <= 0) {
@@ -185,7 +244,7 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
                 reason = "max_bytes reached";
                 continue;
             }
-            size_t n = leak_blocks(c->size, c->avail);
+            size_t n = leak_blocks(c->size, c->avail, &fillers);
             blocks += n;
             spent += n * c->size;
         }
@@ -203,10 +262,15 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
             }
             if (per_pool == 0 || before.pool_size == 0) {
                 reason = "pymalloc statistics: cannot tell blocks per pool";
-            } else if (spent + before.unused_pools * before.pool_size > (size_t)max_bytes) {
-                reason = "max_bytes reached";
             } else {
-                size_t n = leak_blocks(big->size, before.unused_pools * per_pool);
+                /* as many pools as the cap allows: pymalloc hands out the empty pools of its fullest
+                 * arenas first, the ones a worker would take first */
+                size_t pools = before.unused_pools, room = ((size_t)max_bytes - spent) / before.pool_size;
+                if (pools > room) {
+                    pools = room;
+                    reason = "max_bytes reached";
+                }
+                size_t n = leak_blocks(big->size, pools * per_pool, &fillers);
                 blocks += n;
                 spent += n * big->size;
             }
@@ -216,13 +280,15 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
             for (int i = 0; i < st.nclasses; i++) {
                 const size_class *c = &st.cls[i];
                 if (c->avail == 0 || spent + c->avail * c->size > (size_t)max_bytes) continue;
-                size_t n = leak_blocks(c->size, c->avail);
+                size_t n = leak_blocks(c->size, c->avail, &fillers);
                 blocks += n;
                 spent += n * c->size;
             }
         }
     }
     int have_after = rc > 0 && read_stats(&after) > 0;
+    if (discard) discarded = discard_pages(&fillers);
+    free(fillers.block);
     double seconds = now_seconds() - t0;
 
     PyObject *d = PyDict_New();
@@ -240,6 +306,7 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_DECREF(why);
     SET_SIZE(d, "filler_bytes", spent);
     SET_SIZE(d, "blocks", blocks);
+    SET_SIZE(d, "discarded_bytes", discarded);
     SET_SIZE(d, "avail_before", rc > 0 ? avail_blocks(&before) : 0);
     SET_SIZE(d, "avail_after", have_after ? avail_blocks(&after) : 0);
     SET_SIZE(d, "empty_pools_before", rc > 0 ? before.unused_pools : 0);
@@ -255,6 +322,155 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
     return d;
 }
 
+/* ---- glibc malloc: the free chunks of the main arena ------------------------------------------ */
+
+#if defined(__GLIBC__) && defined(__GLIBC_PREREQ)
+#if __GLIBC_PREREQ(2, 33)
+#define HAVE_MALLOC_FILL 1
+#include <malloc.h>
+#endif
+#endif
+
+#ifdef HAVE_MALLOC_FILL
+#define MAX_BINS 256
+
+typedef struct {
+    size_t chunk, count; /* chunk size of the bin's smallest free chunk; free chunks in the bin */
+} free_bin;
+
+/* Reads the free chunks of the main arena's bins from malloc_info(). Returns the number of bins
+ * with chunks (0 when there are none) or -1 when the text cannot be read. */
+static int read_bins(free_bin *bins, size_t *free_bytes) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (f == NULL) return -1;
+    int rc = malloc_info(0, f);
+    fclose(f);
+    int n = -1;
+    *free_bytes = 0;
+    const char *heap = rc == 0 && buf != NULL ? strstr(buf, "<heap nr=\"0\">") : NULL;
+    const char *end = heap ? strstr(heap, "</sizes>") : NULL;
+    if (heap != NULL && end != NULL) {
+        n = 0;
+        for (const char *p = strstr(heap, "<size "); p != NULL && p < end && n < MAX_BINS; p = strstr(p + 1, "<size ")) {
+            size_t from, to, total, count;
+            if (sscanf(p, "<size from=\"%zu\" to=\"%zu\" total=\"%zu\" count=\"%zu\"", &from, &to, &total, &count) != 4) {
+                n = -1;
+                break;
+            }
+            if (count == 0) continue;
+            bins[n].chunk = from & ~(size_t)15; /* the size field's low bits are flags */
+            bins[n].count = count;
+            *free_bytes += total;
+            n++;
+        }
+    }
+    free(buf);
+    return n;
+}
+
+/* Allocates chunk-sized requests until one comes from the top chunk (fresh memory at the heap's
+ * end: kept, it is no worker's to reuse), up to n; returns the bytes allocated. */
+static size_t take_chunks(size_t chunk, size_t n, uintptr_t top, size_t *taken) {
+    size_t spent = 0;
+    for (size_t k = 0; k < n; k++) {
+        void *p = malloc(chunk - sizeof(size_t)); /* the request whose chunk is exactly this size */
+        if (p == NULL) break;
+        spent += chunk;
+        (*taken)++;
+        if ((uintptr_t)p >= top) break;
+    }
+    return spent;
+}
+
+/* The main arena's top chunk starts here: what malloc hands out from or above it is fresh. */
+static uintptr_t top_start(void) {
+    struct mallinfo2 mi = mallinfo2();
+    return (uintptr_t)sbrk(0) - mi.keepcost;
+}
+#endif
+
+PyDoc_STRVAR(fill_malloc_doc,
+"fill_malloc($module, /, *, max_bytes)\n--\n\n"
+"Allocate (and never free) the free chunks of glibc malloc's main arena, as malloc_info() lists\n"
+"them, and the chunks its per-thread cache holds, so that a forked child's malloc() takes fresh\n"
+"memory instead of the gaps between the master's data. Call it after malloc_trim(0), which gave\n"
+"the free chunks' whole pages back: the chunks then cost the address space they already had.\n"
+"Allocates at most max_bytes. Returns: filled (bool), reason (None or why not everything was\n"
+"filled), filler_bytes, chunks, free_before, free_after (free bytes in the bins), seconds.");
+
+static PyObject *fill_malloc(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"max_bytes", NULL};
+    Py_ssize_t max_bytes = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$n:fill_malloc", kwlist, &max_bytes)) return NULL;
+    if (max_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_bytes (>= 0) is required");
+        return NULL;
+    }
+    double t0 = now_seconds();
+    size_t spent = 0, chunks = 0, free_before = 0, free_after = 0;
+    const char *reason = NULL;
+#ifdef HAVE_MALLOC_FILL
+    free_bin bins[MAX_BINS];
+    uintptr_t top = top_start();
+    int n = read_bins(bins, &free_before);
+    if (n < 0) reason = "malloc_info() output not understood";
+    /* 1. the bins: best fit splits a larger chunk of a size range, whose remainder the next
+     *    round finds in the bins again */
+    for (int round = 0; n > 0 && round < 8 && reason == NULL; round++) {
+        for (int i = 0; i < n; i++) {
+            size_t cost = bins[i].chunk * bins[i].count;
+            if (spent + cost > (size_t)max_bytes) {
+                reason = "max_bytes reached";
+                break;
+            }
+            spent += take_chunks(bins[i].chunk, bins[i].count, top, &chunks);
+        }
+        n = read_bins(bins, &free_after);
+        if (n < 0) reason = "malloc_info() output not understood";
+    }
+    /* 2. the per-thread cache: at most 7 chunks of each size up to 1032 bytes, invisible to
+     *    malloc_info(); a class is done when its next chunk comes from the top */
+    for (size_t chunk = 32; chunk <= 1040 && reason == NULL; chunk += 16) {
+        if (spent + 8 * chunk > (size_t)max_bytes) {
+            reason = "max_bytes reached";
+            break;
+        }
+        spent += take_chunks(chunk, 8, top, &chunks);
+    }
+    if (read_bins(bins, &free_after) < 0 && reason == NULL) reason = "malloc_info() output not understood";
+#else
+    reason = "not glibc 2.33+ malloc";
+#endif
+    double seconds = now_seconds() - t0;
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    if (PyDict_SetItemString(d, "filled", chunks > 0 ? Py_True : Py_False) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    PyObject *why = reason ? PyUnicode_FromString(reason) : Py_NewRef(Py_None);
+    if (why == NULL || PyDict_SetItemString(d, "reason", why) < 0) {
+        Py_XDECREF(why);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(why);
+    SET_SIZE(d, "filler_bytes", spent);
+    SET_SIZE(d, "chunks", chunks);
+    SET_SIZE(d, "free_before", free_before);
+    SET_SIZE(d, "free_after", free_after);
+    PyObject *sec = PyFloat_FromDouble(seconds);
+    if (sec == NULL || PyDict_SetItemString(d, "seconds", sec) < 0) {
+        Py_XDECREF(sec);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(sec);
+    return d;
+}
+
 PyDoc_STRVAR(stats_doc,
 "stats($module, /)\n--\n\n"
 "The pymalloc statistics fill_pools() works from: size_classes (list of (block size, pools in use,\n"
@@ -262,7 +478,7 @@ PyDoc_STRVAR(stats_doc,
 "Raises RuntimeError when they cannot be parsed.");
 
 static PyObject *stats(PyObject *self, PyObject *unused) {
-    malloc_stats st;
+    pymalloc_stats st;
     int rc = read_stats(&st);
     if (rc == 0) Py_RETURN_NONE;
     if (rc < 0) {
@@ -286,6 +502,7 @@ static PyObject *stats(PyObject *self, PyObject *unused) {
 
 static PyMethodDef alloc_methods[] = {
     {"fill_pools", (PyCFunction)(void (*)(void))fill_pools, METH_VARARGS | METH_KEYWORDS, fill_pools_doc},
+    {"fill_malloc", (PyCFunction)(void (*)(void))fill_malloc, METH_VARARGS | METH_KEYWORDS, fill_malloc_doc},
     {"stats", stats, METH_NOARGS, stats_doc},
     {NULL, NULL, 0, NULL},
 };

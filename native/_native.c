@@ -1211,6 +1211,15 @@ static PyObject *cp_trim(PyObject *self, PyObject *unused) {
 #endif
 }
 
+PyDoc_STRVAR(clear_type_cache_doc,
+             "clear_type_cache($module, /)\n--\n\nPyType_ClearCache(): empty the type attribute cache, dropping the\n"
+             "references it holds to attribute names (types keep their version tags). Returns the\n"
+             "interpreter's latest version tag.");
+
+static PyObject *cp_clear_type_cache(PyObject *self, PyObject *unused) {
+    return PyLong_FromUnsignedLong(PyType_ClearCache());
+}
+
 PyDoc_STRVAR(info_doc, "info($module, /)\n--\n\nWhat this build can do: can_walk, reason (why not), scheme, untested,\n"
                        "compiled_for, debug_build, has_malloc_trim, immortal_refcnt (what the walk writes, or\n"
                        "None), and the object layout of the headers it was compiled against: refcount_offset,\n"
@@ -1264,6 +1273,7 @@ static PyMethodDef cp_methods[] = {
     {"call_finalizer", cp_call_finalizer, METH_O, call_finalizer_doc},
 #endif
     {"trim", cp_trim, METH_NOARGS, trim_doc},
+    {"clear_type_cache", cp_clear_type_cache, METH_NOARGS, clear_type_cache_doc},
     {"info", cp_info, METH_NOARGS, info_doc},
     {NULL, NULL, 0, NULL},
 };

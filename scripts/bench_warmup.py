@@ -17,6 +17,9 @@ and causes (attribution). Modes (``--modes``, default all):
 - ``hand-warm``: plus ``COWPROF_WARMUP`` set by hand to the three paths, app called directly;
 - ``hand-warm+fill``: plus the allocator fill;
 - ``zero-config-no-relocation``: the default without hot code relocation;
+- ``zero-config-no-release``, ``zero-config-no-empty-pools``, ``zero-config-no-malloc-fill``: the
+  default without, cumulatively, the fill of malloc's free chunks, of the empty pools, and the
+  release of the type cache and free lists (the default before issue 14's second round);
 - ``zero-config``: the default (nothing set but the config module).
 
     .venv/py3.12/bin/python scripts/bench_warmup.py [--requests 6000] [--workers 4] [--modes ...]
@@ -71,6 +74,10 @@ def modes(tmp: Path) -> dict[str, dict[str, str]]:
         "hand-warm": {**_OFF, "COWPROF_WARMUP": HAND_PATHS},
         "hand-warm+fill": {**_OFF, "COWPROF_WARMUP": HAND_PATHS, "COWPROF_FILL_FREE_BLOCKS": "1"},
         "zero-config-no-relocation": {"COWPROF_RELOCATE_CODE": "0"},
+        "zero-config-no-release": {"COWPROF_RELEASE_CACHES": "0", "COWPROF_FILL_EMPTY_POOLS": "0",
+                                   "COWPROF_FILL_MALLOC": "0"},
+        "zero-config-no-empty-pools": {"COWPROF_FILL_EMPTY_POOLS": "0", "COWPROF_FILL_MALLOC": "0"},
+        "zero-config-no-malloc-fill": {"COWPROF_FILL_MALLOC": "0"},
         "zero-config": {},
     }
 

@@ -1,7 +1,7 @@
 """A master whose child writes pages it shares only through the allocator or the specializer.
 
 Run as a script by tests/integration/test_residue_cow.py (never imported into pytest):
-    python residue_heap.py {pools|code} {on|off}
+    python residue_heap.py {pools|code|caches|malloc} {on|off}
 
 - ``pools``: the heap holds hundreds of pymalloc pools with free blocks (two of every three small
   tuples freed); the child then allocates tuples of the same size class. ``on`` prepares with the
@@ -10,6 +10,15 @@ Run as a script by tests/integration/test_residue_cow.py (never imported into py
   an instruction the specializer cannot specialize (an attribute of an object with
   ``__getattr__``), so every call writes its code object; the child calls each of them. ``on``
   relocates the hot code (cowprof.hotcode) before preparing, ``off`` does not.
+
+- ``caches``: 4,000 attribute names made at run time and looked up on 64 classes, so that only
+  the type attribute cache holds them; the child looks up as many other names, and each entry it
+  replaces frees a name of the master's. ``on`` prepares with ``release_caches=True`` (the
+  default), ``off`` with ``release_caches=False``.
+
+- ``malloc``: thousands of free glibc malloc chunks between live ``bytes`` objects of 600–2,000
+  bytes (too big for pymalloc); the child makes as many of the same sizes. ``on`` prepares with
+  the malloc fill (the default), ``off`` with ``COWPROF_FILL_MALLOC=0``.
 
 Protocol: after the child's workload the master prints ``READY <master> <child>`` and waits for a
 line on stdin (the test scans the tree meanwhile), then prints one JSON line and exits.
@@ -84,6 +93,37 @@ def code_child(heap: list) -> None:
     call_all(heap, 20)
 
 
+N_NAMES = 4000
+# the cache's slot is the type's version tag mixed with the name's address (3.12+): names looked up
+# on many classes land in as many different slots
+LOOKED = [type(f"Looked{k}", (), {}) for k in range(64)]
+
+
+def caches_heap() -> list:
+    keep = []
+    for i in range(N_NAMES):
+        getattr(LOOKED[i % len(LOOKED)], f"master_attribute_{i}", None)  # then only the cache holds it
+        keep.append((i, -i))  # spreads the names over many pages
+    return keep
+
+
+def caches_child(heap: list) -> None:
+    for i in range(N_NAMES):
+        getattr(LOOKED[i % len(LOOKED)], f"child_attribute_{i}", None)
+
+
+N_CHUNKS = 6000
+
+
+def malloc_heap() -> list:
+    made = [bytes(600 + (i * 37) % 1400) for i in range(2 * N_CHUNKS)]
+    return made[::2]  # every other one freed: a free chunk between two live ones
+
+
+def malloc_child(heap: list) -> None:
+    heap.append([bytes(600 + (i * 37) % 1400) for i in range(N_CHUNKS)])
+
+
 def main() -> None:
     scenario, mode = sys.argv[1], sys.argv[2]
     relocation = None
@@ -91,6 +131,15 @@ def main() -> None:
         heap = pools_heap()
         report = cowprof.prepare_fork(heapmap=False, fill_free_blocks=(mode == "on"))
         child_work = pools_child
+    elif scenario == "malloc":
+        heap = malloc_heap()
+        os.environ["COWPROF_FILL_MALLOC"] = "1" if mode == "on" else "0"
+        report = cowprof.prepare_fork(heapmap=False)
+        child_work = malloc_child
+    elif scenario == "caches":
+        heap = caches_heap()
+        report = cowprof.prepare_fork(heapmap=False, release_caches=(mode == "on"))
+        child_work = caches_child
     else:
         heap = code_heap()
         call_all(heap, 3)
@@ -119,6 +168,7 @@ def main() -> None:
     os.write(go_w, b"x")
     _, status = os.waitpid(pid, 0)
     print(json.dumps({"child_status": status, "filler_bytes": report.filler_bytes,
+                      "malloc_filler_bytes": report.malloc_filler_bytes, "malloc_fill_skipped": report.malloc_fill_skipped,
                       "fill_skipped": report.fill_skipped, "relocation": relocation,
                       "immortalize_skipped": report.immortalize_skipped}))
 

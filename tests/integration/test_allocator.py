@@ -1,4 +1,5 @@
-"""cowprof.allocator: the pymalloc fill, in a fresh interpreter each (it leaks memory on purpose)."""
+"""cowprof.allocator: the pymalloc and malloc fills, in a fresh interpreter each (they leak memory on
+purpose)."""
 from __future__ import annotations
 
 import pytest
@@ -57,6 +58,79 @@ def test_empty_pools_are_filled_only_on_request():
     assert out["empty_pools_before"] > 0 and out["empty_pools_after"] == 0 and out["free_blocks_after"] == 0
 
 
+EMPTY_POOLS_RSS = """
+    import json
+    from cowprof import _alloc
+    def rss_anon():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) << 10 for l in f if l.startswith("RssAnon"))
+    gone, kept = [], []
+    for i in range(400_000):
+        gone.append(object())
+        if i % 16 == 0:
+            kept.append((i,))  # pools of another class keep every arena alive
+    del gone[:]  # ~7 MB of pools, touched, now empty
+    before = rss_anon()
+    r = _alloc.fill_pools(max_bytes=64 << 20, empty_pools=True, discard=DISCARD)
+    print(json.dumps({"r": r, "rss_change": rss_anon() - before}))
+"""
+
+
+def test_filled_empty_pools_give_their_pages_back():
+    out = run_json(EMPTY_POOLS_RSS.replace("DISCARD", "True"))
+    r = out["r"]
+    # all of each empty pool but the page with its header and the last one, where the blocks of
+    # the largest class (the filler of empty pools) end a few hundred bytes short of the pool's end
+    covered = r["empty_pools_before"] * (r["pool_size"] - 2 * 4096)
+    assert r["empty_pools_before"] > 200 and r["discarded_bytes"] >= 0.9 * covered
+    assert out["rss_change"] < -0.5 * covered, out
+
+
+def test_filled_empty_pools_without_discard_stay_resident():
+    out = run_json(EMPTY_POOLS_RSS.replace("DISCARD", "False"))
+    r = out["r"]
+    assert r["empty_pools_before"] > 200 and r["discarded_bytes"] == 0
+    assert out["rss_change"] > -0.5 * r["empty_pools_before"] * (r["pool_size"] - 2 * 4096), out
+
+
+def test_malloc_fill_takes_every_free_chunk_without_touching_their_pages():
+    out = run_json("""
+        import ctypes, json
+        from cowprof import allocator
+        def rss_anon():
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) << 10 for l in f if l.startswith("RssAnon"))
+        made = [bytearray(600 + (i * 37) % 3000) for i in range(40_000)]
+        del made[::2]
+        ctypes.CDLL(None).malloc_trim(0)
+        before = rss_anon()
+        r = allocator.fill_malloc_chunks(max_bytes=256 << 20)
+        again = allocator.fill_malloc_chunks(max_bytes=256 << 20)
+        print(json.dumps({"r": r.to_dict(), "again": again.to_dict(), "rss_change": rss_anon() - before}))
+    """)
+    r, again = out["r"], out["again"]
+    assert r["filled"] and r["skipped"] is None and r["free_before"] > 20_000 * 600 and r["free_after"] == 0
+    assert r["filler_bytes"] >= r["free_before"] * 0.9
+    # the chunks' headers only: a few KiB of the ~40 MB they cover
+    assert out["rss_change"] < 2 << 20, out
+    # a second call finds nothing left but the top-chunk probes of the per-thread cache
+    assert again["free_before"] == 0 and again["filler_bytes"] < 100_000
+
+
+def test_malloc_fill_respects_max_bytes_and_can_be_off():
+    out = run_json("""
+        import json
+        from cowprof import allocator
+        made = [bytearray(600 + (i * 37) % 3000) for i in range(20_000)]
+        del made[::2]
+        small = allocator.fill_malloc_chunks(max_bytes=100_000)
+        off = allocator.fill_malloc_chunks(max_bytes=0)
+        print(json.dumps({"small": small.to_dict(), "off": off.to_dict()}))
+    """)
+    assert out["small"]["filler_bytes"] <= 100_000 and out["small"]["skipped"] == "max_bytes reached"
+    assert out["off"] == {**out["off"], "filled": False, "skipped": "turned off", "filler_bytes": 0}
+
+
 def test_no_pymalloc_is_reported_not_raised():
     out = run_json("""
         import json
@@ -72,7 +146,13 @@ def test_prepare_fork_reports_the_fill():
         a, b = "x", "y"
         keep = [(a, b) for _ in range(20_000)]
         del keep[::2]
+        made = [bytes(700 + i % 900) for i in range(4_000)]
+        del made[::2]
         r = cowprof.prepare_fork(heapmap=False)
-        print(json.dumps({"filler": r.filler_bytes, "skipped": r.fill_skipped, "summary": r.summary()}))
+        print(json.dumps({"filler": r.filler_bytes, "skipped": r.fill_skipped, "summary": r.summary(),
+                          "malloc": r.malloc_filler_bytes, "malloc_skipped": r.malloc_fill_skipped,
+                          "phases": sorted(r.phase_seconds)}))
     """)
     assert out["filler"] > 0 and out["skipped"] is None and "free pool blocks filled" in out["summary"]
+    assert out["malloc"] > 0 and out["malloc_skipped"] is None and "free malloc chunks filled" in out["summary"]
+    assert {"release", "fill", "trim", "fill_malloc"} <= set(out["phases"])

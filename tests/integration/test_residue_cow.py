@@ -1,6 +1,8 @@
-"""The two residual causes of copies after prepare_fork, each with its fix on and off (same bar, so
-the test can fail): the allocator fill (a child allocating into the master's partly used pools)
-and hot code relocation (a child whose calls write the code objects they run)."""
+"""The residual causes of copies after prepare_fork, each with its fix on and off (same bar, so the
+test can fail): the allocator fill (a child allocating into the master's partly used pools), hot
+code relocation (a child whose calls write the code objects they run) and the released type
+attribute cache (a child whose lookups free the names only that cache held) and the malloc fill
+(a child whose malloc() reuses the master's free chunks)."""
 from __future__ import annotations
 
 import json
@@ -53,11 +55,28 @@ def code() -> dict:
     return {mode: run_scenario("code", mode) for mode in ("on", "off")}
 
 
+@pytest.fixture(scope="module")
+def malloc() -> dict:
+    return {mode: run_scenario("malloc", mode) for mode in ("on", "off")}
+
+
+@pytest.fixture(scope="module")
+def caches() -> dict:
+    return {mode: run_scenario("caches", mode) for mode in ("on", "off")}
+
+
 # measured on 3.12 (2026-12-01): pools on ~160 pages copied (the child's list buffer lands in a
 # malloc free chunk), off ~1,600; code on ~270 (1,500 code objects of 328 bytes: 120 pages when
 # packed), off ~1,600
 POOLS_BAR = 400 * PAGE
 CODE_BAR = 700 * PAGE
+# measured on 3.12 (2026-12-02): caches on ~135 pages (the cache's own array, the child's names),
+# off ~245 (the master's names freed all over its pools, and the child's allocated in their place)
+CACHES_BAR = 190 * PAGE
+# measured on 3.12 (2026-12-02): malloc on ~80 pages copied and ~2,000 new (the child's 6,000
+# bytes objects packed in fresh memory), off ~4,000 copied and ~160 new (each one in a free chunk
+# of the master's, a page copied for each)
+MALLOC_BAR = 1000 * PAGE
 
 
 @needs_312
@@ -90,3 +109,36 @@ def test_scattered_hot_code_is_copied_on_many_pages(code):
     off = code["off"]
     assert off["relocation"] is None
     assert off["copied"] >= CODE_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages without relocation"
+
+
+@needs_312
+@pytest.mark.slow
+def test_released_type_cache_leaves_no_names_for_the_child_to_free(caches):
+    on = caches["on"]
+    assert on["copied"] < CACHES_BAR, f"child copied {on['copied'] / PAGE:.0f} pages with the cache released"
+
+
+@needs_312
+@pytest.mark.slow
+def test_names_left_in_the_type_cache_are_freed_on_shared_pages(caches):
+    off = caches["off"]
+    assert off["copied"] >= CACHES_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages with the cache kept"
+
+
+@needs_312
+@pytest.mark.slow
+def test_malloc_fill_sends_child_allocations_to_fresh_memory(malloc):
+    on = malloc["on"]
+    assert on["malloc_fill_skipped"] is None and on["malloc_filler_bytes"] > 0
+    assert on["copied"] < MALLOC_BAR, f"child copied {on['copied'] / PAGE:.0f} pages with the malloc fill"
+    # and it is not only moved: packed densely, the child's memory is smaller as a whole
+    off = malloc["off"]
+    assert on["copied"] + on["new"] < 0.75 * (off["copied"] + off["new"])
+
+
+@needs_312
+@pytest.mark.slow
+def test_without_malloc_fill_child_allocations_copy_shared_chunks(malloc):
+    off = malloc["off"]
+    assert off["malloc_filler_bytes"] == 0 and off["malloc_fill_skipped"] == "turned off"
+    assert off["copied"] >= MALLOC_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages without the malloc fill"

@@ -22,7 +22,8 @@ def test_signatures_match_the_c_parsers() -> None:
     fill = inspect.signature(_alloc.fill_pools).parameters
     assert [(p.name, p.kind, p.default) for p in fill.values()] == [
         ("max_bytes", inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty),
-        ("empty_pools", inspect.Parameter.KEYWORD_ONLY, True)]
+        ("empty_pools", inspect.Parameter.KEYWORD_ONLY, True),
+        ("discard", inspect.Parameter.KEYWORD_ONLY, True)]
     assert list(inspect.signature(_native.info).parameters) == []
     if hasattr(_native, "walk"):  # CPython 3.12+
         walk = inspect.signature(_native.walk).parameters

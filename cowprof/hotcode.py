@@ -33,11 +33,14 @@ import sys
 import time
 import types
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["RelocationResult", "relocate", "unavailable"]
+__all__ = ["CodeKey", "Fingerprint", "RelocationResult", "code_key", "relocate", "unavailable"]
+
+#: what names a code object across processes and restarts: (co_filename, co_firstlineno, co_qualname)
+CodeKey = tuple[str, int, str]
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,9 @@ class RelocationResult:
     """What :func:`relocate` did."""
 
     hot: int = 0
-    """Code objects whose adaptive bytecode changed during the probe round."""
+    """Code objects whose adaptive bytecode changed during the probe round, plus the learned ones."""
+    learned: int = 0
+    """Of those, code objects the probe round did not write but workers of earlier masters did."""
     copied: int = 0
     """Code objects copied (the hot ones plus their enclosing code objects)."""
     functions: int = 0
@@ -62,7 +67,8 @@ class RelocationResult:
     def summary(self) -> str:
         if self.skipped:
             return f"hot code not relocated: {self.skipped}"
-        return (f"hot code: {self.hot:,} code objects written by warm-up, {self.copied:,} copied "
+        learned = f" ({self.learned:,} learned from earlier workers)" if self.learned else ""
+        return (f"hot code: {self.hot:,} code objects written by warm-up{learned}, {self.copied:,} copied "
                 f"({self.bytes / 1024:,.0f} KiB) for {self.functions:,} functions in {self.seconds:.2f} s")
 
 
@@ -75,6 +81,10 @@ def unavailable() -> str | None:
     if sys.version_info < (3, 12):
         return "relocation is used and tested on CPython 3.12+ (3.11 quickens code only after 8 calls)"
     return None
+
+
+def code_key(code: types.CodeType) -> CodeKey:
+    return (code.co_filename, code.co_firstlineno, code.co_qualname)
 
 
 def _adaptive_hash(code: types.CodeType) -> int:
@@ -122,6 +132,24 @@ class _CodeGraph:
         return out
 
 
+class Fingerprint:
+    """The adaptive bytecode of every function's code object, hashed in the master right before
+    the fork, so that a worker can tell which code objects it has written since (learned hot code:
+    :mod:`cowprof.preload` records them at the worker's exit, and the next master relocates them
+    with the warm-up's own). Holds the code objects and an ``array`` of hashes, nothing else."""
+
+    def __init__(self) -> None:
+        self._graph = _CodeGraph()
+        self._graph.functions = []  # the code objects and their hashes are all a worker needs
+
+    def __len__(self) -> int:
+        return len(self._graph.codes)
+
+    def written(self) -> list[CodeKey]:
+        """Keys of the code objects whose adaptive bytecode changed since the fingerprint."""
+        return sorted(code_key(c) for c in self._graph.changed())
+
+
 def _copy_all(todo: set[types.CodeType]) -> dict[types.CodeType, types.CodeType]:
     """Copies of the code objects ``todo``; a copied parent's constants hold its children's copies.
     Children are copied first (iteratively: nesting can be deep)."""
@@ -145,11 +173,13 @@ def _copy_all(todo: set[types.CodeType]) -> dict[types.CodeType, types.CodeType]
     return copies
 
 
-def relocate(run_round: Callable[[], Any], *, before_copy: Callable[[], Any] | None = None) -> RelocationResult:
+def relocate(run_round: Callable[[], Any], *, before_copy: Callable[[], Any] | None = None,
+             learned: Collection[CodeKey] = ()) -> RelocationResult:
     """Finds the code objects ``run_round()`` writes and moves them to fresh, dense memory (see the
-    module doc). ``before_copy`` runs right before the copies are made (the caller fills the
-    allocator's free blocks there). Never raises for an exception of ``run_round``: it is reported
-    as ``skipped``."""
+    module doc), with those named in ``learned`` (what workers of earlier masters wrote, see
+    :class:`Fingerprint`). ``before_copy`` runs right before the copies are made (the caller fills
+    the allocator's free blocks there). Never raises for an exception of ``run_round``: it is
+    reported as ``skipped``."""
     started = time.perf_counter()
     why = unavailable()
     if why:
@@ -161,6 +191,9 @@ def relocate(run_round: Callable[[], Any], *, before_copy: Callable[[], Any] | N
         return RelocationResult(skipped=f"probe round failed: {type(exc).__name__}: {exc}",
                                 seconds=round(time.perf_counter() - started, 4))
     hot = graph.changed()
+    wanted = set(learned)
+    learned_hot = {c for c in graph.codes if c not in hot and code_key(c) in wanted} if wanted else set()
+    hot |= learned_hot
     if not hot:
         return RelocationResult(skipped="the probe round wrote no code object",
                                 seconds=round(time.perf_counter() - started, 4))
@@ -179,5 +212,5 @@ def relocate(run_round: Callable[[], Any], *, before_copy: Callable[[], Any] | N
             continue
         functions += 1
     size = sum(sys.getsizeof(c) for c in copies.values())
-    return RelocationResult(hot=len(hot), copied=len(copies), functions=functions, bytes=size,
-                            seconds=round(time.perf_counter() - started, 4))
+    return RelocationResult(hot=len(hot), learned=len(learned_hot), copied=len(copies), functions=functions,
+                            bytes=size, seconds=round(time.perf_counter() - started, 4))

@@ -13,6 +13,11 @@ modules that happens to:
   ``imports-<master pid>-<worker pid>.txt`` (a name is written at the worker's next import or at
   its exit, once it is in ``sys.modules``; failed imports are never written);
 - the profiler reads those files (:func:`late_imports`; ``cowprof snapshot`` lists them), read-only;
+- in each worker, also at its exit: the code objects it wrote since the fork (their adaptive
+  bytecode differs from the fingerprint :func:`record_master` took, :class:`cowprof.hotcode.
+  Fingerprint`) to ``hotcode-<master pid>-<worker pid>.txt``; the next master's warm-up relocates
+  them with those its own probe round finds (*learned hot code*: code only workers run, such as the
+  server's worker loop, then sits on a few dense pages instead of one page each);
 - the next master of the same app (:func:`learn`, also called by ``prepare_fork``) merges the files
   of masters that are gone into ``learned-<key>.json`` and removes them. With ``COWPROF_PRELOAD=learned``
   (opt-in: importing a module can have side effects) :func:`import_learned` imports the learned
@@ -50,6 +55,9 @@ ENV_KEY = "COWPROF_APP_KEY"
 ENV_PRELOAD = "COWPROF_PRELOAD"
 VERSION = 1
 _IMPORTS = re.compile(r"^imports-(\d+)-(\d+)\.txt$")
+_HOT_CODE = re.compile(r"^hotcode-(\d+)-(\d+)\.txt$")
+#: the learned hot code list keeps at most this many code objects
+_MAX_HOT_CODE = 50_000
 _MASTER = re.compile(r"^master-(\d+)\.json$")
 _MAX_FILE = 4 << 20
 #: a worker keeps at most this many names it saw asked for and not yet imported
@@ -60,6 +68,7 @@ _STALE_SECONDS = 30 * 86400
 _state: dict[str, Any] = {
     "identity": None,  # set by the server hook: the app URI
     "recorded": None,  # (directory, master pid, key) once record_master ran in this process
+    "fingerprint": None,  # cowprof.hotcode.Fingerprint taken by record_master, for the workers
     "imported": (),  # modules import_learned imported in this process
     "failed": (),
 }
@@ -136,6 +145,16 @@ def _unlink(path: str) -> None:
         pass
 
 
+def _code_keys(text: str) -> list[tuple[str, int, str]]:
+    """Lines ``filename<TAB>firstlineno<TAB>qualname`` of a hot code file."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[1].lstrip("-").isdigit():
+            out.append((parts[0], int(parts[1]), parts[2]))
+    return out
+
+
 def _module_names(text: str) -> list[str]:
     out = []
     for line in text.splitlines():
@@ -152,14 +171,17 @@ class Learned(Frozen):
     """What :func:`learn` found for this app."""
 
     __slots__ = ()
-    _fields = ("key", "modules", "error")
+    _fields = ("key", "modules", "error", "hot_code")
 
-    def __new__(cls, key: str, modules: tuple[str, ...] = (), error: str | None = None) -> Learned:
-        return tuple.__new__(cls, (key, modules, error))
+    def __new__(cls, key: str, modules: tuple[str, ...] = (), error: str | None = None,
+                hot_code: tuple[tuple[str, int, str], ...] = ()) -> Learned:
+        return tuple.__new__(cls, (key, modules, error, hot_code))
 
     key: str = field(0)
     modules: tuple[str, ...] = field(1, "Modules that workers of earlier masters of this app imported after the fork.")
     error: str | None = field(2)
+    hot_code: tuple[tuple[str, int, str], ...] = field(
+        3, "Code objects (filename, first line, qualname) those workers wrote: relocated by the next warm-up.")
 
 
 def learn(key: str | None = None) -> Learned:
@@ -169,8 +191,10 @@ def learn(key: str | None = None) -> Learned:
     try:
         d = _usable_dir(directory())
         learned_path = os.path.join(d, f"learned-{key}.json")
-        known = json.loads(_read_text(learned_path) or "{}").get("modules", [])
-        modules = dict.fromkeys(str(m) for m in known)
+        saved = json.loads(_read_text(learned_path) or "{}")
+        modules = dict.fromkeys(str(m) for m in saved.get("modules", []))
+        hot = dict.fromkeys((str(k[0]), int(k[1]), str(k[2])) for k in saved.get("hot_code", [])
+                            if isinstance(k, list) and len(k) == 3)
         masters = {}
         for name in os.listdir(d):
             m = _MASTER.match(name)
@@ -185,20 +209,28 @@ def learn(key: str | None = None) -> Learned:
                  if time.time() - float(masters[pid].get("created_at", 0) or 0) > _STALE_SECONDS}
         changed = False
         for name in sorted(os.listdir(d)):
-            m = _IMPORTS.match(name)
+            m = _IMPORTS.match(name) or _HOT_CODE.match(name)
             if not m or int(m.group(1)) not in ours | stale:
                 continue
             if int(m.group(1)) in ours:
-                for mod in _module_names(_read_text(os.path.join(d, name)) or ""):
-                    changed |= mod not in modules
-                    modules.setdefault(mod)
+                text = _read_text(os.path.join(d, name)) or ""
+                if name.startswith("imports-"):
+                    for mod in _module_names(text):
+                        changed |= mod not in modules
+                        modules.setdefault(mod)
+                else:
+                    for k in _code_keys(text):
+                        if k not in hot and len(hot) < _MAX_HOT_CODE:
+                            changed = True
+                            hot.setdefault(k)
             _unlink(os.path.join(d, name))
         for pid in ours | stale:
             _unlink(os.path.join(d, f"master-{pid}.json"))
         if changed:
             _write_private(learned_path, json.dumps({"version": VERSION, "key": key, "updated_at": time.time(),
-                                                     "modules": sorted(modules)}, indent=1))
-        return Learned(key, tuple(sorted(modules)))
+                                                     "modules": sorted(modules), "hot_code": sorted(hot)},
+                                                    indent=1))
+        return Learned(key, tuple(sorted(modules)), hot_code=tuple(sorted(hot)))
     except (OSError, ValueError) as err:
         return Learned(key, error=f"{type(err).__name__}: {err}")
 
@@ -217,6 +249,12 @@ def record_master(key: str | None = None) -> str | None:
     except (OSError, CowprofError) as err:
         return f"{type(err).__name__}: {err}"
     _state["recorded"] = (d, pid, key)
+    try:
+        from cowprof import hotcode
+
+        _state["fingerprint"] = hotcode.Fingerprint() if hotcode.unavailable() is None else None
+    except Exception:  # noqa: BLE001 - learning is an optimisation; the fork must go on
+        _state["fingerprint"] = None
     return None
 
 
@@ -306,7 +344,21 @@ def watch_imports() -> bool:
     recorder = _LateImportRecorder(os.path.join(d, f"imports-{master}-{os.getpid()}.txt"))
     sys.meta_path.insert(0, recorder)
     atexit.register(recorder.flush)
+    fingerprint = _state["fingerprint"]
+    if fingerprint is not None:
+        atexit.register(_record_hot_code, fingerprint, os.path.join(d, f"hotcode-{master}-{os.getpid()}.txt"))
     return True
+
+
+def _record_hot_code(fingerprint: Any, path: str) -> None:
+    """At a worker's exit: writes the code objects it wrote since the fork (one per line)."""
+    try:
+        keys = fingerprint.written()
+        if keys:
+            _write_private(path, "".join(f"{f}\t{line}\t{q}\n" for f, line, q in keys
+                                         if "\t" not in f + q and "\n" not in f + q))
+    except Exception:  # noqa: BLE001 - never fail a worker's exit over diagnostics
+        pass
 
 
 # ---------------------------------------------------------------------------------- profiler side

@@ -10,7 +10,8 @@
    paths the user configured (WSGI through the app's callable, ASGI through one short-lived event
    loop);
 3. hot code relocation (:mod:`cowprof.hotcode`): one more round finds the code objects the requests
-   still write, they are copied into fresh, dense memory (after the allocator's free blocks are
+   still write (plus those the workers of this app's earlier masters wrote: learned hot code,
+   :mod:`cowprof.preload`), they are copied into fresh, dense memory (after the allocator's free blocks are
    filled, :mod:`cowprof.allocator`), and *settle* rounds run so the copies are specialized: a
    call site specialized for a function whose code was replaced misses from then on, and the
    interpreter re-specializes it only after 52 misses (``ADAPTIVE_COOLDOWN_VALUE`` in CPython
@@ -306,10 +307,25 @@ def _quiet(loggers: Iterable[str]) -> Any:
             lg.setLevel(level)
 
 
+def _learned_hot_code() -> tuple[hotcode.CodeKey, ...]:
+    """The code objects workers of this app's earlier masters wrote (cowprof.preload), or ()."""
+    from cowprof import preload
+
+    return preload.learn().hot_code
+
+
 def _fill_before_copy() -> None:
+    """Leaves no free pool block or malloc chunk, so the copies (code objects over 512 bytes go to
+    malloc) are made side by side in fresh memory."""
     from cowprof import allocator
 
     allocator.fill_free_blocks(max_bytes=allocator.DEFAULT_MAX_BYTES)
+    try:
+        from cowprof import _native
+    except ImportError:  # a source checkout without the build: the fills say so themselves
+        return
+    _native.trim()
+    allocator.fill_malloc_chunks(max_bytes=allocator.DEFAULT_MAX_BYTES)
 
 
 def warm_up_app(app: Any, options: WarmupOptions = WarmupOptions(), *, log: Any = None,
@@ -343,7 +359,7 @@ def warm_up_app(app: Any, options: WarmupOptions = WarmupOptions(), *, log: Any 
         _request_rounds(app, paths, rounds, tally, transport)
         if options.relocate_code and paths and rounds:
             result = hotcode.relocate(lambda: _request_rounds(app, paths, 1, tally, transport),
-                                      before_copy=_fill_before_copy)
+                                      before_copy=_fill_before_copy, learned=_learned_hot_code())
             relocation = result.to_dict()
             if log is not None:
                 log.info("cowprof: %s", result.summary())

@@ -20,7 +20,9 @@ and causes (attribution). Modes (``--modes``, default all):
 - ``zero-config-no-release``, ``zero-config-no-empty-pools``, ``zero-config-no-malloc-fill``: the
   default without, cumulatively, the fill of malloc's free chunks, of the empty pools, and the
   release of the type cache and free lists (the default before issue 14's second round);
-- ``zero-config``: the default (nothing set but the config module).
+- ``zero-config``: the default (nothing set but the config module), on a first start;
+- ``zero-config-second-start``: the same, after one start of the same app served the same load and
+  stopped (its workers' learned hot code is relocated by the second master).
 
     .venv/py3.12/bin/python scripts/bench_warmup.py [--requests 6000] [--workers 4] [--modes ...]
 """
@@ -50,6 +52,7 @@ from demo.run import tree_cpu_seconds  # noqa: E402
 MIB = 1 << 20
 HAND_PATHS = "/admin/login/,/admin/,/nothing-here/"
 REQUEST_MIX = ["/admin/login/"] * 6 + ["/admin/", "/nothing-here/", "/admin/login/?next=/admin/"]
+SECOND_START = "_second_start"  # not an environment variable: the bench starts, loads and stops it once first
 _OFF = {"COWPROF_WARMUP_FRAMEWORK": "0", "COWPROF_RELOCATE_CODE": "0", "COWPROF_WARMUP_SERVER": "0",
         "COWPROF_FILL_FREE_BLOCKS": "0"}
 GC_FREEZE_CONF = """
@@ -79,6 +82,7 @@ def modes(tmp: Path) -> dict[str, dict[str, str]]:
         "zero-config-no-empty-pools": {"COWPROF_FILL_EMPTY_POOLS": "0", "COWPROF_FILL_MALLOC": "0"},
         "zero-config-no-malloc-fill": {"COWPROF_FILL_MALLOC": "0"},
         "zero-config": {},
+        "zero-config-second-start": {SECOND_START: "1"},
     }
 
 
@@ -138,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             report = tmp / f"{name}.report.json"
             env = {**all_modes[name], "COWPROF_PREPARE_REPORT": str(report),
                    "COWPROF_PRELOAD_DIR": str(tmp / "preload" / name)}
+            if env.pop(SECOND_START, None):
+                first = GunicornServer(project, "mysite.wsgi:application", args.workers, env, tmp / f"{name}.first.log")
+                try:
+                    first.wait_ready()
+                    run_load("127.0.0.1", first.port, paths, concurrency=4, deadline=300)
+                finally:
+                    first.stop()
             servers[name] = (GunicornServer(project, "mysite.wsgi:application", args.workers, env, tmp / f"{name}.log"),
                              report)
         trees, heaps = {}, {}

@@ -77,3 +77,63 @@ def test_other_apps_do_not_learn_from_each_other(preload_dir):
     """, env={**_env(preload_dir), preload.ENV_KEY: "another-app"})
     assert other == []
     assert any(n.startswith("imports-") for n in os.listdir(preload_dir))  # kept for their own app
+
+
+HOT_CHILD = """
+import json, os, sys
+import cowprof
+from cowprof import preload
+
+def worker_only(x):
+    return x + 1.5          # int + float: never specialized, every call writes the code object
+
+def master_only(x):
+    return x + 1.5
+
+for i in range(100):
+    master_only(i)
+r = cowprof.prepare_fork(heapmap=False)
+pid = os.fork()
+if pid == 0:
+    cowprof.after_fork()
+    for i in range(100):
+        worker_only(i)
+    sys.exit(0)                         # atexit writes the code objects it wrote
+os.waitpid(pid, 0)
+print(json.dumps({"master": os.getpid(), "child": pid, "imports_error": r.imports_error}))
+"""
+
+
+def test_worker_records_the_code_objects_it_wrote(preload_dir):
+    out = run_json(HOT_CHILD, env=_env(preload_dir))
+    assert out["imports_error"] is None
+    path = preload_dir / f"hotcode-{out['master']}-{out['child']}.txt"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    lines = path.read_text().splitlines()
+    names = {line.split("\t")[2] for line in lines}
+    assert "worker_only" in names          # run only in the worker: written there
+    assert "master_only" not in names      # run in the master only: the worker never wrote it
+
+
+def test_next_master_relocates_the_learned_hot_code(preload_dir):
+    first = run_json(HOT_CHILD, env=_env(preload_dir))
+    second = run_json("""
+        import json
+        from cowprof import hotcode, preload
+        # the same file name, first line and qualname as in HOT_CHILD: the same code object's key
+
+        def worker_only(x):
+            return x + 1.5          # int + float: never specialized, every call writes the code object
+
+        before = id(worker_only.__code__)
+        learned = preload.learn()
+        r = hotcode.relocate(lambda: None, learned=learned.hot_code)
+        print(json.dumps({"hot": [list(k) for k in learned.hot_code], "result": r.to_dict(),
+                          "moved": id(worker_only.__code__) != before}))
+    """, env=_env(preload_dir))
+    assert any(k[2] == "worker_only" for k in second["hot"])
+    assert second["result"]["skipped"] is None and second["result"]["learned"] >= 1 and second["moved"]
+    names = os.listdir(preload_dir)
+    assert not any(n.startswith(f"hotcode-{first['master']}-") for n in names)
+    learned = json.loads((preload_dir / "learned-test-app.json").read_text())
+    assert any(k[2] == "worker_only" for k in learned["hot_code"])

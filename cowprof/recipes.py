@@ -15,7 +15,8 @@ right after it. What differs is where a server lets you run code at those two mo
   first requests import, cache or specialize happens once in the parent (:mod:`cowprof.warmup`;
   gunicorn's hook runs the whole framework-aware :func:`cowprof.warmup.warm_up_app`);
 - uWSGI forks from C, where ``os.register_at_fork`` callbacks do not run by default: use
-  :func:`uwsgi_postfork` (its ``postfork`` hook) instead.
+  :func:`uwsgi_postfork` (its ``postfork`` hook) instead, or :func:`prepare_uwsgi`, the whole
+  recipe in one call (framework-aware warm-up, prepare, ``postfork`` hook).
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ from typing import Any
 from cowprof.prepare import PrepareReport, after_fork, prepare_fork
 from cowprof.warmup import WarmupResult, _environ_for, warm_up  # noqa: F401 (re-exported)
 
-__all__ = ["WarmupResult", "forkserver_context", "prepare_parent", "register_after_fork", "uwsgi_postfork",
-           "warm_up"]
+__all__ = ["WarmupResult", "forkserver_context", "prepare_parent", "prepare_uwsgi", "register_after_fork",
+           "uwsgi_postfork", "warm_up"]
 
 _registered = False
 
@@ -76,3 +77,21 @@ def uwsgi_postfork() -> bool:
         return False
     uwsgidecorators.postfork(after_fork)
     return True
+
+
+def prepare_uwsgi(application: Any, *, warmup: bool = True, log: Any = None,
+                  **prepare_kwargs: Any) -> PrepareReport:
+    """The uWSGI recipe in one call, at the end of the WSGI module (which uWSGI imports in its
+    master unless ``lazy-apps`` is on): the framework-aware warm-up of ``application`` that
+    gunicorn's hook runs (:func:`cowprof.warmup.warm_up_app`: framework steps and requests, hot
+    code relocation, learned hot code), :func:`cowprof.prepare_fork`, and ``after_fork`` in each
+    worker through uWSGI's ``postfork`` hook. ``COWPROF_WARMUP=0`` (or ``warmup=False``) skips the
+    warm-up. Raises RuntimeError outside uWSGI, where the hook cannot be registered."""
+    from cowprof.warmup import warm_up_app
+
+    if warmup and os.environ.get("COWPROF_WARMUP", "").strip() not in ("0", "off", "false"):
+        warm_up_app(application, log=log)
+    report = prepare_fork(**prepare_kwargs)
+    if not uwsgi_postfork():
+        raise RuntimeError("cowprof.recipes.prepare_uwsgi: not running inside uWSGI (uwsgidecorators is missing)")
+    return report

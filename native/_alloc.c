@@ -204,6 +204,13 @@ static size_t discard_pages(filler_list *fl) {
         Py_DECREF(_v);                                                           \
     } while (0)
 
+/* The part of a fill's result every fill has: filled, reason (None or a string), seconds. */
+static PyObject *fill_result(int filled, const char *reason, double seconds) {
+    PyObject *why = reason ? PyUnicode_FromString(reason) : Py_NewRef(Py_None);
+    if (why == NULL) return NULL;
+    return Py_BuildValue("{s:O,s:N,s:d}", "filled", filled ? Py_True : Py_False, "reason", why, "seconds", seconds);
+}
+
 PyDoc_STRVAR(fill_pools_doc,
 "fill_pools($module, /, *, max_bytes, empty_pools=True, discard=True)\n--\n\n"
 "Allocate (and never free) the free blocks of every partly used pymalloc pool and, with\n"
@@ -291,19 +298,8 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
     free(fillers.block);
     double seconds = now_seconds() - t0;
 
-    PyObject *d = PyDict_New();
+    PyObject *d = fill_result(rc > 0 && blocks > 0, reason, seconds);
     if (d == NULL) return NULL;
-    if (PyDict_SetItemString(d, "filled", (rc > 0 && blocks > 0) ? Py_True : Py_False) < 0) {
-        Py_DECREF(d);
-        return NULL;
-    }
-    PyObject *why = reason ? PyUnicode_FromString(reason) : Py_NewRef(Py_None);
-    if (why == NULL || PyDict_SetItemString(d, "reason", why) < 0) {
-        Py_XDECREF(why);
-        Py_DECREF(d);
-        return NULL;
-    }
-    Py_DECREF(why);
     SET_SIZE(d, "filler_bytes", spent);
     SET_SIZE(d, "blocks", blocks);
     SET_SIZE(d, "discarded_bytes", discarded);
@@ -312,13 +308,6 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
     SET_SIZE(d, "empty_pools_before", rc > 0 ? before.unused_pools : 0);
     SET_SIZE(d, "empty_pools_after", have_after ? after.unused_pools : 0);
     SET_SIZE(d, "pool_size", rc > 0 ? before.pool_size : 0);
-    PyObject *s = PyFloat_FromDouble(seconds);
-    if (s == NULL || PyDict_SetItemString(d, "seconds", s) < 0) {
-        Py_XDECREF(s);
-        Py_DECREF(d);
-        return NULL;
-    }
-    Py_DECREF(s);
     return d;
 }
 
@@ -444,30 +433,12 @@ static PyObject *fill_malloc(PyObject *self, PyObject *args, PyObject *kwargs) {
     reason = "not glibc 2.33+ malloc";
 #endif
     double seconds = now_seconds() - t0;
-    PyObject *d = PyDict_New();
+    PyObject *d = fill_result(chunks > 0, reason, seconds);
     if (d == NULL) return NULL;
-    if (PyDict_SetItemString(d, "filled", chunks > 0 ? Py_True : Py_False) < 0) {
-        Py_DECREF(d);
-        return NULL;
-    }
-    PyObject *why = reason ? PyUnicode_FromString(reason) : Py_NewRef(Py_None);
-    if (why == NULL || PyDict_SetItemString(d, "reason", why) < 0) {
-        Py_XDECREF(why);
-        Py_DECREF(d);
-        return NULL;
-    }
-    Py_DECREF(why);
     SET_SIZE(d, "filler_bytes", spent);
     SET_SIZE(d, "chunks", chunks);
     SET_SIZE(d, "free_before", free_before);
     SET_SIZE(d, "free_after", free_after);
-    PyObject *sec = PyFloat_FromDouble(seconds);
-    if (sec == NULL || PyDict_SetItemString(d, "seconds", sec) < 0) {
-        Py_XDECREF(sec);
-        Py_DECREF(d);
-        return NULL;
-    }
-    Py_DECREF(sec);
     return d;
 }
 

@@ -3,8 +3,8 @@
 Imports the WSGI app named by ``SERVERAPPS_WSGI`` (``module:attribute``) and applies the fork
 recipe of ``SERVERAPPS_MODE``: ``baseline`` nothing; ``gc-freeze`` the ``gc`` documentation's
 (``gc.disable()`` before the import, ``gc.freeze()`` after it, ``gc.enable()`` in uWSGI's
-``postfork``); ``cowprof`` docs/servers.md's uWSGI recipe (``prepare_parent(register_child_hook=False)``
-and ``uwsgi_postfork()`` at the end of the WSGI module). uWSGI imports this module in its master,
+``postfork``); ``cowprof`` docs/servers.md's uWSGI recipe (``prepare_uwsgi(application)`` at the
+end of the WSGI module: warm-up, prepare, ``postfork`` hook). uWSGI imports this module in its master,
 before it forks the workers (no ``lazy-apps``).
 """
 import gc
@@ -20,11 +20,9 @@ _module, _, _attr = os.environ["SERVERAPPS_WSGI"].partition(":")
 application = getattr(importlib.import_module(_module), _attr)
 
 if MODE == "cowprof":
-    from cowprof.recipes import prepare_parent, uwsgi_postfork
+    from cowprof.recipes import prepare_uwsgi
 
-    print(f"cowprof: {prepare_parent(register_child_hook=False).summary()}", file=sys.stderr, flush=True)
-    if not uwsgi_postfork():
-        raise RuntimeError("cowprof: uwsgi_postfork() found no uWSGI")
+    print(f"cowprof: {prepare_uwsgi(application).summary()}", file=sys.stderr, flush=True)
 elif MODE == "gc-freeze":
     import uwsgidecorators
 

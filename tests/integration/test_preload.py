@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
+
+import pytest
 
 from cowprof import preload
 from pyrun import run_json
@@ -104,6 +107,10 @@ print(json.dumps({"master": os.getpid(), "child": pid, "imports_error": r.import
 """
 
 
+needs_312 = pytest.mark.skipif(sys.version_info < (3, 12), reason="hot code relocation is for CPython 3.12+")
+
+
+@needs_312
 def test_worker_records_the_code_objects_it_wrote(preload_dir):
     out = run_json(HOT_CHILD, env=_env(preload_dir))
     assert out["imports_error"] is None
@@ -115,6 +122,7 @@ def test_worker_records_the_code_objects_it_wrote(preload_dir):
     assert "master_only" not in names      # run in the master only: the worker never wrote it
 
 
+@needs_312
 def test_next_master_relocates_the_learned_hot_code(preload_dir):
     first = run_json(HOT_CHILD, env=_env(preload_dir))
     second = run_json("""

@@ -17,6 +17,9 @@ come from fresh arenas, and the master keeps none of the emptied pools' pages.
 chunks ``malloc_info()`` lists and those of the per-thread cache, right after ``malloc_trim(0)``
 gave back the whole pages inside them.
 
+:func:`fill_all` runs the three in the order the fork needs (pools, ``malloc_trim``, malloc's
+chunks), with the environment's switches: ``prepare_fork`` and the hot-code relocation both use it.
+
 The native part (``cowprof._alloc``) reads the interpreter's own statistics, never an allocator
 structure; when they cannot be read (no pymalloc: ``PYTHONMALLOC=malloc``, a debug build) it fills
 nothing and says why.
@@ -24,8 +27,12 @@ nothing and says why.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from cowprof import _env
 
 try:
     from cowprof import _alloc
@@ -35,8 +42,8 @@ except ImportError as exc:  # a source checkout without the build
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["DEFAULT_MAX_BYTES", "FillResult", "MallocFillResult", "fill_free_blocks", "fill_malloc_chunks",
-           "max_bytes_from_env"]
+__all__ = ["DEFAULT_MAX_BYTES", "AllocatorFill", "FillResult", "MallocFillResult", "fill_all", "fill_free_blocks",
+           "fill_malloc_chunks", "max_bytes_from_env"]
 
 #: default cap of what one fill may allocate
 DEFAULT_MAX_BYTES = 16 << 20
@@ -135,3 +142,52 @@ def fill_malloc_chunks(*, max_bytes: int = DEFAULT_MAX_BYTES) -> MallocFillResul
         filled=bool(r["filled"]), skipped=r["reason"], filler_bytes=int(r["filler_bytes"]), chunks=int(r["chunks"]),
         free_before=int(r["free_before"]), free_after=int(r["free_after"]), seconds=round(float(r["seconds"]), 6),
     )
+
+
+@dataclass(frozen=True)
+class AllocatorFill:
+    """What :func:`fill_all` did, step by step."""
+
+    pools: FillResult
+    trimmed: bool
+    """Whether ``malloc_trim`` released memory."""
+    malloc: MallocFillResult
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds of each step: ``fill`` (pools), ``trim``, ``fill_malloc``."""
+
+
+def fill_all(request: bool | int = True, *, trim: bool = True) -> AllocatorFill:
+    """Leaves no free pool block or malloc chunk: fills the pymalloc pools (with the empty pools
+    unless ``COWPROF_FILL_EMPTY_POOLS=0``), runs ``malloc_trim(0)`` (``trim``), then fills malloc's
+    free chunks (unless ``COWPROF_FILL_MALLOC=0``). ``request``: ``True`` caps each fill at
+    :data:`DEFAULT_MAX_BYTES`, a number at that many bytes, ``False`` fills nothing;
+    ``COWPROF_FILL_FREE_BLOCKS`` wins (a bad value warns and keeps the request). Never raises."""
+    cap = DEFAULT_MAX_BYTES if request is True else int(request)
+    if os.environ.get(ENV_FILL, "").strip():
+        try:
+            cap = max_bytes_from_env()
+        except ValueError as err:
+            warnings.warn(f"cowprof: {err}; using the default", RuntimeWarning, stacklevel=2)
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+    pools = fill_free_blocks(max_bytes=cap, empty_pools=_env.flag(ENV_EMPTY_POOLS, True))
+    t = _phase(phases, "fill", t)
+    trimmed = bool(_trim()) if trim else False
+    t = _phase(phases, "trim", t)
+    malloc = fill_malloc_chunks(max_bytes=cap if _env.flag(ENV_MALLOC, True) else 0)
+    _phase(phases, "fill_malloc", t)
+    return AllocatorFill(pools, trimmed, malloc, phases)
+
+
+def _trim() -> int:
+    try:
+        from cowprof import _native
+    except ImportError:  # a source checkout without the build: the fills say so themselves
+        return 0
+    return int(_native.trim())
+
+
+def _phase(phases: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    phases[name] = now - since
+    return now

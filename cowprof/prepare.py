@@ -37,6 +37,8 @@ import time
 import warnings
 from typing import Any
 
+from cowprof import _env, allocator
+
 try:
     from cowprof import _native
 except ImportError as exc:  # a source checkout without the build, or an unsupported platform
@@ -274,14 +276,10 @@ def prepare_fork(
         if immortalize and not skipped:
             _state["walked_and_frozen"] = True
     t = _phase(phases, "freeze", t)
-    released = _release_reusable(frozen=bool(freeze)) if _env_flag(ENV_RELEASE, release_caches) else 0
+    released = _release_reusable(frozen=bool(freeze)) if _env.flag(ENV_RELEASE, release_caches) else 0
     t = _phase(phases, "release", t)
-    fill = _fill(fill_free_blocks)
-    t = _phase(phases, "fill", t)
-    trimmed = bool(_native.trim()) if (trim and _native is not None) else False
-    t = _phase(phases, "trim", t)
-    malloc_fill = _fill(fill_free_blocks, malloc=True)
-    _phase(phases, "fill_malloc", t)
+    fills = allocator.fill_all(fill_free_blocks, trim=trim and _native is not None)
+    phases.update(fills.phase_seconds)
     return PrepareReport(
         objects=int(walk.get("objects", 0)),
         immortalized=int(walk.get("immortalized", 0)),
@@ -291,7 +289,7 @@ def prepare_fork(
         frozen=gc.get_freeze_count(),
         python=f"{platform.python_implementation()} {platform.python_version()}",
         immortalize_skipped=skipped if immortalize else "not requested",
-        trimmed=trimmed,
+        trimmed=fills.trimmed,
         collected=collected,
         released=released,
         already_immortal=int(walk.get("already_immortal", 0)),
@@ -301,10 +299,10 @@ def prepare_fork(
         types_tagged=int(walk.get("types_tagged", 0)),
         full_walk=full_walk,
         heapmap_path=heapmap_path,
-        filler_bytes=fill.filler_bytes,
-        fill_skipped=fill.skipped,
-        malloc_filler_bytes=malloc_fill.filler_bytes,
-        malloc_fill_skipped=malloc_fill.skipped,
+        filler_bytes=fills.pools.filler_bytes,
+        fill_skipped=fills.pools.skipped,
+        malloc_filler_bytes=fills.malloc.filler_bytes,
+        malloc_fill_skipped=fills.malloc.skipped,
         late_imports=learned,
         preloaded=_preloaded(),
         imports_error=imports_error,
@@ -342,16 +340,6 @@ def _preloaded() -> tuple[str, ...]:
     return tuple(mod.preloaded()) if mod is not None else ()
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    """A ``0``/``1`` switch in the environment, which wins over the argument; anything else warns."""
-    raw = os.environ.get(name, "").strip()
-    if raw in ("0", "1"):
-        return raw == "1"
-    if raw:
-        warnings.warn(f"cowprof: {name} must be 0 or 1, got {raw!r}; using the default", RuntimeWarning, stacklevel=3)
-    return default
-
-
 def _release_reusable(*, frozen: bool) -> int:
     """Step 4: empties the type attribute cache (``PyType_ClearCache``: version tags are kept, so
     specialized code stays valid) and, when everything is frozen, collects the then empty young
@@ -360,22 +348,6 @@ def _release_reusable(*, frozen: bool) -> int:
     if _native is not None:
         _native.clear_type_cache()
     return gc.collect() if frozen else 0
-
-
-def _fill(request: bool | int, *, malloc: bool = False) -> Any:
-    """Runs cowprof.allocator.fill_free_blocks (or, with ``malloc``, fill_malloc_chunks) as
-    requested; the environment wins."""
-    from cowprof import allocator
-
-    cap = allocator.DEFAULT_MAX_BYTES if request is True else int(request)
-    if os.environ.get(allocator.ENV_FILL, "").strip():
-        try:
-            cap = allocator.max_bytes_from_env()
-        except ValueError as err:
-            warnings.warn(f"cowprof: {err}; using the default", RuntimeWarning, stacklevel=3)
-    if malloc:
-        return allocator.fill_malloc_chunks(max_bytes=cap if _env_flag(allocator.ENV_MALLOC, True) else 0)
-    return allocator.fill_free_blocks(max_bytes=cap, empty_pools=_env_flag(allocator.ENV_EMPTY_POOLS, True))
 
 
 def _heapmap_segment(heapmap: bool | str, full_walk: bool) -> Any:

@@ -38,7 +38,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from cowprof import frameworks, hotcode
+from cowprof import allocator, frameworks, hotcode
 
 __all__ = ["StepResult", "WarmupOptions", "WarmupResult", "is_asgi", "warm_up", "warm_up_app"]
 
@@ -314,20 +314,6 @@ def _learned_hot_code() -> tuple[hotcode.CodeKey, ...]:
     return preload.learn().hot_code
 
 
-def _fill_before_copy() -> None:
-    """Leaves no free pool block or malloc chunk, so the copies (code objects over 512 bytes go to
-    malloc) are made side by side in fresh memory."""
-    from cowprof import allocator
-
-    allocator.fill_free_blocks(max_bytes=allocator.DEFAULT_MAX_BYTES)
-    try:
-        from cowprof import _native
-    except ImportError:  # a source checkout without the build: the fills say so themselves
-        return
-    _native.trim()
-    allocator.fill_malloc_chunks(max_bytes=allocator.DEFAULT_MAX_BYTES)
-
-
 def warm_up_app(app: Any, options: WarmupOptions = WarmupOptions(), *, log: Any = None,
                 transport: Transport | None = None) -> WarmupResult:
     """The whole warm-up of the module doc for ``app`` (the WSGI or ASGI callable the server will
@@ -359,7 +345,7 @@ def warm_up_app(app: Any, options: WarmupOptions = WarmupOptions(), *, log: Any 
         _request_rounds(app, paths, rounds, tally, transport)
         if options.relocate_code and paths and rounds:
             result = hotcode.relocate(lambda: _request_rounds(app, paths, 1, tally, transport),
-                                      before_copy=_fill_before_copy, learned=_learned_hot_code())
+                                      before_copy=allocator.fill_all, learned=_learned_hot_code())
             relocation = result.to_dict()
             if log is not None:
                 log.info("cowprof: %s", result.summary())

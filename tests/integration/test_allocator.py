@@ -158,3 +158,31 @@ def test_prepare_fork_reports_the_fill():
     assert out["filler"] > 0 and out["skipped"] is None and "free pool blocks filled" in out["summary"]
     assert out["malloc"] > 0 and out["malloc_skipped"] is None and "free malloc chunks filled" in out["summary"]
     assert {"release", "fill", "trim", "fill_malloc"} <= set(out["phases"])
+
+
+@pytest.mark.parametrize("env, pools, malloc", [
+    ({}, "filled", "filled"),
+    ({"COWPROF_FILL_MALLOC": "0"}, "filled", "turned off"),
+    ({"COWPROF_FILL_FREE_BLOCKS": "0"}, "turned off", "turned off"),
+])
+def test_fill_all_runs_the_three_steps_and_obeys_the_switches(env, pools, malloc):
+    # what prepare_fork and the hot-code relocation share: pools, malloc_trim, malloc chunks, in order
+    out = run_json("""
+        import json
+        from cowprof import allocator
+        a, b = "x", "y"
+        keep = [(a, b) for _ in range(20_000)]
+        del keep[::2]
+        made = [bytes(700 + i % 900) for i in range(4_000)]
+        del made[::2]
+        r = allocator.fill_all()
+        print(json.dumps({"pools": r.pools.to_dict(), "malloc": r.malloc.to_dict(),
+                          "phases": list(r.phase_seconds)}))
+    """, env=env)
+    assert out["phases"] == ["fill", "trim", "fill_malloc"]
+    for step, want in (("pools", pools), ("malloc", malloc)):
+        got = out[step]
+        if want == "filled":
+            assert got["filled"] and got["filler_bytes"] > 0, got
+        else:
+            assert got["skipped"] == want and got["filler_bytes"] == 0, got

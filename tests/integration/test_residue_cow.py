@@ -5,10 +5,12 @@ attribute cache (a child whose lookups free the names only that cache held) and 
 (a child whose malloc() reuses the master's free chunks)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -46,23 +48,9 @@ def run_scenario(scenario: str, mode: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pools() -> dict:
-    return {mode: run_scenario("pools", mode) for mode in ("on", "off")}
-
-
-@pytest.fixture(scope="module")
-def code() -> dict:
-    return {mode: run_scenario("code", mode) for mode in ("on", "off")}
-
-
-@pytest.fixture(scope="module")
-def malloc() -> dict:
-    return {mode: run_scenario("malloc", mode) for mode in ("on", "off")}
-
-
-@pytest.fixture(scope="module")
-def caches() -> dict:
-    return {mode: run_scenario("caches", mode) for mode in ("on", "off")}
+def residue() -> Callable[[str, str], dict]:
+    """``residue(scenario, mode)``: run_scenario's result, each pair run once per module."""
+    return functools.cache(run_scenario)
 
 
 # measured on 3.12 (2026-12-01): pools on ~160 pages copied (the child's list buffer lands in a
@@ -81,64 +69,64 @@ MALLOC_BAR = 1000 * PAGE
 
 @needs_312
 @pytest.mark.slow
-def test_fill_keeps_child_allocations_out_of_shared_pools(pools):
-    on = pools["on"]
+def test_fill_keeps_child_allocations_out_of_shared_pools(residue):
+    on = residue("pools", "on")
     assert on["fill_skipped"] is None and on["filler_bytes"] > 0
     assert on["copied"] < POOLS_BAR, f"child copied {on['copied'] / PAGE:.0f} pages with the fill"
 
 
 @needs_312
 @pytest.mark.slow
-def test_without_fill_child_allocations_copy_shared_pools(pools):
-    off = pools["off"]
+def test_without_fill_child_allocations_copy_shared_pools(residue):
+    off = residue("pools", "off")
     assert off["filler_bytes"] == 0
     assert off["copied"] >= POOLS_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages without the fill"
 
 
 @needs_312
 @pytest.mark.slow
-def test_relocated_hot_code_is_copied_on_few_pages(code):
-    on = code["on"]
+def test_relocated_hot_code_is_copied_on_few_pages(residue):
+    on = residue("code", "on")
     assert on["relocation"]["skipped"] is None and on["relocation"]["hot"] >= 1500
     assert on["copied"] < CODE_BAR, f"child copied {on['copied'] / PAGE:.0f} pages with relocation"
 
 
 @needs_312
 @pytest.mark.slow
-def test_scattered_hot_code_is_copied_on_many_pages(code):
-    off = code["off"]
+def test_scattered_hot_code_is_copied_on_many_pages(residue):
+    off = residue("code", "off")
     assert off["relocation"] is None
     assert off["copied"] >= CODE_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages without relocation"
 
 
 @needs_312
 @pytest.mark.slow
-def test_released_type_cache_leaves_no_names_for_the_child_to_free(caches):
-    on = caches["on"]
+def test_released_type_cache_leaves_no_names_for_the_child_to_free(residue):
+    on = residue("caches", "on")
     assert on["copied"] < CACHES_BAR, f"child copied {on['copied'] / PAGE:.0f} pages with the cache released"
 
 
 @needs_312
 @pytest.mark.slow
-def test_names_left_in_the_type_cache_are_freed_on_shared_pages(caches):
-    off = caches["off"]
+def test_names_left_in_the_type_cache_are_freed_on_shared_pages(residue):
+    off = residue("caches", "off")
     assert off["copied"] >= CACHES_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages with the cache kept"
 
 
 @needs_312
 @pytest.mark.slow
-def test_malloc_fill_sends_child_allocations_to_fresh_memory(malloc):
-    on = malloc["on"]
+def test_malloc_fill_sends_child_allocations_to_fresh_memory(residue):
+    on = residue("malloc", "on")
     assert on["malloc_fill_skipped"] is None and on["malloc_filler_bytes"] > 0
     assert on["copied"] < MALLOC_BAR, f"child copied {on['copied'] / PAGE:.0f} pages with the malloc fill"
     # and it is not only moved: packed densely, the child's memory is smaller as a whole
-    off = malloc["off"]
+    off = residue("malloc", "off")
     assert on["copied"] + on["new"] < 0.75 * (off["copied"] + off["new"])
 
 
 @needs_312
 @pytest.mark.slow
-def test_without_malloc_fill_child_allocations_copy_shared_chunks(malloc):
-    off = malloc["off"]
+def test_without_malloc_fill_child_allocations_copy_shared_chunks(residue):
+    off = residue("malloc", "off")
     assert off["malloc_filler_bytes"] == 0 and off["malloc_fill_skipped"] == "turned off"
     assert off["copied"] >= MALLOC_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages without the malloc fill"

@@ -89,6 +89,10 @@ class PrepareReport:
     at exit are finalized then (:mod:`cowprof.finalize`)."""
     strings_hashed: int = 0
     types_tagged: int = 0
+    const_loads_settled: int = 0
+    """3.14: ``LOAD_CONST_MORTAL`` instructions of code the master ran before the walk, rewritten to
+    ``LOAD_CONST_IMMORTAL`` now that their constants are immortal (the mortal form increfs without
+    looking, writing the constant's page in every worker); ``COWPROF_SETTLE_CONST_LOADS=0`` keeps them."""
     full_walk: bool = True
     """False when only objects created since the previous call were walked (the cheap repeat)."""
     heapmap_path: str | None = None
@@ -139,6 +143,8 @@ class PrepareReport:
                 f"({self.with_finalizer:,} with a finalizer)"
             )
         parts.append(f"{self.frozen:,} objects frozen")
+        if self.const_loads_settled:
+            parts.append(f"{self.const_loads_settled:,} constant loads made immortal")
         if self.filler_bytes:
             parts.append(f"{self.filler_bytes / 1e6:,.2f} MB of free pool blocks filled")
         if self.trimmed:
@@ -183,6 +189,7 @@ def immortalize_unavailable() -> str | None:
 
 
 ENV_RELEASE = "COWPROF_RELEASE_CACHES"
+ENV_SETTLE_LOADS = "COWPROF_SETTLE_CONST_LOADS"
 
 
 def _warn_once(message: str) -> None:
@@ -248,7 +255,8 @@ def prepare_fork(
             full_walk = False
         gc_head, managed = _heapmap_module.preheader_sizes()
         kwargs: dict[str, Any] = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head,
-                                      managed_preheader=managed, new_only=not full_walk)
+                                      managed_preheader=managed, new_only=not full_walk,
+                                      opcode_caches=_opcode_caches() if _env.flag(ENV_SETTLE_LOADS, True) else None)
         segment = _heapmap_segment(heapmap, full_walk) if record else None
         t = _phase(phases, "setup", t)
         if segment is not None:
@@ -297,6 +305,7 @@ def prepare_fork(
         with_finalizer=int(walk.get("with_finalizer", 0)),
         strings_hashed=int(walk.get("strings_hashed", 0)),
         types_tagged=int(walk.get("types_tagged", 0)),
+        const_loads_settled=int(walk.get("const_loads_settled", 0)),
         full_walk=full_walk,
         heapmap_path=heapmap_path,
         filler_bytes=fills.pools.filler_bytes,
@@ -338,6 +347,25 @@ def _imports(record: bool) -> tuple[tuple[str, ...], str | None]:
 def _preloaded() -> tuple[str, ...]:
     mod = sys.modules.get("cowprof.preload")
     return tuple(mod.preloaded()) if mod is not None else ()
+
+
+def _opcode_caches() -> bytes | None:
+    """The inline cache entries of every opcode, specialized ones included (256 bytes, from the
+    running interpreter's ``opcode`` module), for the walk to step through adaptive bytecode; None
+    where the module does not describe them (before 3.13, which the walk does not need it for)."""
+    import opcode
+
+    entries = getattr(opcode, "_inline_cache_entries", None)
+    if not isinstance(entries, dict):
+        return None
+    numbers = {**opcode.opmap, **getattr(opcode, "_specialized_opmap", {})}
+    family = getattr(opcode, "_specializations", {})
+    table = bytearray(256)
+    for name, count in entries.items():
+        for member in (name, *family.get(name, ())):
+            if member in numbers:
+                table[numbers[member]] = count
+    return bytes(table)
 
 
 def _release_reusable(*, frozen: bool) -> int:

@@ -33,6 +33,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <opcode.h> /* opcode numbers of the headers compiled against (LOAD_CONST_MORTAL: 3.14) */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -87,6 +88,13 @@ static inline void cp_set_immortal(PyObject *op) {
 #endif
 
 #if CP_CAN_WALK
+
+/* 3.14's LOAD_CONST specializations (settle_const_loads): also only from the headers. The bytecode
+ * is read as (opcode, oparg) byte pairs, the format co_code documents. */
+#if defined(LOAD_CONST_MORTAL) && defined(LOAD_CONST_IMMORTAL) && defined(EXTENDED_ARG) && \
+    defined(MIN_INSTRUMENTED_OPCODE)
+#  define CP_SETTLES_CONST_LOADS 1
+#endif
 
 /* str objects longer than this are not hashed up front (hashing is ~1 GB/s; such strings are rarely
  * hashed by a server and cost one page each if they are). */
@@ -526,6 +534,9 @@ typedef struct {
     Py_ssize_t managed_pre;   /* bytes of the managed dict/weakref pre-header */
     cp_stack stack;
     cp_stack finalizable;     /* objects with a finalizer left mortal (borrowed; no Python code runs) */
+    cp_stack codes;           /* code objects whose constant loads are settled after the walk (3.14) */
+    const uint8_t *opcode_caches; /* inline cache entries per opcode (256 bytes, the caller's), or NULL */
+    PyObject *opcode_caches_obj;  /* the bytes object holding them */
     cp_ptrset seen;           /* without immortalize: everything visited; with it: objects left mortal */
     int watch;                /* CP_WATCH_*: while the direct referents of a tracked root are visited */
     int holds_finalizable;    /* ... and one of them is a mortal object with a finalizer */
@@ -542,6 +553,7 @@ typedef struct {
     uint64_t objects, immortalized, already_immortal, left_mortal, tracked, untracked, bytes;
     uint64_t strings_hashed, types_tagged, containers_descended;
     uint64_t with_finalizer;
+    uint64_t const_loads_settled;
 } cp_walk;
 
 static PyObject *first_c_sizeof(cp_walk *w, PyTypeObject *tp) {
@@ -858,6 +870,7 @@ static int descend(cp_walk *w, PyObject *op) {
     w->containers_descended++;
     if (PyCode_Check(op)) {
         PyCodeObject *co = (PyCodeObject *)op;
+        if (w->opcode_caches != NULL && stack_push(&w->codes, op) < 0) return -1;
         if (visit_edge(co->co_consts, w) || visit_edge(co->co_names, w) ||
             visit_edge(co->co_localsplusnames, w) || visit_edge(co->co_localspluskinds, w) ||
             visit_edge(co->co_filename, w) || visit_edge(co->co_name, w) ||
@@ -926,6 +939,8 @@ fail:
 static void walk_free(cp_walk *w) {
     PyMem_RawFree(w->stack.items);
     PyMem_RawFree(w->finalizable.items);
+    PyMem_RawFree(w->codes.items);
+    Py_XDECREF(w->opcode_caches_obj);
     PyMem_RawFree(w->seen.slots);
     PyMem_RawFree(w->types);
     PyMem_RawFree(w->type_list);
@@ -941,15 +956,26 @@ static void walk_free(cp_walk *w) {
  * either way. */
 static int walk_init(cp_walk *w, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
-                             "tag_types", "new_only", "heapmap_format", "heapmap_copy_fd", NULL};
+                             "tag_types", "new_only", "heapmap_format", "heapmap_copy_fd", "opcode_caches", NULL};
     int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1, new_only = 0;
     int heapmap_format = 3, copy_fd = -1;
+    PyObject *opcode_caches = Py_None;
     Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
     memset(w, 0, sizeof(*w));
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpppii:walk", kwlist, &immortalize, &heapmap_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpppiiO:walk", kwlist, &immortalize, &heapmap_fd,
                                      &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only,
-                                     &heapmap_format, &copy_fd))
+                                     &heapmap_format, &copy_fd, &opcode_caches))
         return -1;
+    if (opcode_caches != Py_None && !(PyBytes_Check(opcode_caches) && PyBytes_GET_SIZE(opcode_caches) == 256)) {
+        PyErr_SetString(PyExc_ValueError, "opcode_caches must be None or 256 bytes");
+        return -1;
+    }
+#ifdef CP_SETTLES_CONST_LOADS
+    if (opcode_caches != Py_None && immortalize) {
+        w->opcode_caches_obj = Py_NewRef(opcode_caches);
+        w->opcode_caches = (const uint8_t *)PyBytes_AS_STRING(opcode_caches);
+    }
+#endif
     if (heapmap_format != 2 && heapmap_format != 3) {
         PyErr_SetString(PyExc_ValueError, "heapmap_format must be 2 or 3");
         return -1;
@@ -983,6 +1009,37 @@ static int walk_init(cp_walk *w, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
+#ifdef CP_SETTLES_CONST_LOADS
+/* 3.14 specializes LOAD_CONST at its first run, for good: LOAD_CONST_MORTAL increfs without the
+ * immortal check (and a specialized consumer may decref without it). Code the master ran before
+ * the walk would so keep writing the refcounts of constants the walk made immortal, in every
+ * worker. This rewrites those loads to LOAD_CONST_IMMORTAL, what the specializer itself picks for
+ * an immortal constant (same oparg, neither has inline caches). Code under sys.monitoring (its
+ * opcodes may be kept elsewhere) or with a tier-2 executor is left alone. */
+static void settle_const_loads(cp_walk *w) {
+    for (size_t k = 0; k < w->codes.len; k++) {
+        PyCodeObject *co = (PyCodeObject *)w->codes.items[k];
+        if (co->_co_monitoring != NULL) continue;
+        uint8_t *units = (uint8_t *)co->co_code_adaptive; /* (opcode, oparg) byte pairs */
+        Py_ssize_t n = Py_SIZE(co), nconsts = PyTuple_GET_SIZE(co->co_consts);
+        size_t oparg = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint8_t op = units[2 * i];
+            if (op >= MIN_INSTRUMENTED_OPCODE) break; /* instrumented, or ENTER_EXECUTOR */
+            oparg = (oparg << 8) | units[2 * i + 1];
+            if (op == EXTENDED_ARG) continue;
+            if (op == LOAD_CONST_MORTAL && oparg < (size_t)nconsts &&
+                _Py_IsImmortal(PyTuple_GET_ITEM(co->co_consts, (Py_ssize_t)oparg))) {
+                units[2 * i] = LOAD_CONST_IMMORTAL;
+                w->const_loads_settled++;
+            }
+            i += w->opcode_caches[op];
+            oparg = 0;
+        }
+    }
+}
+#endif
+
 /* What walk_run measured besides the counts in cp_walk. */
 typedef struct {
     double seconds, cpu_seconds; /* wall clock and CPU time of the walking thread */
@@ -993,6 +1050,9 @@ typedef struct {
 static int walk_run(cp_walk *w, cp_walk_run *run) {
     double t0 = now_seconds(), cpu0 = clock_seconds(CLOCK_THREAD_CPUTIME_ID);
     PyUnstable_GC_VisitObjects(visit_root, w);
+#ifdef CP_SETTLES_CONST_LOADS
+    if (!w->failed && w->opcode_caches != NULL) settle_const_loads(w);
+#endif
     run->write_error = w->record ? sink_close(&w->hm) : 0;
     run->seconds = now_seconds() - t0;
     run->cpu_seconds = clock_seconds(CLOCK_THREAD_CPUTIME_ID) - cpu0;
@@ -1102,6 +1162,7 @@ static PyObject *walk_result(const cp_walk *w, const cp_walk_run *run) {
     db_u64(&b, "types_tagged", w->types_tagged);
     db_u64(&b, "containers_descended", w->containers_descended);
     db_u64(&b, "with_finalizer", w->with_finalizer);
+    db_u64(&b, "const_loads_settled", w->const_loads_settled);
     db_make(&b, "finalizable", walk_finalizable, w);
     db_float(&b, "seconds", run->seconds);
     db_float(&b, "cpu_seconds", run->cpu_seconds);
@@ -1121,11 +1182,15 @@ static PyObject *walk_result(const cp_walk *w, const cp_walk_run *run) {
 
 PyDoc_STRVAR(walk_doc,
 "walk($module, /, *, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16,\n"
-"     hash_strings=True, tag_types=True, new_only=False, heapmap_format=3, heapmap_copy_fd=-1)\n--\n\n"
+"     hash_strings=True, tag_types=True, new_only=False, heapmap_format=3, heapmap_copy_fd=-1,\n"
+"     opcode_caches=None)\n--\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
 "new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
 "gc_head and managed_preheader are the pre-header sizes measured by the caller.\n"
+"opcode_caches (256 bytes: the inline cache entries of each opcode, from the opcode module), with\n"
+"immortalize, on 3.14: afterwards, LOAD_CONST_MORTAL of a constant now immortal becomes\n"
+"LOAD_CONST_IMMORTAL in every code object walked ('const_loads_settled' counts them; 0 elsewhere).\n"
 "Returns counts (objects, immortalized, already_immortal, left_mortal, with_finalizer, tracked,\n"
 "untracked, bytes, strings_hashed, types_tagged), seconds, cpu_seconds (of the walking thread) and\n"
 "'finalizable' (list of the objects with a finalizer it left mortal). With heapmap_fd (an open file,\n"

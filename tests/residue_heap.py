@@ -1,7 +1,7 @@
 """A master whose child writes pages it shares only through the allocator or the specializer.
 
 Run as a script by tests/integration/test_residue_cow.py (never imported into pytest):
-    python residue_heap.py {pools|code|caches|malloc} {on|off}
+    python residue_heap.py {pools|code|caches|malloc|consts} {on|off}
 
 - ``pools``: the heap holds hundreds of pymalloc pools with free blocks (two of every three small
   tuples freed); the child then allocates tuples of the same size class. ``on`` prepares with the
@@ -19,6 +19,11 @@ Run as a script by tests/integration/test_residue_cow.py (never imported into py
 - ``malloc``: thousands of free glibc malloc chunks between live ``bytes`` objects of 600–2,000
   bytes (too big for pymalloc); the child makes as many of the same sizes. ``on`` prepares with
   the malloc fill (the default), ``off`` with ``COWPROF_FILL_MALLOC=0``.
+
+- ``consts``: 3,000 functions returning constants (a float, a str, bytes, a nested tuple), run in
+  the master before it prepares, so that 3.14 has specialized their loads as LOAD_CONST_MORTAL;
+  the child calls each of them. ``on`` prepares by default (the loads settled to
+  LOAD_CONST_IMMORTAL), ``off`` with ``COWPROF_SETTLE_CONST_LOADS=0``.
 
 Protocol: after the child's workload the master prints ``READY <master> <child>`` and waits for a
 line on stdin (the test scans the tree meanwhile), then prints one JSON line and exits.
@@ -124,6 +129,25 @@ def malloc_child(heap: list) -> None:
     heap.append([bytes(600 + (i * 37) % 1400) for i in range(N_CHUNKS)])
 
 
+N_CONST_FUNCS = 3000
+
+
+def consts_heap() -> list:
+    namespace: dict = {}
+    exec("".join(f"def c{i}():\n    return ({i}.5, 'a b {i}', b'x {i}', ({i}, (2, 3.5)))\n"
+                 for i in range(N_CONST_FUNCS)), namespace)
+    funcs = [namespace[f"c{i}"] for i in range(N_CONST_FUNCS)]
+    for f in funcs:
+        f()
+    return funcs
+
+
+def consts_child(heap: list) -> None:
+    for _ in range(5):
+        for f in heap:
+            f()
+
+
 def main() -> None:
     scenario, mode = sys.argv[1], sys.argv[2]
     relocation = None
@@ -136,6 +160,11 @@ def main() -> None:
         os.environ["COWPROF_FILL_MALLOC"] = "1" if mode == "on" else "0"
         report = cowprof.prepare_fork(heapmap=False)
         child_work = malloc_child
+    elif scenario == "consts":
+        heap = consts_heap()
+        os.environ["COWPROF_SETTLE_CONST_LOADS"] = "1" if mode == "on" else "0"
+        report = cowprof.prepare_fork(heapmap=False)
+        child_work = consts_child
     elif scenario == "caches":
         heap = caches_heap()
         report = cowprof.prepare_fork(heapmap=False, release_caches=(mode == "on"))
@@ -170,7 +199,8 @@ def main() -> None:
     print(json.dumps({"child_status": status, "filler_bytes": report.filler_bytes,
                       "malloc_filler_bytes": report.malloc_filler_bytes, "malloc_fill_skipped": report.malloc_fill_skipped,
                       "fill_skipped": report.fill_skipped, "relocation": relocation,
-                      "immortalize_skipped": report.immortalize_skipped}))
+                      "immortalize_skipped": report.immortalize_skipped,
+                      "const_loads_settled": report.const_loads_settled}))
 
 
 if __name__ == "__main__":

@@ -270,3 +270,29 @@ def test_prepare_fork_frees_garbage_cycles_before_freezing(setup):
     assert out["freed"], out
     baseline = run_json(_GARBAGE_CYCLE.format(setup=setup.replace("\n", indent), prepare="gc.freeze()"))
     assert not baseline["freed"], baseline
+
+
+@pytest.mark.skipif("LOAD_CONST_MORTAL" not in getattr(__import__("opcode"), "_specialized_opmap", {}),
+                    reason="this CPython has no LOAD_CONST_MORTAL (3.14 only)")
+def test_mortal_constant_loads_become_immortal_and_still_load_the_constant():
+    out = run_json("""
+        import dis, json, sys, cowprof
+        def f():
+            return (1.5, "a b", [2.5, 3.5], b"raw" * 300)
+        def watched():
+            return (4.5, "c d")
+        f(), watched()
+        sys.monitoring.use_tool_id(3, "t")
+        sys.monitoring.set_local_events(3, watched.__code__, sys.monitoring.events.LINE)
+        sys.monitoring.register_callback(3, sys.monitoring.events.LINE, lambda *a: None)
+        ops = lambda fn: [i.opname for i in dis.get_instructions(fn, adaptive=True) if "CONST" in i.opname]
+        before = ops(f)
+        report = cowprof.prepare_fork(heapmap=False)
+        print(json.dumps({"before": before, "after": ops(f), "settled": report.const_loads_settled,
+                          "value": repr(f()), "again": repr(f()), "watched": watched(),
+                          "summary": report.summary()}))
+    """)
+    assert "LOAD_CONST_MORTAL" in out["before"] and "LOAD_CONST_MORTAL" not in out["after"]
+    assert "LOAD_CONST_IMMORTAL" in out["after"] and out["settled"] > 0
+    assert out["value"] == out["again"] == repr((1.5, "a b", [2.5, 3.5], b"raw" * 300))
+    assert out["watched"] == [4.5, "c d"] and "constant loads made immortal" in out["summary"]

@@ -37,3 +37,13 @@ class FillMalloc(TypedDict):
     seconds: float
 
 def fill_malloc(*, max_bytes: int) -> FillMalloc: ...
+
+@type_check_only  # the functions return plain dicts
+class BeforeForkTotals(TypedDict):
+    calls: int
+    pool_bytes: int
+    malloc_bytes: int
+    seconds: float
+
+def fill_before_fork(*, max_bytes: int, empty_pools: bool = True, malloc: bool = True) -> None: ...
+def before_fork_totals() -> BeforeForkTotals: ...

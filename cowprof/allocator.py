@@ -20,6 +20,12 @@ gave back the whole pages inside them.
 :func:`fill_all` runs the three in the order the fork needs (pools, ``malloc_trim``, malloc's
 chunks), with the environment's switches: ``prepare_fork`` and the hot-code relocation both use it.
 
+Between ``prepare_fork`` and a fork the master keeps allocating and freeing (gunicorn's arbiter
+builds each worker's object right before forking it; a pool's master forks its workers one by one),
+so the pools and chunks it used since are partly used again when a worker is forked:
+:func:`fill_before_every_fork` fills them once more right before each ``os.fork()`` of this
+process (``os.register_at_fork``), in C, allocating no object after the fill.
+
 The native part (``cowprof._alloc``) reads the interpreter's own statistics, never an allocator
 structure; when they cannot be read (no pymalloc: ``PYTHONMALLOC=malloc``, a debug build) it fills
 nothing and says why.
@@ -42,14 +48,15 @@ except ImportError as exc:  # a source checkout without the build
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["DEFAULT_MAX_BYTES", "AllocatorFill", "FillResult", "MallocFillResult", "fill_all", "fill_free_blocks",
-           "fill_malloc_chunks", "max_bytes_from_env"]
+__all__ = ["DEFAULT_MAX_BYTES", "AllocatorFill", "FillResult", "MallocFillResult", "before_fork_totals", "fill_all",
+           "fill_before_every_fork", "fill_free_blocks", "fill_malloc_chunks", "max_bytes_from_env"]
 
 #: default cap of what one fill may allocate
 DEFAULT_MAX_BYTES = 16 << 20
 ENV_FILL = "COWPROF_FILL_FREE_BLOCKS"
 ENV_EMPTY_POOLS = "COWPROF_FILL_EMPTY_POOLS"
 ENV_MALLOC = "COWPROF_FILL_MALLOC"
+ENV_BEFORE_FORK = "COWPROF_FILL_BEFORE_FORK"
 
 
 @dataclass(frozen=True)
@@ -156,18 +163,24 @@ class AllocatorFill:
     """Seconds of each step: ``fill`` (pools), ``trim``, ``fill_malloc``."""
 
 
+def _cap(request: bool | int) -> int:
+    """The cap a fill request means, the environment winning (a bad value warns, keeps the request)."""
+    cap = DEFAULT_MAX_BYTES if request is True else int(request)
+    if os.environ.get(ENV_FILL, "").strip():
+        try:
+            cap = max_bytes_from_env()
+        except ValueError as err:
+            warnings.warn(f"cowprof: {err}; using the default", RuntimeWarning, stacklevel=3)
+    return cap
+
+
 def fill_all(request: bool | int = True, *, trim: bool = True) -> AllocatorFill:
     """Leaves no free pool block or malloc chunk: fills the pymalloc pools (with the empty pools
     unless ``COWPROF_FILL_EMPTY_POOLS=0``), runs ``malloc_trim(0)`` (``trim``), then fills malloc's
     free chunks (unless ``COWPROF_FILL_MALLOC=0``). ``request``: ``True`` caps each fill at
     :data:`DEFAULT_MAX_BYTES`, a number at that many bytes, ``False`` fills nothing;
     ``COWPROF_FILL_FREE_BLOCKS`` wins (a bad value warns and keeps the request). Never raises."""
-    cap = DEFAULT_MAX_BYTES if request is True else int(request)
-    if os.environ.get(ENV_FILL, "").strip():
-        try:
-            cap = max_bytes_from_env()
-        except ValueError as err:
-            warnings.warn(f"cowprof: {err}; using the default", RuntimeWarning, stacklevel=2)
+    cap = _cap(request)
     phases: dict[str, float] = {}
     t = time.perf_counter()
     pools = fill_free_blocks(max_bytes=cap, empty_pools=_env.flag(ENV_EMPTY_POOLS, True))
@@ -191,3 +204,45 @@ def _phase(phases: dict[str, float], name: str, since: float) -> float:
     now = time.perf_counter()
     phases[name] = now - since
     return now
+
+
+#: what the at-fork callback fills in this process: (pid, cap, empty pools, malloc), or None
+_before_fork: list[tuple[int, int, bool, bool] | None] = [None]
+
+
+def fill_before_every_fork(request: bool | int = True) -> str | None:
+    """From now on, right before each ``os.fork()`` of this process (not of its children), fills the
+    pools and malloc chunks used since (see the module doc), with the cap and switches of
+    :func:`fill_all`; ``COWPROF_FILL_BEFORE_FORK=0`` turns it off. Calling it again updates the
+    settings. Returns None, or why it is off."""
+    cap = _cap(request)
+    if _alloc is None:
+        return _IMPORT_ERROR
+    if cap <= 0 or not _env.flag(ENV_BEFORE_FORK, True):
+        _before_fork[0] = None
+        return "turned off"
+    if _before_fork[0] is None and not _registered:
+        os.register_at_fork(before=_fill_now)
+        _registered.append(True)
+    _before_fork[0] = (os.getpid(), cap, _env.flag(ENV_EMPTY_POOLS, True), _env.flag(ENV_MALLOC, True))
+    return None
+
+
+_registered: list[bool] = []  # once per process: register_at_fork callbacks cannot be removed
+
+
+def _fill_now() -> None:
+    armed = _before_fork[0]
+    if armed is None or armed[0] != os.getpid() or _alloc is None:
+        return
+    try:
+        _alloc.fill_before_fork(max_bytes=armed[1], empty_pools=armed[2], malloc=armed[3])
+    except Exception:  # noqa: BLE001  # never fail a fork; the totals show whether it ran
+        pass
+
+
+def before_fork_totals() -> dict[str, Any]:
+    """What the fills before forks did in this process so far (and its parent, before the fork):
+    calls, pool_bytes, malloc_bytes, seconds."""
+    return dict(_alloc.before_fork_totals()) if _alloc is not None else {"calls": 0, "pool_bytes": 0,
+                                                                          "malloc_bytes": 0, "seconds": 0.0}

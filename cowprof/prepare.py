@@ -8,7 +8,9 @@
    ``Py_INCREF``/``Py_DECREF`` a worker does on a read no longer writes to its page; exact ``str``
    objects get their hash cached and types get their version tag (both otherwise written lazily).
    Objects with a finalizer (io objects, ``__del__``, generators) and the objects holding them
-   directly stay mortal; :mod:`cowprof.finalize` finalizes at exit those still alive;
+   directly stay mortal; :mod:`cowprof.finalize` finalizes at exit those still alive. On 3.14 the
+   loads of constants that are now immortal become ``LOAD_CONST_IMMORTAL`` (``LOAD_CONST_MORTAL``
+   increfs them without looking);
 3. ``gc.freeze()`` — moves everything tracked to the permanent generation, so the workers'
    collections never write GC headers of the master's objects;
 4. releasing what a worker would free or reuse in pages it shares: the attribute names only the
@@ -21,7 +23,9 @@
 6. ``malloc_trim(0)`` — hands free malloc memory back to the OS instead of to the first worker
    that touches it;
 7. filling glibc malloc's free chunks (what step 6 left of them: their headers), so that the
-   workers' ``malloc`` takes fresh memory instead of the gaps between the master's data.
+   workers' ``malloc`` takes fresh memory instead of the gaps between the master's data;
+8. arming the same two fills right before each later ``os.fork()`` of this process, for what the
+   master allocated and freed since (:func:`cowprof.allocator.fill_before_every_fork`).
 
 Policy lives here; the native module only walks. See docs/fix.md for trade-offs
 (prepared objects are never freed; a second call only handles objects created since).
@@ -288,6 +292,7 @@ def prepare_fork(
     t = _phase(phases, "release", t)
     fills = allocator.fill_all(fill_free_blocks, trim=trim and _native is not None)
     phases.update(fills.phase_seconds)
+    allocator.fill_before_every_fork(fill_free_blocks)
     return PrepareReport(
         objects=int(walk.get("objects", 0)),
         immortalized=int(walk.get("immortalized", 0)),

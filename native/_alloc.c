@@ -222,16 +222,16 @@ PyDoc_STRVAR(fill_pools_doc,
 "avail_before, avail_after (free blocks in used pools), empty_pools_before, empty_pools_after,\n"
 "pool_size, seconds.");
 
-static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"max_bytes", "empty_pools", "discard", NULL};
-    Py_ssize_t max_bytes = -1;
-    int empty_pools = 1, discard = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$npp:fill_pools", kwlist, &max_bytes, &empty_pools, &discard))
-        return NULL;
-    if (max_bytes < 0) {
-        PyErr_SetString(PyExc_ValueError, "max_bytes (>= 0) is required");
-        return NULL;
-    }
+/* What one pool fill did (fill_pools' result). */
+typedef struct {
+    int read;              /* the statistics could be read (pymalloc in use) */
+    const char *reason;    /* why nothing, or not everything, was filled; NULL */
+    size_t spent, blocks, discarded, avail_before, avail_after, empty_before, empty_after, pool_size;
+    double seconds;
+} pools_fill;
+
+/* The fill itself; allocates nothing but the filler blocks (and malloc's, for the statistics' text). */
+static void fill_pools_now(size_t max_bytes, int empty_pools, int discard, pools_fill *out) {
     double t0 = now_seconds();
     pymalloc_stats before, st, after;
     filler_list fillers = {0};
@@ -296,18 +296,36 @@ static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
     int have_after = rc > 0 && read_stats(&after) > 0;
     if (discard) discarded = discard_pages(&fillers);
     free(fillers.block);
-    double seconds = now_seconds() - t0;
+    *out = (pools_fill){
+        .read = rc > 0, .reason = reason, .spent = spent, .blocks = blocks, .discarded = discarded,
+        .avail_before = rc > 0 ? avail_blocks(&before) : 0, .avail_after = have_after ? avail_blocks(&after) : 0,
+        .empty_before = rc > 0 ? before.unused_pools : 0, .empty_after = have_after ? after.unused_pools : 0,
+        .pool_size = rc > 0 ? before.pool_size : 0, .seconds = now_seconds() - t0,
+    };
+}
 
-    PyObject *d = fill_result(rc > 0 && blocks > 0, reason, seconds);
+static PyObject *fill_pools(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"max_bytes", "empty_pools", "discard", NULL};
+    Py_ssize_t max_bytes = -1;
+    int empty_pools = 1, discard = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$npp:fill_pools", kwlist, &max_bytes, &empty_pools, &discard))
+        return NULL;
+    if (max_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_bytes (>= 0) is required");
+        return NULL;
+    }
+    pools_fill r;
+    fill_pools_now((size_t)max_bytes, empty_pools, discard, &r);
+    PyObject *d = fill_result(r.read && r.blocks > 0, r.reason, r.seconds);
     if (d == NULL) return NULL;
-    SET_SIZE(d, "filler_bytes", spent);
-    SET_SIZE(d, "blocks", blocks);
-    SET_SIZE(d, "discarded_bytes", discarded);
-    SET_SIZE(d, "avail_before", rc > 0 ? avail_blocks(&before) : 0);
-    SET_SIZE(d, "avail_after", have_after ? avail_blocks(&after) : 0);
-    SET_SIZE(d, "empty_pools_before", rc > 0 ? before.unused_pools : 0);
-    SET_SIZE(d, "empty_pools_after", have_after ? after.unused_pools : 0);
-    SET_SIZE(d, "pool_size", rc > 0 ? before.pool_size : 0);
+    SET_SIZE(d, "filler_bytes", r.spent);
+    SET_SIZE(d, "blocks", r.blocks);
+    SET_SIZE(d, "discarded_bytes", r.discarded);
+    SET_SIZE(d, "avail_before", r.avail_before);
+    SET_SIZE(d, "avail_after", r.avail_after);
+    SET_SIZE(d, "empty_pools_before", r.empty_before);
+    SET_SIZE(d, "empty_pools_after", r.empty_after);
+    SET_SIZE(d, "pool_size", r.pool_size);
     return d;
 }
 
@@ -389,14 +407,14 @@ PyDoc_STRVAR(fill_malloc_doc,
 "Allocates at most max_bytes. Returns: filled (bool), reason (None or why not everything was\n"
 "filled), filler_bytes, chunks, free_before, free_after (free bytes in the bins), seconds.");
 
-static PyObject *fill_malloc(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"max_bytes", NULL};
-    Py_ssize_t max_bytes = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$n:fill_malloc", kwlist, &max_bytes)) return NULL;
-    if (max_bytes < 0) {
-        PyErr_SetString(PyExc_ValueError, "max_bytes (>= 0) is required");
-        return NULL;
-    }
+/* What one malloc fill did (fill_malloc's result). */
+typedef struct {
+    const char *reason;
+    size_t spent, chunks, free_before, free_after;
+    double seconds;
+} malloc_fill;
+
+static void fill_malloc_now(size_t max_bytes, malloc_fill *out) {
     double t0 = now_seconds();
     size_t spent = 0, chunks = 0, free_before = 0, free_after = 0;
     const char *reason = NULL;
@@ -432,14 +450,73 @@ static PyObject *fill_malloc(PyObject *self, PyObject *args, PyObject *kwargs) {
 #else
     reason = "not glibc 2.33+ malloc";
 #endif
-    double seconds = now_seconds() - t0;
-    PyObject *d = fill_result(chunks > 0, reason, seconds);
+    *out = (malloc_fill){.reason = reason, .spent = spent, .chunks = chunks, .free_before = free_before,
+                         .free_after = free_after, .seconds = now_seconds() - t0};
+}
+
+static PyObject *fill_malloc(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"max_bytes", NULL};
+    Py_ssize_t max_bytes = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$n:fill_malloc", kwlist, &max_bytes)) return NULL;
+    if (max_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_bytes (>= 0) is required");
+        return NULL;
+    }
+    malloc_fill r;
+    fill_malloc_now((size_t)max_bytes, &r);
+    PyObject *d = fill_result(r.chunks > 0, r.reason, r.seconds);
     if (d == NULL) return NULL;
-    SET_SIZE(d, "filler_bytes", spent);
-    SET_SIZE(d, "chunks", chunks);
-    SET_SIZE(d, "free_before", free_before);
-    SET_SIZE(d, "free_after", free_after);
+    SET_SIZE(d, "filler_bytes", r.spent);
+    SET_SIZE(d, "chunks", r.chunks);
+    SET_SIZE(d, "free_before", r.free_before);
+    SET_SIZE(d, "free_after", r.free_after);
     return d;
+}
+
+/* Totals of fill_before_fork() since the module was loaded (in this process and its parent). */
+static struct {
+    size_t calls, pool_bytes, malloc_bytes;
+    double seconds;
+} before_fork_totals;
+
+PyDoc_STRVAR(fill_before_fork_doc,
+"fill_before_fork($module, /, *, max_bytes, empty_pools=True, malloc=True)\n--\n\n"
+"fill_pools(max_bytes=..., empty_pools=...) then, with malloc, fill_malloc(max_bytes=...), for an\n"
+"os.register_at_fork(before=...) callback: allocates no Python object after the fills (the\n"
+"result would sit in a partly used pool a child allocates into) and returns None. Totals:\n"
+"before_fork_totals().");
+
+static PyObject *fill_before_fork(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"max_bytes", "empty_pools", "malloc", NULL};
+    Py_ssize_t max_bytes = -1;
+    int empty_pools = 1, malloc_too = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$npp:fill_before_fork", kwlist, &max_bytes, &empty_pools,
+                                     &malloc_too))
+        return NULL;
+    if (max_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_bytes (>= 0) is required");
+        return NULL;
+    }
+    pools_fill p;
+    fill_pools_now((size_t)max_bytes, empty_pools, 1, &p);
+    malloc_fill m = {0};
+    if (malloc_too) fill_malloc_now((size_t)max_bytes, &m);
+    before_fork_totals.calls++;
+    before_fork_totals.pool_bytes += p.spent;
+    before_fork_totals.malloc_bytes += m.spent;
+    before_fork_totals.seconds += p.seconds + m.seconds;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(before_fork_totals_doc,
+"before_fork_totals($module, /)\n--\n\n"
+"What fill_before_fork() did so far: calls, pool_bytes, malloc_bytes (filler allocated), seconds.");
+
+static PyObject *before_fork_totals_fn(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("{s:n,s:n,s:n,s:d}", "calls", (Py_ssize_t)before_fork_totals.calls,
+                         "pool_bytes", (Py_ssize_t)before_fork_totals.pool_bytes,
+                         "malloc_bytes", (Py_ssize_t)before_fork_totals.malloc_bytes,
+                         "seconds", before_fork_totals.seconds);
 }
 
 PyDoc_STRVAR(stats_doc,
@@ -474,6 +551,9 @@ static PyObject *stats(PyObject *self, PyObject *unused) {
 static PyMethodDef alloc_methods[] = {
     {"fill_pools", (PyCFunction)(void (*)(void))fill_pools, METH_VARARGS | METH_KEYWORDS, fill_pools_doc},
     {"fill_malloc", (PyCFunction)(void (*)(void))fill_malloc, METH_VARARGS | METH_KEYWORDS, fill_malloc_doc},
+    {"fill_before_fork", (PyCFunction)(void (*)(void))fill_before_fork, METH_VARARGS | METH_KEYWORDS,
+     fill_before_fork_doc},
+    {"before_fork_totals", before_fork_totals_fn, METH_NOARGS, before_fork_totals_doc},
     {"stats", stats, METH_NOARGS, stats_doc},
     {NULL, NULL, 0, NULL},
 };

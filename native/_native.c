@@ -17,6 +17,8 @@
  *          It descends into containers the GC does not track (dicts and tuples of atomic values),
  *          into dict keys (dict_traverse skips str keys) and into code objects (not reachable by
  *          tp_traverse: consts, names, local names, file name, qualname, line/exception tables).
+ *          On 3.14, afterwards, LOAD_CONST_MORTAL instructions of constants now immortal become
+ *          LOAD_CONST_IMMORTAL (settle_const_loads).
  *          Heap map records (16 bytes each) go through a small ring of reused chunks to a writer
  *          thread that encodes them (format 3: address deltas and type/size as varints, ~3-4 bytes
  *          a record) and write()s them to the file descriptor Python opened: the walk touches no

@@ -1,7 +1,7 @@
 """A master whose child writes pages it shares only through the allocator or the specializer.
 
 Run as a script by tests/integration/test_residue_cow.py (never imported into pytest):
-    python residue_heap.py {pools|code|caches|malloc|consts} {on|off}
+    python residue_heap.py {pools|code|caches|malloc|consts|late} {on|off}
 
 - ``pools``: the heap holds hundreds of pymalloc pools with free blocks (two of every three small
   tuples freed); the child then allocates tuples of the same size class. ``on`` prepares with the
@@ -24,6 +24,11 @@ Run as a script by tests/integration/test_residue_cow.py (never imported into py
   the master before it prepares, so that 3.14 has specialized their loads as LOAD_CONST_MORTAL;
   the child calls each of them. ``on`` prepares by default (the loads settled to
   LOAD_CONST_IMMORTAL), ``off`` with ``COWPROF_SETTLE_CONST_LOADS=0``.
+
+- ``late``: after ``prepare_fork`` the master makes and frees bytes of 20 sizes (untracked by the GC) (as a server's
+  master does between preparing and forking), leaving partly used pools of each; the child makes
+  as many. ``on`` fills them right before the fork (the default), ``off`` with
+  ``COWPROF_FILL_BEFORE_FORK=0``.
 
 Protocol: after the child's workload the master prints ``READY <master> <child>`` and waits for a
 line on stdin (the test scans the tree meanwhile), then prints one JSON line and exits.
@@ -148,6 +153,15 @@ def consts_child(heap: list) -> None:
             f()
 
 
+def late_after_prepare() -> list:
+    made = [bytes(16 * n) for n in range(1, 21) for _ in range(3000)]
+    return made[::2]  # every other one freed: partly used pools of 20 size classes
+
+
+def late_child(heap: list) -> None:
+    heap.append([bytes(16 * n) for n in range(1, 21) for _ in range(1500)])
+
+
 def main() -> None:
     scenario, mode = sys.argv[1], sys.argv[2]
     relocation = None
@@ -165,6 +179,11 @@ def main() -> None:
         os.environ["COWPROF_SETTLE_CONST_LOADS"] = "1" if mode == "on" else "0"
         report = cowprof.prepare_fork(heapmap=False)
         child_work = consts_child
+    elif scenario == "late":
+        os.environ["COWPROF_FILL_BEFORE_FORK"] = "1" if mode == "on" else "0"
+        report = cowprof.prepare_fork(heapmap=False)
+        heap = late_after_prepare()
+        child_work = late_child
     elif scenario == "caches":
         heap = caches_heap()
         report = cowprof.prepare_fork(heapmap=False, release_caches=(mode == "on"))

@@ -186,3 +186,34 @@ def test_fill_all_runs_the_three_steps_and_obeys_the_switches(env, pools, malloc
             assert got["filled"] and got["filler_bytes"] > 0, got
         else:
             assert got["skipped"] == want and got["filler_bytes"] == 0, got
+
+
+def test_fill_before_every_fork_runs_in_the_armed_process_only():
+    out = run_json("""
+        import json, os
+        from cowprof import allocator
+        def fork_and_report(then=None):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                got = {"child": allocator.before_fork_totals()["calls"]}
+                if then:
+                    got.update(then())
+                os.write(w, json.dumps(got).encode())
+                os._exit(0)
+            os.close(w)
+            data = os.read(r, 10000)
+            os.waitpid(pid, 0)
+            return json.loads(data)
+        armed = allocator.fill_before_every_fork()
+        keep = [bytes(16 * (i % 20 + 1)) for i in range(20_000)][::2]  # partly used pools since
+        first = fork_and_report(lambda: {"grandchild": fork_and_report()["child"]})
+        off = (os.environ.__setitem__("COWPROF_FILL_BEFORE_FORK", "0"), allocator.fill_before_every_fork())[1]
+        after_off = fork_and_report()
+        print(json.dumps({"armed": armed, "first": first, "off": off, "after_off": after_off,
+                          "totals": allocator.before_fork_totals()}))
+    """)
+    assert out["armed"] is None and out["first"]["child"] == 1
+    assert out["first"]["grandchild"] == 1  # the child forked without filling: not the armed process
+    assert out["off"] == "turned off" and out["after_off"]["child"] == 1  # no second fill
+    assert out["totals"]["calls"] == 1 and out["totals"]["pool_bytes"] > 0

@@ -24,7 +24,11 @@ Between ``prepare_fork`` and a fork the master keeps allocating and freeing (gun
 builds each worker's object right before forking it; a pool's master forks its workers one by one),
 so the pools and chunks it used since are partly used again when a worker is forked:
 :func:`fill_before_every_fork` fills them once more right before each ``os.fork()`` of this
-process (``os.register_at_fork``), in C, allocating no object after the fill.
+process (``os.register_at_fork``), in C, allocating no object after the fill. Opt-in
+(``COWPROF_FILL_BEFORE_FORK=1``): it helps a master that frees much between preparing and forking
+(a child copies ~190 instead of ~3,400 pages in the test), but on a stock Django master under
+gunicorn each worker copied 0.1–0.3 MiB more with it and the master held 0.3–2 MiB more (its
+fresh pools' untouched pages get touched by the filler; BENCHMARKS.md).
 
 The native part (``cowprof._alloc``) reads the interpreter's own statistics, never an allocator
 structure; when they cannot be read (no pymalloc: ``PYTHONMALLOC=malloc``, a debug build) it fills
@@ -210,15 +214,15 @@ def _phase(phases: dict[str, float], name: str, since: float) -> float:
 _before_fork: list[tuple[int, int, bool, bool] | None] = [None]
 
 
-def fill_before_every_fork(request: bool | int = True) -> str | None:
+def fill_before_every_fork(request: bool | int = True, *, enabled: bool = False) -> str | None:
     """From now on, right before each ``os.fork()`` of this process (not of its children), fills the
     pools and malloc chunks used since (see the module doc), with the cap and switches of
-    :func:`fill_all`; ``COWPROF_FILL_BEFORE_FORK=0`` turns it off. Calling it again updates the
-    settings. Returns None, or why it is off."""
+    :func:`fill_all`, when ``COWPROF_FILL_BEFORE_FORK=1`` or ``enabled`` (the environment wins).
+    Calling it again updates the settings. Returns None, or why it is off."""
     cap = _cap(request)
     if _alloc is None:
         return _IMPORT_ERROR
-    if cap <= 0 or not _env.flag(ENV_BEFORE_FORK, True):
+    if cap <= 0 or not _env.flag(ENV_BEFORE_FORK, enabled):
         _before_fork[0] = None
         return "turned off"
     if _before_fork[0] is None and not _registered:

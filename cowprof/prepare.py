@@ -24,8 +24,9 @@
    that touches it;
 7. filling glibc malloc's free chunks (what step 6 left of them: their headers), so that the
    workers' ``malloc`` takes fresh memory instead of the gaps between the master's data;
-8. arming the same two fills right before each later ``os.fork()`` of this process, for what the
-   master allocated and freed since (:func:`cowprof.allocator.fill_before_every_fork`).
+8. with ``COWPROF_FILL_BEFORE_FORK=1``, arming the same two fills right before each later
+   ``os.fork()`` of this process, for what the master allocated and freed since
+   (:func:`cowprof.allocator.fill_before_every_fork`; off by default, see there).
 
 Policy lives here; the native module only walks. See docs/fix.md for trade-offs
 (prepared objects are never freed; a second call only handles objects created since).

@@ -21,7 +21,7 @@ and causes (attribution). Modes (``--modes``, default all):
   default without, cumulatively, the fill of malloc's free chunks, of the empty pools, and the
   release of the type cache and free lists (the default before issue 14's second round);
 - ``zero-config-no-settle``: the default with 3.14's LOAD_CONST_MORTAL loads left as they are;
-- ``zero-config-no-fork-fill``: the default without the fill right before each fork;
+- ``zero-config-fork-fill``: the default plus the (opt-in) fill right before each fork;
 - ``zero-config``: the default (nothing set but the config module), on a first start;
 - ``zero-config-second-start``: the same, after one start of the same app served the same load and
   stopped (its workers' learned hot code is relocated by the second master).
@@ -84,7 +84,7 @@ def modes(tmp: Path) -> dict[str, dict[str, str]]:
         "zero-config-no-empty-pools": {"COWPROF_FILL_EMPTY_POOLS": "0", "COWPROF_FILL_MALLOC": "0"},
         "zero-config-no-malloc-fill": {"COWPROF_FILL_MALLOC": "0"},
         "zero-config-no-settle": {"COWPROF_SETTLE_CONST_LOADS": "0"},
-        "zero-config-no-fork-fill": {"COWPROF_FILL_BEFORE_FORK": "0"},
+        "zero-config-fork-fill": {"COWPROF_FILL_BEFORE_FORK": "1"},
         "zero-config": {},
         "zero-config-second-start": {SECOND_START: "1"},
     }

@@ -27,7 +27,7 @@ Run as a script by tests/integration/test_residue_cow.py (never imported into py
 
 - ``late``: after ``prepare_fork`` the master makes and frees bytes of 20 sizes (untracked by the GC) (as a server's
   master does between preparing and forking), leaving partly used pools of each; the child makes
-  as many. ``on`` fills them right before the fork (the default), ``off`` with
+  as many. ``on`` fills them right before the fork (``COWPROF_FILL_BEFORE_FORK=1``, opt-in), ``off`` with
   ``COWPROF_FILL_BEFORE_FORK=0``.
 
 Protocol: after the child's workload the master prints ``READY <master> <child>`` and waits for a

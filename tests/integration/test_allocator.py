@@ -205,15 +205,16 @@ def test_fill_before_every_fork_runs_in_the_armed_process_only():
             data = os.read(r, 10000)
             os.waitpid(pid, 0)
             return json.loads(data)
-        armed = allocator.fill_before_every_fork()
+        default = allocator.fill_before_every_fork()
+        armed = allocator.fill_before_every_fork(enabled=True)
         keep = [bytes(16 * (i % 20 + 1)) for i in range(20_000)][::2]  # partly used pools since
         first = fork_and_report(lambda: {"grandchild": fork_and_report()["child"]})
         off = (os.environ.__setitem__("COWPROF_FILL_BEFORE_FORK", "0"), allocator.fill_before_every_fork())[1]
         after_off = fork_and_report()
-        print(json.dumps({"armed": armed, "first": first, "off": off, "after_off": after_off,
+        print(json.dumps({"default": default, "armed": armed, "first": first, "off": off, "after_off": after_off,
                           "totals": allocator.before_fork_totals()}))
     """)
-    assert out["armed"] is None and out["first"]["child"] == 1
+    assert out["default"] == "turned off" and out["armed"] is None and out["first"]["child"] == 1
     assert out["first"]["grandchild"] == 1  # the child forked without filling: not the armed process
     assert out["off"] == "turned off" and out["after_off"]["child"] == 1  # no second fill
     assert out["totals"]["calls"] == 1 and out["totals"]["pool_bytes"] > 0

@@ -145,6 +145,13 @@ class Fingerprint:
     def __len__(self) -> int:
         return len(self._graph.codes)
 
+    def retake(self) -> None:
+        """Hashes the same code objects again, in place (no object kept): for bytecode the master
+        itself changed after the fingerprint (the walk's settled constant loads on 3.14)."""
+        graph = self._graph
+        for i, code in enumerate(graph.codes):
+            graph.hashes[i] = _adaptive_hash(code)
+
     def written(self) -> list[CodeKey]:
         """Keys of the code objects whose adaptive bytecode changed since the fingerprint."""
         return sorted(code_key(c) for c in self._graph.changed())

@@ -258,6 +258,14 @@ def record_master(key: str | None = None) -> str | None:
     return None
 
 
+def retake_fingerprint() -> None:
+    """Hashes the fingerprint's code objects again (see :meth:`cowprof.hotcode.Fingerprint.retake`),
+    when :func:`record_master` took one."""
+    fingerprint = _state["fingerprint"]
+    if fingerprint is not None:
+        fingerprint.retake()
+
+
 def preload_requested(environ: dict[str, str] | None = None) -> bool:
     """Whether ``COWPROF_PRELOAD`` asks to import the learned modules (``learned`` or ``1``)."""
     env = os.environ if environ is None else environ

@@ -283,6 +283,10 @@ def prepare_fork(
             _finalize.register(walk.pop("finalizable", ()))
             _finalize.install()
         t = _phase(phases, "finalize", t)
+        if walk.get("const_loads_settled") and "cowprof.preload" in sys.modules:
+            # the walk rewrote bytecode the fingerprint hashed: workers must not take it for theirs
+            sys.modules["cowprof.preload"].retake_fingerprint()
+            t = _phase(phases, "fingerprint", t)
     walk.pop("finalizable", None)
     if freeze:
         gc.freeze()

@@ -40,6 +40,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from cowprof import _env, allocator
@@ -362,14 +363,17 @@ def _preloaded() -> tuple[str, ...]:
 def _opcode_caches() -> bytes | None:
     """The inline cache entries of every opcode, specialized ones included (256 bytes, from the
     running interpreter's ``opcode`` module), for the walk to step through adaptive bytecode; None
-    where the module does not describe them (before 3.13, which the walk does not need it for)."""
+    where the module does not describe them all (before 3.13, which the walk does not need it for)."""
     import opcode
 
     entries = getattr(opcode, "_inline_cache_entries", None)
-    if not isinstance(entries, dict):
+    if not isinstance(entries, Mapping):  # 3.15: a frozendict; 3.12: a list by opcode number
         return None
-    numbers = {**opcode.opmap, **getattr(opcode, "_specialized_opmap", {})}
+    specialized = getattr(opcode, "_specialized_opmap", {})
     family = getattr(opcode, "_specializations", {})
+    if set(specialized) - {member for members in family.values() for member in members}:
+        return None  # a specialized opcode of no known family: its cache size would be a guess
+    numbers = {**opcode.opmap, **specialized}
     table = bytearray(256)
     for name, count in entries.items():
         for member in (name, *family.get(name, ())):

@@ -1,5 +1,6 @@
 # Typed stub of the native module (native/_alloc.c), checked against it by mypy.stubtest
 # (scripts/check_types).
+from collections.abc import Sequence
 from typing import TypedDict, type_check_only
 
 @type_check_only  # the functions return plain dicts
@@ -47,3 +48,5 @@ class BeforeForkTotals(TypedDict):
 
 def fill_before_fork(*, max_bytes: int, empty_pools: bool = True, malloc: bool = True) -> None: ...
 def before_fork_totals() -> BeforeForkTotals: ...
+
+def no_hugepages(ranges: Sequence[tuple[int, int]]) -> tuple[int, int, int]: ...

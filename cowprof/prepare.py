@@ -24,7 +24,10 @@
    that touches it;
 7. filling glibc malloc's free chunks (what step 6 left of them: their headers), so that the
    workers' ``malloc`` takes fresh memory instead of the gaps between the master's data;
-8. with ``COWPROF_FILL_BEFORE_FORK=1``, arming the same two fills right before each later
+8. advising ``MADV_NOHUGEPAGE`` on the anonymous memory, so that khugepaged collapses no 2 MiB
+   range of it into a huge page in the master or a worker, which copies every page of the range
+   the processes still share (:mod:`cowprof.hugepages`);
+9. with ``COWPROF_FILL_BEFORE_FORK=1``, arming the same two fills right before each later
    ``os.fork()`` of this process, for what the master allocated and freed since
    (:func:`cowprof.allocator.fill_before_every_fork`; off by default, see there).
 
@@ -43,7 +46,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from cowprof import _env, allocator
+from cowprof import _env, allocator, hugepages
 
 try:
     from cowprof import _native
@@ -112,6 +115,10 @@ class PrepareReport:
     workers' ``malloc`` takes fresh memory (see cowprof.allocator); their pages stay given back."""
     malloc_fill_skipped: str | None = None
     """Why malloc's free chunks were not (all) filled, or None."""
+    no_hugepages_bytes: int = 0
+    """Bytes of anonymous memory advised ``MADV_NOHUGEPAGE`` (see cowprof.hugepages)."""
+    no_hugepages_skipped: str | None = None
+    """Why that memory was not (all) advised (e.g. huge pages are off), or None."""
     late_imports: tuple[str, ...] = ()
     """Modules the workers of this app's earlier masters imported after the fork (each then
     loaded once per worker): cowprof.preload's learned list."""
@@ -127,7 +134,7 @@ class PrepareReport:
     thread included; ``writer_wait``: how much of it the walk waited for that thread), ``heapmap``
     (the map's metadata, renaming it into place), ``finalize`` (registering the objects left
     mortal), ``freeze``, ``release`` (type cache and free lists), ``fill`` (free pool blocks), ``trim``,
-    ``fill_malloc``."""
+    ``fill_malloc``, ``hugepages``."""
 
     @property
     def immortalize_ran(self) -> bool:
@@ -157,6 +164,8 @@ class PrepareReport:
             parts.append("malloc_trim released memory")
         if self.malloc_filler_bytes:
             parts.append(f"{self.malloc_filler_bytes / 1e6:,.2f} MB of free malloc chunks filled")
+        if self.no_hugepages_bytes:
+            parts.append(f"huge pages kept off {self.no_hugepages_bytes / 1e6:,.1f} MB")
         if not self.full_walk:
             parts.append("repeat call: only new objects walked")
         return "; ".join(parts)
@@ -196,6 +205,7 @@ def immortalize_unavailable() -> str | None:
 
 ENV_RELEASE = "COWPROF_RELEASE_CACHES"
 ENV_SETTLE_LOADS = "COWPROF_SETTLE_CONST_LOADS"
+ENV_NO_HUGEPAGES = "COWPROF_NO_HUGEPAGES"
 
 
 def _warn_once(message: str) -> None:
@@ -207,6 +217,7 @@ def _warn_once(message: str) -> None:
 def prepare_fork(
     *, immortalize: bool = True, freeze: bool = True, trim: bool = True, heapmap: bool | str = True,
     fill_free_blocks: bool | int = True, release_caches: bool = True, record_imports: bool = True,
+    no_hugepages: bool = True,
 ) -> PrepareReport:
     """Prepare the current (master) process's heap to be shared with workers forked after it.
 
@@ -232,6 +243,9 @@ def prepare_fork(
     ``record_imports``: learn which modules earlier workers of this app imported after the fork
     and have the children forked from now on record theirs (``cowprof.preload``; small files in
     cowprof's private preload directory).
+
+    ``no_hugepages``: advise ``MADV_NOHUGEPAGE`` on the anonymous memory last (``cowprof.hugepages``);
+    ``COWPROF_NO_HUGEPAGES`` (``0`` or ``1``) overrides it.
     """
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
@@ -298,6 +312,10 @@ def prepare_fork(
     t = _phase(phases, "release", t)
     fills = allocator.fill_all(fill_free_blocks, trim=trim and _native is not None)
     phases.update(fills.phase_seconds)
+    t = time.perf_counter()
+    advice = (hugepages.keep_off_shared_heap() if _env.flag(ENV_NO_HUGEPAGES, no_hugepages)
+              else hugepages.HugePageAdvice(0, "not requested"))
+    _phase(phases, "hugepages", t)
     allocator.fill_before_every_fork(fill_free_blocks)
     return PrepareReport(
         objects=int(walk.get("objects", 0)),
@@ -323,6 +341,8 @@ def prepare_fork(
         fill_skipped=fills.pools.skipped,
         malloc_filler_bytes=fills.malloc.filler_bytes,
         malloc_fill_skipped=fills.malloc.skipped,
+        no_hugepages_bytes=advice.bytes,
+        no_hugepages_skipped=advice.skipped,
         late_imports=learned,
         preloaded=_preloaded(),
         imports_error=imports_error,

@@ -17,9 +17,15 @@
  * No allocator structure is read; when the text does not parse, nothing is filled and the reason
  * is returned. The filler blocks come from PyObject_Malloc(size of the class), in one C loop with no
  * Python code in between, so nothing else allocates while a class is being filled.
+ *
+ * no_hugepages() advises MADV_NOHUGEPAGE on given address ranges (the master's anonymous memory right
+ * before fork): khugepaged would otherwise collapse a 2 MiB range of the shared heap into a huge page
+ * in the master or a worker, copying every 4 KiB page of it that the processes still shared.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -548,6 +554,47 @@ static PyObject *stats(PyObject *self, PyObject *unused) {
                          "pool_size", (Py_ssize_t)st.pool_size, "arenas", (Py_ssize_t)st.arenas);
 }
 
+PyDoc_STRVAR(no_hugepages_doc,
+"no_hugepages($module, /, ranges)\n--\n\n"
+"madvise(MADV_NOHUGEPAGE) on each (start, end) address range of this process (page aligned).\n"
+"Returns (bytes advised, number of ranges the kernel refused, errno of the first refusal or 0).");
+
+static PyObject *no_hugepages(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"ranges", NULL};
+    PyObject *ranges;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:no_hugepages", kwlist, &ranges)) return NULL;
+    PyObject *seq = PySequence_Fast(ranges, "ranges must be a sequence of (start, end)");
+    if (seq == NULL) return NULL;
+    size_t advised = 0;
+    Py_ssize_t refused = 0;
+    int first_errno = 0;
+    long page = sysconf(_SC_PAGESIZE);
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        unsigned long long start, end;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KK:range", &start, &end)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (end <= start || start % (unsigned long long)page || end % (unsigned long long)page) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "range %llx-%llx is empty or not page aligned", start, end);
+            return NULL;
+        }
+#ifdef MADV_NOHUGEPAGE
+        if (madvise((void *)(uintptr_t)start, (size_t)(end - start), MADV_NOHUGEPAGE) == 0) {
+            advised += (size_t)(end - start);
+            continue;
+        }
+        if (first_errno == 0) first_errno = errno;
+#else
+        if (first_errno == 0) first_errno = ENOSYS;
+#endif
+        refused++;
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(nni)", (Py_ssize_t)advised, refused, first_errno);
+}
+
 static PyMethodDef alloc_methods[] = {
     {"fill_pools", (PyCFunction)(void (*)(void))fill_pools, METH_VARARGS | METH_KEYWORDS, fill_pools_doc},
     {"fill_malloc", (PyCFunction)(void (*)(void))fill_malloc, METH_VARARGS | METH_KEYWORDS, fill_malloc_doc},
@@ -555,12 +602,15 @@ static PyMethodDef alloc_methods[] = {
      fill_before_fork_doc},
     {"before_fork_totals", before_fork_totals_fn, METH_NOARGS, before_fork_totals_doc},
     {"stats", stats, METH_NOARGS, stats_doc},
+    {"no_hugepages", (PyCFunction)(void (*)(void))no_hugepages, METH_VARARGS | METH_KEYWORDS, no_hugepages_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef alloc_module = {
     PyModuleDef_HEAD_INIT, "cowprof._alloc",
-    "Fills partly used pymalloc pools before fork (see native/_alloc.c).", -1, alloc_methods,
+    "Fills partly used pymalloc pools and keeps huge pages off the shared heap before fork\n"
+    "(see native/_alloc.c).",
+    -1, alloc_methods,
 };
 
 PyMODINIT_FUNC PyInit__alloc(void) {

@@ -1,7 +1,7 @@
 """A master whose child writes pages it shares only through the allocator or the specializer.
 
 Run as a script by tests/integration/test_residue_cow.py (never imported into pytest):
-    python residue_heap.py {pools|code|caches|malloc|consts|late} {on|off}
+    python residue_heap.py {pools|code|caches|malloc|consts|late|hugepages} {on|off}
 
 - ``pools``: the heap holds hundreds of pymalloc pools with free blocks (two of every three small
   tuples freed); the child then allocates tuples of the same size class. ``on`` prepares with the
@@ -11,7 +11,7 @@ Run as a script by tests/integration/test_residue_cow.py (never imported into py
   ``__getattr__``), so every call writes its code object; the child calls each of them. ``on``
   relocates the hot code (cowprof.hotcode) before preparing, ``off`` does not.
 
-- ``caches``: 4,000 attribute names made at run time and looked up on 64 classes, so that only
+- ``caches``: 8,000 attribute names made at run time and looked up on 64 classes, so that only
   the type attribute cache holds them; the child looks up as many other names, and each entry it
   replaces frees a name of the master's. ``on`` prepares with ``release_caches=True`` (the
   default), ``off`` with ``release_caches=False``.
@@ -29,6 +29,12 @@ Run as a script by tests/integration/test_residue_cow.py (never imported into py
   master does between preparing and forking), leaving partly used pools of each; the child makes
   as many. ``on`` fills them right before the fork (``COWPROF_FILL_BEFORE_FORK=1``, opt-in), ``off`` with
   ``COWPROF_FILL_BEFORE_FORK=0``.
+
+- ``hugepages``: an 8 MiB buffer (a malloc'd mapping of its own); the child asks the kernel to
+  collapse each 2 MiB range inside it into a huge page (``MADV_COLLAPSE``, what khugepaged does on
+  its own schedule to a range a process has partly written), which copies the whole range. ``on``
+  prepares by default (the mappings advised ``MADV_NOHUGEPAGE``: the kernel refuses), ``off`` with
+  ``COWPROF_NO_HUGEPAGES=0``. The child reports the ``madvise`` results.
 
 Protocol: after the child's workload the master prints ``READY <master> <child>`` and waits for a
 line on stdin (the test scans the tree meanwhile), then prints one JSON line and exits.
@@ -103,7 +109,7 @@ def code_child(heap: list) -> None:
     call_all(heap, 20)
 
 
-N_NAMES = 4000
+N_NAMES = 8000
 # the cache's slot is the type's version tag mixed with the name's address (3.12+): names looked up
 # on many classes land in as many different slots
 LOOKED = [type(f"Looked{k}", (), {}) for k in range(64)]
@@ -162,6 +168,27 @@ def late_child(heap: list) -> None:
     heap.append([bytes(16 * n) for n in range(1, 21) for _ in range(1500)])
 
 
+HUGE = 2 << 20
+MADV_COLLAPSE = 25  # linux/mman.h, kernel 6.1+
+
+
+def hugepages_heap() -> bytearray:
+    return bytearray(b"h" * (4 * HUGE))
+
+
+def hugepages_child(heap: bytearray) -> list[int]:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    start = ctypes.addressof((ctypes.c_char * len(heap)).from_buffer(heap))
+    first = (start + HUGE - 1) // HUGE * HUGE
+    errnos = []
+    for addr in range(first, start + len(heap) - HUGE + 1, HUGE):
+        errnos.append(0 if libc.madvise(addr, HUGE, MADV_COLLAPSE) == 0 else ctypes.get_errno())
+    return errnos
+
+
 def main() -> None:
     scenario, mode = sys.argv[1], sys.argv[2]
     relocation = None
@@ -184,6 +211,11 @@ def main() -> None:
         report = cowprof.prepare_fork(heapmap=False)
         heap = late_after_prepare()
         child_work = late_child
+    elif scenario == "hugepages":
+        heap = hugepages_heap()
+        os.environ["COWPROF_NO_HUGEPAGES"] = "1" if mode == "on" else "0"
+        report = cowprof.prepare_fork(heapmap=False)
+        child_work = hugepages_child
     elif scenario == "caches":
         heap = caches_heap()
         report = cowprof.prepare_fork(heapmap=False, release_caches=(mode == "on"))
@@ -205,11 +237,10 @@ def main() -> None:
     pid = os.fork()
     if pid == 0:
         cowprof.after_fork()
-        child_work(heap)
-        os.write(done_w, b"x")
+        os.write(done_w, json.dumps(child_work(heap)).encode())
         os.read(go_r, 1)
         os._exit(0)
-    os.read(done_r, 1)
+    child_result = json.loads(os.read(done_r, 1 << 16))
     sys.stdout.write(f"READY {os.getpid()} {pid}\n")
     sys.stdout.flush()
     sys.stdin.readline()
@@ -219,7 +250,9 @@ def main() -> None:
                       "malloc_filler_bytes": report.malloc_filler_bytes, "malloc_fill_skipped": report.malloc_fill_skipped,
                       "fill_skipped": report.fill_skipped, "relocation": relocation,
                       "immortalize_skipped": report.immortalize_skipped,
-                      "const_loads_settled": report.const_loads_settled}))
+                      "const_loads_settled": report.const_loads_settled, "child_result": child_result,
+                      "no_hugepages_bytes": report.no_hugepages_bytes,
+                      "no_hugepages_skipped": report.no_hugepages_skipped}))
 
 
 if __name__ == "__main__":

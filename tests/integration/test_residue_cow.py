@@ -3,7 +3,8 @@ test can fail): the allocator fill (a child allocating into the master's partly 
 code relocation (a child whose calls write the code objects they run) and the released type
 attribute cache (a child whose lookups free the names only that cache held) and the malloc fill
 (a child whose malloc() reuses the master's free chunks) and, on 3.14, the settled constant loads (a
-child whose LOAD_CONST_MORTAL writes the refcounts of constants made immortal)."""
+child whose LOAD_CONST_MORTAL writes the refcounts of constants made immortal) and the huge-page
+advice (a range of the shared heap collapsed into a huge page, as khugepaged does, in the child)."""
 from __future__ import annotations
 
 import functools
@@ -59,9 +60,11 @@ def residue() -> Callable[[str, str], dict]:
 # packed), off ~1,600
 POOLS_BAR = 400 * PAGE
 CODE_BAR = 700 * PAGE
-# measured on 3.12 (2026-12-02): caches on ~135 pages (the cache's own array, the child's names),
-# off ~245 (the master's names freed all over its pools, and the child's allocated in their place)
-CACHES_BAR = 190 * PAGE
+# measured 2026-12-03 with 8,000 names (the 4,096-entry cache full whatever the hash seed; with
+# 4,000, off went as low as 187 pages): caches on 104-115 pages on 3.12-3.15 (the cache's own
+# array, the child's names), off 277-373 (the master's names freed all over its pools, and the
+# child's allocated in their place)
+CACHES_BAR = 180 * PAGE
 # measured on 3.12 (2026-12-02): malloc on ~80 pages copied and ~2,000 new (the child's 6,000
 # bytes objects packed in fresh memory), off ~4,000 copied and ~160 new (each one in a free chunk
 # of the master's, a page copied for each)
@@ -174,3 +177,26 @@ def test_fill_before_fork_covers_what_the_master_freed_after_preparing(residue):
 def test_without_fill_before_fork_the_child_reuses_the_masters_late_free_blocks(residue):
     off = residue("late", "off")
     assert off["copied"] >= LATE_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages without the fill before fork"
+
+
+# measured 2026-12-03 on 3.12/3.15: hugepages on ~210 pages copied (the child's ctypes), off ~1,740
+# (three 2 MiB ranges collapsed, each copied whole)
+HUGEPAGES_BAR = 1000 * PAGE
+
+
+@pytest.mark.slow
+def test_shared_heap_advised_no_huge_pages_is_never_collapsed(residue):
+    on = residue("hugepages", "on")
+    assert on["no_hugepages_skipped"] is None and on["no_hugepages_bytes"] >= 8 << 20
+    assert on["child_result"] and all(e != 0 for e in on["child_result"]), on["child_result"]  # refused
+    assert on["copied"] < HUGEPAGES_BAR, f"child copied {on['copied'] / PAGE:.0f} pages with huge pages kept off"
+
+
+@pytest.mark.slow
+def test_a_collapsed_huge_page_copies_the_whole_shared_range(residue):
+    off = residue("hugepages", "off")
+    if off["child_result"] and all(e == 22 for e in off["child_result"]):  # EINVAL: no MADV_COLLAPSE
+        pytest.skip(f"this kernel ({os.uname().release}) has no MADV_COLLAPSE (Linux 6.1+) to collapse with")
+    assert off["no_hugepages_bytes"] == 0 and off["no_hugepages_skipped"] == "not requested"
+    assert off["child_result"] and not any(off["child_result"]), off["child_result"]
+    assert off["copied"] >= HUGEPAGES_BAR, f"child copied only {off['copied'] / PAGE:.0f} pages when collapsed"

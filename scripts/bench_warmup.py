@@ -22,6 +22,8 @@ and causes (attribution). Modes (``--modes``, default all):
   release of the type cache and free lists (the default before issue 14's second round);
 - ``zero-config-no-settle``: the default with 3.14's LOAD_CONST_MORTAL loads left as they are;
 - ``zero-config-fork-fill``: the default plus the (opt-in) fill right before each fork;
+- ``zero-config-hugepages``: the default with the master's memory left open to transparent huge
+  pages (``COWPROF_NO_HUGEPAGES=0``, the default before);
 - ``zero-config``: the default (nothing set but the config module), on a first start;
 - ``zero-config-second-start``: the same, after one start of the same app served the same load and
   stopped (its workers' learned hot code is relocated by the second master).
@@ -85,6 +87,7 @@ def modes(tmp: Path) -> dict[str, dict[str, str]]:
         "zero-config-no-malloc-fill": {"COWPROF_FILL_MALLOC": "0"},
         "zero-config-no-settle": {"COWPROF_SETTLE_CONST_LOADS": "0"},
         "zero-config-fork-fill": {"COWPROF_FILL_BEFORE_FORK": "1"},
+        "zero-config-hugepages": {"COWPROF_NO_HUGEPAGES": "0"},
         "zero-config": {},
         "zero-config-second-start": {SECOND_START: "1"},
     }

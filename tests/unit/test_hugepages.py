@@ -3,17 +3,20 @@ tests/integration/test_residue_cow.py)."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import re
 
-from cowprof import hugepages, procfs
+import pytest
+
+from cowprof import _alloc, hugepages, procfs
 
 MAPS = b"""\
 55d0c0000000-55d0c0021000 rw-p 00000000 00:00 0                          [heap]
-7f0000000000-7f0000400000 rw-p 00000000 00:00 0 
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0
 7f0000400000-7f0000500000 rw-p 00000000 00:00 0                          [anon:cpython:pymalloc]
-7f0000500000-7f0000600000 r--p 00000000 00:00 0 
+7f0000500000-7f0000600000 r--p 00000000 00:00 0
 7f0000600000-7f0000700000 rw-s 00000000 00:01 4242                       /dev/zero (deleted)
 7f0000700000-7f0000701000 rw-p 00030000 08:01 1234                       /usr/lib/libc.so.6
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
@@ -44,3 +47,14 @@ def test_the_advice_marks_this_process_mappings_no_huge_page():
         assert " nh" in _flags(start)
     finally:
         m.close()
+
+
+def test_the_native_call_counts_refusals_and_rejects_unaligned_ranges():
+    m = mmap.mmap(-1, 2 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    m.close()  # unmapped now: the kernel refuses the advice (ENOMEM)
+    assert _alloc.no_hugepages([(start, start + mmap.PAGESIZE)]) == (0, 1, errno.ENOMEM)
+    with pytest.raises(ValueError, match="not page aligned"):
+        _alloc.no_hugepages([(start + 1, start + mmap.PAGESIZE)])
+    with pytest.raises(ValueError, match="empty"):
+        _alloc.no_hugepages([(start, start)])

@@ -29,6 +29,7 @@ generators keep the code they started with.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 import types
@@ -41,6 +42,10 @@ __all__ = ["CodeKey", "Fingerprint", "RelocationResult", "code_key", "relocate",
 
 #: what names a code object across processes and restarts: (co_filename, co_firstlineno, co_qualname)
 CodeKey = tuple[str, int, str]
+
+#: cowprof's own code: never hot (the master runs its preparation after the fingerprint, and its
+#: per-worker hooks are a few small functions)
+_OWN_CODE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,10 @@ class _CodeGraph:
         self.hashes = array("q", (_adaptive_hash(c) for c in self.codes))
 
     def changed(self) -> set[types.CodeType]:
-        """Code objects whose adaptive bytecode changed since the snapshot (this module's own,
-        which the snapshot itself runs, excepted)."""
-        return {c for c, h in zip(self.codes, self.hashes) if _adaptive_hash(c) != h and c.co_filename != __file__}
+        """Code objects whose adaptive bytecode changed since the snapshot, cowprof's own excepted
+        (the snapshot itself runs this module; ``prepare_fork`` runs after the fingerprint)."""
+        return {c for c, h in zip(self.codes, self.hashes)
+                if _adaptive_hash(c) != h and not c.co_filename.startswith(_OWN_CODE)}
 
     def with_parents(self, hot: set[types.CodeType]) -> set[types.CodeType]:
         """``hot`` plus every code object that holds one of them as a constant, transitively."""

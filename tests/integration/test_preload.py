@@ -120,6 +120,9 @@ def test_worker_records_the_code_objects_it_wrote(preload_dir):
     names = {line.split("\t")[2] for line in lines}
     assert "worker_only" in names          # run only in the worker: written there
     assert "master_only" not in names      # run in the master only: the worker never wrote it
+    # nor cowprof's own code, which prepare_fork ran in the master after the fingerprint
+    own = [line for line in lines if "/cowprof/" in line.split("\t")[0]]
+    assert not own, own[:5]
 
 
 @needs_312

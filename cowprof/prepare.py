@@ -118,7 +118,8 @@ class PrepareReport:
     no_hugepages_bytes: int = 0
     """Bytes of anonymous memory advised ``MADV_NOHUGEPAGE`` (see cowprof.hugepages)."""
     no_hugepages_skipped: str | None = None
-    """Why that memory was not (all) advised (e.g. huge pages are off), or None."""
+    """Why that memory was not (all) advised (``"not requested"``, the native module not built,
+    ``/proc`` unreadable, the kernel refusing), or None."""
     late_imports: tuple[str, ...] = ()
     """Modules the workers of this app's earlier masters imported after the fork (each then
     loaded once per worker): cowprof.preload's learned list."""

@@ -23,8 +23,8 @@ What can be changed is where those code objects are. :func:`relocate`:
 The copies start unspecialized: the caller runs its warm-up again so the master specializes them
 before the fork. Cost: the copies (the hot code's size, ~200 KB on that Django project) stay in
 the master; the originals are freed unless something else references them. Functions frozen by
-an earlier ``gc.freeze()`` are not seen (``gc.get_objects`` does not list them); running frames and
-generators keep the code they started with.
+an earlier ``gc.freeze()`` are seen on 3.14+ only (the GC's visit lists its permanent generation
+there, not on 3.12/3.13); running frames and generators keep the code they started with.
 """
 from __future__ import annotations
 
@@ -96,6 +96,18 @@ def _adaptive_hash(code: types.CodeType) -> int:
     return hash(code._co_code_adaptive)  # type: ignore[attr-defined]
 
 
+def _all_functions() -> list[types.FunctionType]:
+    """Every function object the GC tracks: from the native module's visit where it is built (a
+    list of every tracked object, then a type test each, took 0.28 s on a heap of 4M instances)."""
+    try:
+        from cowprof import _native
+    except ImportError:  # a source checkout without the build
+        _native = None  # type: ignore[assignment]
+    if _native is not None and hasattr(_native, "functions"):
+        return _native.functions()
+    return [o for o in gc.get_objects() if type(o) is types.FunctionType]
+
+
 class _CodeGraph:
     """Every live Python function, the code objects they run and the code objects nested in those.
 
@@ -106,7 +118,7 @@ class _CodeGraph:
     """
 
     def __init__(self) -> None:
-        self.functions = [o for o in gc.get_objects() if type(o) is types.FunctionType]
+        self.functions = _all_functions()
         seen: set[types.CodeType] = set()
         self.codes: list[types.CodeType] = []
         stack = [f.__code__ for f in self.functions]

@@ -1264,6 +1264,44 @@ static PyObject *cp_is_immortal(PyObject *self, PyObject *obj) {
     return PyBool_FromLong(_Py_IsImmortal(obj));
 }
 
+PyDoc_STRVAR(functions_doc,
+"functions($module, /)\n--\n\n"
+"Every Python function object the GC tracks, in a new list: what [o for o in gc.get_objects() if\n"
+"type(o) is types.FunctionType] gives, without a list of every object (PyUnstable_GC_VisitObjects,\n"
+"which on 3.14+ also visits the permanent generation: frozen functions too).");
+
+typedef struct {
+    PyObject **items;
+    Py_ssize_t n, cap;
+    int failed;
+} cp_found;
+
+static int visit_function(PyObject *op, void *arg) {
+    cp_found *found = (cp_found *)arg;
+    if (!PyFunction_Check(op)) return 1; /* exact type: PyFunction_Type */
+    if (found->n == found->cap) {
+        Py_ssize_t cap = found->cap ? 2 * found->cap : 1024;
+        PyObject **items = PyMem_RawRealloc(found->items, (size_t)cap * sizeof(PyObject *));
+        if (items == NULL) {
+            found->failed = 1;
+            return 0;
+        }
+        found->items = items;
+        found->cap = cap;
+    }
+    found->items[found->n++] = op; /* borrowed while the visit runs: nothing is freed under it */
+    return 1;
+}
+
+static PyObject *cp_functions(PyObject *self, PyObject *unused) {
+    cp_found found = {NULL, 0, 0, 0};
+    PyUnstable_GC_VisitObjects(visit_function, &found);
+    PyObject *list = found.failed ? PyErr_NoMemory() : PyList_New(found.n);
+    for (Py_ssize_t i = 0; list != NULL && i < found.n; i++) PyList_SET_ITEM(list, i, Py_NewRef(found.items[i]));
+    PyMem_RawFree(found.items);
+    return list;
+}
+
 #endif /* CP_CAN_WALK */
 
 PyDoc_STRVAR(trim_doc, "trim($module, /)\n--\n\nmalloc_trim(0): give free heap memory back to the OS (glibc only).\n"
@@ -1338,6 +1376,7 @@ static PyMethodDef cp_methods[] = {
     {"is_immortal", cp_is_immortal, METH_O, is_immortal_doc},
     {"unfinalized", cp_unfinalized, METH_O, unfinalized_doc},
     {"call_finalizer", cp_call_finalizer, METH_O, call_finalizer_doc},
+    {"functions", cp_functions, METH_NOARGS, functions_doc},
 #endif
     {"trim", cp_trim, METH_NOARGS, trim_doc},
     {"clear_type_cache", cp_clear_type_cache, METH_NOARGS, clear_type_cache_doc},

@@ -24,3 +24,22 @@ def test_unavailable_names_the_reason():
         assert hotcode.unavailable() is None
     else:
         assert "3.12" in hotcode.unavailable() or "does not specialize" in hotcode.unavailable()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="the native visit (PyUnstable_GC_VisitObjects) is 3.12+")
+def test_the_native_function_list_is_what_the_gc_lists():
+    import gc
+    import types
+
+    from cowprof import _native
+
+    def made_here() -> None:
+        pass
+
+    gc.collect()
+    native = {id(f): f for f in _native.functions()}
+    listed = {id(o): o for o in gc.get_objects() if type(o) is types.FunctionType}
+    assert id(made_here) in native and all(type(f) is types.FunctionType for f in native.values())
+    # 3.12/3.13 visit the generations gc.get_objects lists; 3.14+ the permanent one too
+    assert native.keys() >= listed.keys() if sys.version_info >= (3, 14) else native.keys() == listed.keys()
+    assert hotcode._all_functions() is not None and id(made_here) in {id(f) for f in hotcode._all_functions()}

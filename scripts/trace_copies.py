@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]  # test helpers, the demo package
 os.environ.setdefault("COWPROF_HEAPMAP_DIR", tempfile.mkdtemp(prefix="cowprof-trace-heapmaps-"))
 
+from bench_warmup import REQUEST_MIX  # noqa: E402  (the same load as the benchmark's)
 from djangoproj import make_project  # noqa: E402
 from gunicorn_server import GunicornServer  # noqa: E402
 
@@ -41,7 +42,6 @@ from cowprof import heapmap, procfs  # noqa: E402
 from cowprof.pages import scan  # noqa: E402
 from demo.loadgen import run_load  # noqa: E402
 
-REQUEST_MIX = ["/admin/login/"] * 6 + ["/admin/", "/nothing-here/", "/admin/login/?next=/admin/"]
 FAULT = re.compile(r"address=(0x[0-9a-f]+) ip=0x[0-9a-f]+ error_code=(0x[0-9a-f]+)")
 WRITE = 0x2  # x86 page fault error code: the access was a write
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -12,7 +12,8 @@ tree takes (typer imports rich and pydantic, and converts each option through a 
 with ``--json``, ``--by CHOICE`` and ``--top N``, and ``--version``, without it, when every
 argument is one those forms take in its plain spelling (a decimal PID, a lower-case choice, each
 option once); anything else, help and every error included, goes to the Typer app, so options,
-messages and exit codes stay Typer's.
+messages and exit codes stay Typer's. Help requests are printed from :mod:`cowprof.helpcache`
+once Typer has rendered them for the same code, terminal and environment.
 """
 from __future__ import annotations
 
@@ -137,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     run = _fast_path(args)
     if run is not None:
         return guarded(run)
+    from cowprof import helpcache
+
+    if helpcache.is_help_request(args):
+        return helpcache.serve(args, lambda: _typer_main(args))
+    return _typer_main(args)
+
+
+def _typer_main(args: list[str]) -> int:
     from cowprof import cli_app
 
     return cli_app.main(args)

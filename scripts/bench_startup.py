@@ -5,7 +5,9 @@ to its first /proc read (where start-up ends and the work begins), with peers fr
 Each round runs every case once, as a fresh process (interleaved, ``--repeat`` rounds, medians):
 
 * ``cowprof --help`` and ``cowprof --version``: whole process, wall and CPU time (user + system,
-  from ``wait4``);
+  from ``wait4``); ``--help`` three ways: served from the help cache (what every request after the
+  first prints from, cowprof.helpcache), first (an empty cache: Typer renders it and it is
+  stored) and with the cache off (``COWPROF_HELP_CACHE=0``: Typer only);
 * ``cowprof snapshot PID --json`` up to its first /proc read: the same entry point (``from
   cowprof.cli import main; sys.exit(main())``, what the ``cowprof`` script runs) under ``python
   -c`` with an audit hook (``sys.addaudithook``; Python's ``open`` event fires for ``open()`` and
@@ -47,6 +49,18 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from forktree import ForkTree  # noqa: E402
 
+HELP_PROFILE = """
+import cProfile, pstats, sys
+from cowprof.cli import main
+p = cProfile.Profile(); p.enable()
+try:
+    main(['--help'])
+except SystemExit:
+    pass
+p.disable()
+c = {k[2]: v[1] for k, v in pstats.Stats(p).stats.items() if k[0] == '~'}
+print({n: c.get(f'<built-in method builtins.{n}>', 0) for n in ('compile', 'exec', 'eval')}, file=sys.stderr)
+"""
 ENTRY = "import sys\nfrom cowprof.cli import main\nsys.exit(main())\n"
 MARK = r'''
 import os, sys, time
@@ -108,7 +122,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, mark: bool = False) -
 
 def importtime(python: str, args: list[str], top: int) -> list[str]:
     err = subprocess.run([python, "-X", "importtime", "-c", MARK, *args], capture_output=True, text=True,
-                         env={**os.environ, "COWPROF_BENCH_FD": "2"}, cwd="/").stderr
+                         env={**os.environ, "COWPROF_BENCH_FD": "2", "COWPROF_HELP_CACHE": "0"}, cwd="/").stderr
     rows = []
     for line in err.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -166,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         print("smem is not installed (Debian: apt-get install smem): no smem peer")
     with ForkTree(workers=2, master_mb=16, write_pages=64) as tree:
         pid = str(tree.master_pid)
+        help_dirs = tempfile.mkdtemp(prefix="cowprof-bench-help-")  # the help caches of this run
+        help_dir = tempfile.mkdtemp(dir=help_dirs)
         cases: list[tuple] = [
-            ("cowprof --help", [cowprof, "--help"], False),
+            ("cowprof --help", [cowprof, "--help"], False, {**os.environ, "COWPROF_HELP_CACHE": help_dir}),
+            ("cowprof --help, first", [cowprof, "--help"], False, {**os.environ, "COWPROF_HELP_CACHE": ""}),
+            ("cowprof --help, no cache", [cowprof, "--help"], False, {**os.environ, "COWPROF_HELP_CACHE": "0"}),
             ("cowprof --version", [cowprof, "--version"], False),
             ("snapshot to first /proc read", [py, "-c", MARK, "snapshot", pid, "--json"], True),
             ("snapshot whole (small tree)", [cowprof, "snapshot", pid, "--json"], False),
@@ -176,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.also:
             label, _, where = spec.partition("=")
             env = {**os.environ, "PYTHONPATH": os.path.abspath(where)}
-            cases += [(f"{label}: {name}", cmd, mark, env) for name, cmd, mark in cases[:4]]
+            cases += [(f"{label}: {name}", cmd, mark, {**(case_env or os.environ), **env})
+                      for name, cmd, mark, case_env in (c if len(c) == 4 else (*c, None) for c in cases[:6])]
         if smem:
             cases.append(("smem --help", [smem, "--help"], False))
         if sys_python:
@@ -186,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         marks = set()
         for rnd in range(args.repeat + 1):  # round 0 warms caches and is not counted
             for name, cmd, mark, env in cases:
+                if name.endswith(", first"):  # an empty cache directory each time
+                    env = {**env, "COWPROF_HELP_CACHE": tempfile.mkdtemp(dir=help_dirs)}
                 if rnd == 0:
                     # and writes the bytecode of every module the case imports, as `pip install`
                     # (which compiles what it installs) would have: scripts/_env.sh installs with
@@ -206,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:30s} wall {summary[name]['wall_ms']:6.1f} ms (min {min(walls) * 1e3:6.1f})  "
                   f"CPU {summary[name]['cpu_ms']:6.1f} ms")
         base = summary["python -c pass"]
-        for name in ("cowprof --help", "snapshot to first /proc read"):
+        for name in ("cowprof --help", "cowprof --help, first", "cowprof --help, no cache",
+                     "snapshot to first /proc read"):
             print(f"  {name}: {summary[name]['wall_ms'] - base['wall_ms']:.1f} ms wall over python -c pass "
                   f"(target: at most 150 ms in all)")
 
@@ -223,17 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         generated = json.loads(line.split(" ", 3)[3]) if line.count(" ") >= 3 else {}
         print(f"snapshot to first /proc read, cProfile: built-in calls {generated} (compile: generated code "
               f"and string annotations Typer resolves; exec/eval: dataclass and namedtuple methods, imports)")
-        helpgen = subprocess.run([py, "-c", "import cProfile, pstats, sys\nfrom cowprof.cli import main\n"
-                                  "p = cProfile.Profile(); p.enable()\ntry:\n    main(['--help'])\n"
-                                  "except SystemExit:\n    pass\np.disable()\n"
-                                  "c = {k[2]: v[1] for k, v in pstats.Stats(p).stats.items() if k[0] == '~'}\n"
-                                  "print({n: c.get(f'<built-in method builtins.{n}>', 0) for n in ('compile', 'exec', 'eval')}, file=sys.stderr)"],
-                                 capture_output=True, text=True, cwd="/").stderr.strip().splitlines()[-1]
+        helpgen = subprocess.run([py, "-c", HELP_PROFILE], capture_output=True, text=True, cwd="/",
+                                 env={**os.environ, "COWPROF_HELP_CACHE": "0"}).stderr.strip().splitlines()[-1]
         print(f"cowprof --help, cProfile: built-in calls {helpgen}")
         if args.strace:
             s = strace_mark(cowprof, ["snapshot", pid, "--json"])
             print("strace cross-check: " + (f"execve to the first openat of /proc/<pid>/ {s * 1e3:.1f} ms (traced)"
                                             if s is not None else "strace not installed or no mark"))
+        shutil.rmtree(help_dirs)
     if args.json:
         print(json.dumps({"load": os.getloadavg()[0], "results": summary}))
     return 0

@@ -36,6 +36,12 @@ if "COWPROF_PRELOAD_DIR" not in os.environ:
 
     os.environ["COWPROF_PRELOAD_DIR"] = tempfile.mkdtemp(prefix="cowprof-test-preload-")
 
+# and the help cache (cowprof.helpcache)
+if "COWPROF_HELP_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["COWPROF_HELP_CACHE"] = tempfile.mkdtemp(prefix="cowprof-test-help-")
+
 MiB = 1 << 20
 
 

@@ -355,7 +355,8 @@ def test_help_is_typers_without_markdown_and_tracebacks():
     code = ("import sys\npre = sys.argv.pop(1)\nif pre:\n    import rich.markdown, rich.traceback\n"
             "from cowprof.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('MODULES', ' '.join(sorted(sys.modules)))\n")
-    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm-256color", "FORCE_COLOR": "1"}
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm-256color", "FORCE_COLOR": "1",
+           "COWPROF_HELP_CACHE": "0"}  # Typer's rendering each time
     lean, full = (subprocess.run([sys.executable, "-c", code, pre], capture_output=True, text=True, env=env,
                                  timeout=60) for pre in ("", "1"))
     assert lean.returncode == 0 and full.returncode == 0, (lean.stderr, full.stderr)
@@ -393,3 +394,64 @@ def test_command_modules_and_the_runner_import_only_the_standard_library():
     assert r.returncode == 0, r.stderr
     loaded = set(r.stdout.split())
     assert "cowprof.gunicorn" in loaded and not {"cowprof.gunicorn_run", "cowprof.commands"} & loaded
+
+
+_HELP_RUN = r'''
+import sys
+from cowprof.cli import main
+code = main(sys.argv[1:])
+sys.stdout.flush()
+sys.stderr.write("MODULES " + " ".join(sorted(sys.modules)) + "\n")
+sys.exit(code)
+'''
+
+
+def _help_in_a_terminal(argv, env, columns=87):
+    """``cowprof ARGV`` with stdin, stdout and stderr on a pseudo-terminal ``columns`` wide: (output, exit code)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "cowprof", *argv], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return b"".join(chunks), proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["record", "--help"], ["export", "-h"]])
+def test_cached_help_is_typers_help_byte_for_byte(tmp_path, argv):
+    """The second request is served from the cache without Typer, Click or Rich, and prints exactly
+    what Typer printed, through a pipe and on a terminal (colours, its width)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR")}
+    env["COWPROF_HELP_CACHE"] = str(tmp_path / "help")
+    runs = [subprocess.run([sys.executable, "-c", _HELP_RUN, *argv], capture_output=True, env=env, timeout=60)
+            for _ in range(2)]
+    uncached = subprocess.run([sys.executable, "-c", _HELP_RUN, *argv], capture_output=True, timeout=60,
+                              env={**env, "COWPROF_HELP_CACHE": "0"})
+    assert [r.returncode for r in (*runs, uncached)] == [0, 0, 0]
+    assert runs[0].stdout == runs[1].stdout == uncached.stdout and b"Usage: cowprof" in uncached.stdout
+    first_modules, second_modules = (set(r.stderr.decode().split("MODULES ", 1)[1].split()) for r in runs)
+    assert "typer" in first_modules and "rich" in first_modules
+    assert not {m for m in second_modules if m.split(".")[0] in ("typer", "click", "rich", "pydantic")}
+
+    tty_env = {**env, "TERM": "xterm-256color"}
+    on_tty = [_help_in_a_terminal(argv, tty_env) for _ in range(2)]
+    tty_uncached = _help_in_a_terminal(argv, {**tty_env, "COWPROF_HELP_CACHE": "0"})
+    assert on_tty[0] == on_tty[1] == tty_uncached and tty_uncached[1] == 0
+    assert b"\x1b[" in tty_uncached[0] and tty_uncached[0] != uncached.stdout
+    narrower = _help_in_a_terminal(argv, tty_env, columns=61)
+    assert narrower == _help_in_a_terminal(argv, {**tty_env, "COWPROF_HELP_CACHE": "0"}, columns=61)
+    assert narrower[0] != tty_uncached[0]

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from cowprof import helpcache
 
     if helpcache.is_help_request(args):
-        return helpcache.serve(args, lambda: _typer_main(args))
+        return guarded(lambda: helpcache.serve(args, lambda: _typer_main(args)))
     return _typer_main(args)
 
 

@@ -455,3 +455,18 @@ def test_cached_help_is_typers_help_byte_for_byte(tmp_path, argv):
     narrower = _help_in_a_terminal(argv, tty_env, columns=61)
     assert narrower == _help_in_a_terminal(argv, {**tty_env, "COWPROF_HELP_CACHE": "0"}, columns=61)
     assert narrower[0] != tty_uncached[0]
+
+
+def test_cached_help_into_a_closed_pipe_is_one_exit_code_without_a_traceback(tmp_path):
+    env = {**os.environ, "COWPROF_HELP_CACHE": str(tmp_path / "help")}
+    assert subprocess.run([sys.executable, "-m", "cowprof", "--help"], capture_output=True, env=env,
+                          timeout=60).returncode == 0
+    assert list((tmp_path / "help").iterdir())  # the next one is served from the cache
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        out = subprocess.run([sys.executable, "-m", "cowprof", "--help"], stdout=w, stderr=subprocess.PIPE,
+                             env=env, timeout=60)
+    finally:
+        os.close(w)
+    assert out.returncode == 1 and out.stderr == b""

@@ -186,21 +186,20 @@ def main(argv: list[str] | None = None) -> int:
             ("cowprof --help", [cowprof, "--help"], False, {**os.environ, "COWPROF_HELP_CACHE": help_dir}),
             ("cowprof --help, first", [cowprof, "--help"], False, {**os.environ, "COWPROF_HELP_CACHE": ""}),
             ("cowprof --help, no cache", [cowprof, "--help"], False, {**os.environ, "COWPROF_HELP_CACHE": "0"}),
-            ("cowprof --version", [cowprof, "--version"], False),
-            ("snapshot to first /proc read", [py, "-c", MARK, "snapshot", pid, "--json"], True),
-            ("snapshot whole (small tree)", [cowprof, "snapshot", pid, "--json"], False),
-            ("python -c pass", [py, "-c", "pass"], False),
+            ("cowprof --version", [cowprof, "--version"], False, None),
+            ("snapshot to first /proc read", [py, "-c", MARK, "snapshot", pid, "--json"], True, None),
+            ("snapshot whole (small tree)", [cowprof, "snapshot", pid, "--json"], False, None),
+            ("python -c pass", [py, "-c", "pass"], False, None),
         ]
         for spec in args.also:
             label, _, where = spec.partition("=")
             env = {**os.environ, "PYTHONPATH": os.path.abspath(where)}
             cases += [(f"{label}: {name}", cmd, mark, {**(case_env or os.environ), **env})
-                      for name, cmd, mark, case_env in (c if len(c) == 4 else (*c, None) for c in cases[:6])]
+                      for name, cmd, mark, case_env in cases[:6]]
         if smem:
-            cases.append(("smem --help", [smem, "--help"], False))
+            cases.append(("smem --help", [smem, "--help"], False, None))
         if sys_python:
-            cases.append(("/usr/bin/python3 -c pass", [sys_python, "-c", "pass"], False))
-        cases = [c if len(c) == 4 else (*c, None) for c in cases]
+            cases.append(("/usr/bin/python3 -c pass", [sys_python, "-c", "pass"], False, None))
         res: dict[str, tuple[list[float], list[float]]] = {c[0]: ([], []) for c in cases}
         marks = set()
         for rnd in range(args.repeat + 1):  # round 0 warms caches and is not counted

@@ -37,7 +37,7 @@ The walk streams the records straight into ``<name>.writing`` (a writer thread i
 module encodes and writes them on another core while the walk goes on); the metadata and header
 follow and the file is renamed into place, so a reader sees a map complete or not at all.
 
-The directory is private and proven so before anything is written (:func:`_open_dir`): missing
+The directory is private and proven so before anything is written (:mod:`cowprof.privatedir`): missing
 components are created 0700, the directory is opened without following a symlink and must be ours
 and writable by nobody else (else BadInput: ``prepare_fork`` warns and skips the map); a directory
 cowprof did not create is never changed. Files are created, renamed and removed relative to its
@@ -47,7 +47,6 @@ follow a symlink. A segment that cannot be read is :class:`CorruptHeapMap`, neve
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import re
@@ -58,7 +57,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from cowprof import procfs, untrusted
+from cowprof import privatedir, procfs, untrusted
 from cowprof.errors import BadInput, CowprofError, ProcessGone
 
 if TYPE_CHECKING:
@@ -86,7 +85,6 @@ WRITING = ".writing"  # appended to a segment's name until it is complete
 _NAME = re.compile(r"^heapmap-(\d+)\.(\d+)\.hmap$")
 _WRITING_NAME = re.compile(r"^heapmap-(\d+)\.(\d+)\.hmap\.writing$")
 _MAX_META = 64 << 20
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # a reader never blocks on a FIFO planted under a map's name, nor follows a symlink
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -105,61 +103,18 @@ def default_directory() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "cowprof", "heapmaps")
 
 
-def _refuse(directory: str, why: str) -> BadInput:
-    return BadInput(f"heap map directory {directory} {why}: not using it")
-
-
 def _open_dir(directory: str, *, create: bool) -> int:
-    """A descriptor of ``directory`` once it is proven private: a real directory (not a symlink),
-    owned by us, that neither group nor others may write to. With ``create``, each missing
-    component is made here with mode 0700, whatever the umask; an existing directory is never
-    changed. BadInput (or OSError) when it cannot be used."""
-    path = os.path.abspath(directory)
-    head, names = path, []
-    while head != os.path.dirname(head):  # up to the deepest component that exists
-        try:
-            os.lstat(head)
-            break
-        except FileNotFoundError:
-            if not create:
-                raise BadInput(f"heap map directory {directory} does not exist") from None
-            head, name = os.path.split(head)
-            names.append(name)
-    names.reverse()
-    missing = bool(names)  # then every name is created here
-    if not names:  # it exists: open its parent (symlinks above it are followed), then it
-        head, last = os.path.split(path)
-        names = [last] if last else []
-    fd = os.open(head, _O_DIR)
+    """A descriptor of ``directory`` once it is proven private (:func:`cowprof.privatedir.open_dir`:
+    missing components are made 0700 with ``create``, an existing directory is never changed).
+    BadInput (or OSError) when it cannot be used."""
     try:
-        for name in names:
-            made = False
-            if missing:
-                try:
-                    os.mkdir(name, 0o700, dir_fd=fd)
-                    made = True
-                except FileExistsError:  # created meanwhile by someone: checked like any other
-                    pass
-            try:
-                sub = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as err:
-                if err.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
-                        os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                    raise _refuse(directory, f"has a symbolic link at {name!r}") from None
-                raise
-            os.close(fd)
-            fd = sub
-            if made and stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
-                os.fchmod(fd, 0o700)  # ours, just made: a umask such as 0o700 must not leave it unusable
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid():
-            raise _refuse(directory, f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})")
-        if st.st_mode & 0o022:
-            raise _refuse(directory, f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})")
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+        return privatedir.open_dir(directory, create=create)
+    except FileNotFoundError:
+        if create:
+            raise
+        raise BadInput(f"heap map directory {directory} does not exist") from None
+    except privatedir.NotPrivate as err:
+        raise BadInput(f"heap map directory {directory} {err.why}: not using it") from None
 
 
 @contextmanager

@@ -17,8 +17,9 @@ An entry is used only when all of these are the same as when it was stored:
 
 Anything else, a help request that wrote to stderr or exited non-zero included, goes to Typer as
 without a cache. Entries live in ``COWPROF_HELP_CACHE`` (a directory; ``0`` turns the cache off),
-else ``$XDG_CACHE_HOME/cowprof/help``, else ``~/.cache/cowprof/help``: a directory of this user's,
-mode 0700, never through a symbolic link, each file 0600. A cache that cannot be used is skipped
+else ``$XDG_CACHE_HOME/cowprof/help``, else ``~/.cache/cowprof/help``: a private directory
+(:mod:`cowprof.privatedir`: this user's, writable by nobody else, made 0700, never through a
+symbolic link), each file 0600. A cache that cannot be used is skipped
 silently: the help is printed either way.
 """
 from __future__ import annotations
@@ -26,11 +27,12 @@ from __future__ import annotations
 import marshal
 import os
 import re
-import stat
 import sys
 import zlib
 from collections.abc import Callable
 from typing import Any, TextIO
+
+from cowprof import privatedir
 
 __all__ = ["ENV_CACHE", "directory", "is_help_request", "serve"]
 
@@ -46,7 +48,6 @@ _ENV_NAMES = ("TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "PY_COLORS", "GITH
               "DATABRICKS_RUNTIME_VERSION", "UNICODE_VERSION", "CLICOLOR", "CLICOLOR_FORCE", "PYTHONIOENCODING",
               "PYTHONUTF8", "LANG", "LC_ALL", "LC_CTYPE", "PYDANTIC_DISABLE_PLUGINS")
 _ENV_PREFIXES = ("COWPROF_", "TYPER_", "_TYPER_")
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def is_help_request(argv: list[str]) -> bool:
@@ -113,20 +114,10 @@ def _loaded_files() -> tuple[tuple[str, tuple[int, int, int]], ...] | None:
 
 def _open_dir(path: str, *, create: bool) -> int | None:
     """A descriptor of the private cache directory (made 0700 when ``create``), or None."""
-    if create:
-        try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-        except OSError:
-            return None
     try:
-        fd = os.open(path, _O_DIR | os.O_NOFOLLOW)
+        return privatedir.open_dir(path, create=create)
     except OSError:
         return None
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        os.close(fd)
-        return None
-    return fd
 
 
 def _entry_name(key: tuple[Any, ...]) -> str:
@@ -138,20 +129,11 @@ def _lookup(dir_path: str, key: tuple[Any, ...]) -> str | None:
     if dir_fd is None:
         return None
     try:
-        fd = os.open(_entry_name(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
+        data = privatedir.read_file(dir_fd, _entry_name(key), _MAX_ENTRY)
     finally:
         os.close(dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > _MAX_ENTRY:
-            return None
-        data = os.read(fd, _MAX_ENTRY)
-    except OSError:
+    if data is None:
         return None
-    finally:
-        os.close(fd)
     try:
         entry = marshal.loads(data)
     except (EOFError, ValueError, TypeError):
@@ -174,21 +156,10 @@ def _store(dir_path: str, key: tuple[Any, ...], text: str) -> None:
     dir_fd = _open_dir(dir_path, create=True)
     if dir_fd is None:
         return
-    name = _entry_name(key)
-    tmp = f"{name}.{os.getpid()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dir_fd)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        privatedir.write_file(dir_fd, _entry_name(key), data)
     except OSError:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
+        pass
     finally:
         os.close(dir_fd)
 

@@ -25,9 +25,10 @@ modules that happens to:
 
 The app key is ``COWPROF_APP_KEY`` if set, else a hash of the working directory and the app's
 identity (gunicorn: the app URI, e.g. ``mysite.wsgi:application``; elsewhere the command line).
-The directory is ``COWPROF_PRELOAD_DIR``, else ``~/.cache/cowprof/preload``: created 0700, and not
-used (with a warning) when it belongs to another user or others may write to it. Files are created
-0600 and never followed through symlinks.
+The directory is ``COWPROF_PRELOAD_DIR``, else ``~/.cache/cowprof/preload``: a private directory
+(:mod:`cowprof.privatedir`: made 0700, not used, with a warning, when it is reached through a
+symbolic link, belongs to another user or others may write to it). Files are created 0600 and never
+followed through symlinks.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from cowprof import procfs
+from cowprof import privatedir, procfs
 from cowprof._values import Frozen, Mutable, field
 from cowprof.errors import CowprofError, ProcessGone
 
@@ -92,19 +93,6 @@ def directory() -> str:
     return os.environ.get(ENV_DIR) or os.path.join(os.path.expanduser("~"), ".cache", "cowprof", "preload")
 
 
-def _usable_dir(path: str) -> str:
-    """``path``, created 0700 if missing. Raises OSError when it is not a private directory of ours."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path):
-        raise OSError(f"{path} is not a directory")
-    if st.st_uid != os.getuid():
-        raise OSError(f"{path} belongs to another user")
-    if st.st_mode & 0o022:
-        raise OSError(f"{path} is writable by others")
-    return path
-
-
 def _read_text(path: str) -> str | None:
     """A regular file's text, never through a symlink; None when missing or unreadable."""
     try:
@@ -119,17 +107,6 @@ def _read_text(path: str) -> str | None:
         os.close(fd)
 
 
-def _write_private(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` (0600) through a temporary file renamed into place."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def _master_alive(meta: dict[str, Any], procfs_root: str = "/proc") -> bool:
     try:
         master = procfs.ProcessIdentity(int(meta["pid"]), int(meta["start_ticks"]), str(meta.get("boot_id", "")))
@@ -138,11 +115,17 @@ def _master_alive(meta: dict[str, Any], procfs_root: str = "/proc") -> bool:
     return master.is_current(procfs_root)
 
 
-def _unlink(path: str) -> None:
+def _unlink(dir_fd: int, name: str) -> None:
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
+
+
+def _read_own(dir_fd: int, name: str) -> str:
+    """The text of a file of ours in the private directory; empty when it is missing or not ours."""
+    data = privatedir.read_file(dir_fd, name, _MAX_FILE)
+    return "" if data is None else data.decode("utf-8", "replace")
 
 
 def _code_keys(text: str) -> list[tuple[str, int, str]]:
@@ -189,9 +172,12 @@ def learn(key: str | None = None) -> Learned:
     removes their files; returns the learned list. Never raises: a problem is in ``error``."""
     key = key or app_key()
     try:
-        d = _usable_dir(directory())
-        learned_path = os.path.join(d, f"learned-{key}.json")
-        saved = json.loads(_read_text(learned_path) or "{}")
+        d = privatedir.open_dir(directory(), create=True)
+    except OSError as err:
+        return Learned(key, error=f"{type(err).__name__}: {err}")
+    try:
+        learned_name = f"learned-{key}.json"
+        saved = json.loads(_read_own(d, learned_name) or "{}")
         modules = dict.fromkeys(str(m) for m in saved.get("modules", []))
         hot = dict.fromkeys((str(k[0]), int(k[1]), str(k[2])) for k in saved.get("hot_code", [])
                             if isinstance(k, list) and len(k) == 3)
@@ -200,7 +186,7 @@ def learn(key: str | None = None) -> Learned:
             m = _MASTER.match(name)
             if m:
                 try:
-                    masters[int(m.group(1))] = json.loads(_read_text(os.path.join(d, name)) or "{}")
+                    masters[int(m.group(1))] = json.loads(_read_own(d, name) or "{}")
                 except ValueError:
                     masters[int(m.group(1))] = {}
         gone = {pid for pid, meta in masters.items() if pid != os.getpid() and not _master_alive(meta)}
@@ -213,7 +199,7 @@ def learn(key: str | None = None) -> Learned:
             if not m or int(m.group(1)) not in ours | stale:
                 continue
             if int(m.group(1)) in ours:
-                text = _read_text(os.path.join(d, name)) or ""
+                text = _read_own(d, name)
                 if name.startswith("imports-"):
                     for mod in _module_names(text):
                         changed |= mod not in modules
@@ -223,29 +209,35 @@ def learn(key: str | None = None) -> Learned:
                         if k not in hot and len(hot) < _MAX_HOT_CODE:
                             changed = True
                             hot.setdefault(k)
-            _unlink(os.path.join(d, name))
+            _unlink(d, name)
         for pid in ours | stale:
-            _unlink(os.path.join(d, f"master-{pid}.json"))
+            _unlink(d, f"master-{pid}.json")
         if changed:
-            _write_private(learned_path, json.dumps({"version": VERSION, "key": key, "updated_at": time.time(),
-                                                     "modules": sorted(modules), "hot_code": sorted(hot)},
-                                                    indent=1))
+            privatedir.write_file(d, learned_name, json.dumps(
+                {"version": VERSION, "key": key, "updated_at": time.time(), "modules": sorted(modules),
+                 "hot_code": sorted(hot)}, indent=1).encode())
         return Learned(key, tuple(sorted(modules)), hot_code=tuple(sorted(hot)))
     except (OSError, ValueError) as err:
         return Learned(key, error=f"{type(err).__name__}: {err}")
+    finally:
+        os.close(d)
 
 
 def record_master(key: str | None = None) -> str | None:
     """Writes this master's record (so its workers' import files can be attributed to this app) and
     arms :func:`watch_imports` for the children forked after it. Returns an error, or None."""
     key = key or app_key()
+    d = os.path.abspath(directory())
     try:
-        d = _usable_dir(directory())
         pid = os.getpid()
         me = procfs.ProcessIdentity.read(pid)
-        _write_private(os.path.join(d, f"master-{pid}.json"), json.dumps({
-            "version": VERSION, "pid": pid, "start_ticks": me.start_ticks, "boot_id": me.boot_id,
-            "key": key, "created_at": time.time()}))
+        dir_fd = privatedir.open_dir(d, create=True)
+        try:
+            privatedir.write_file(dir_fd, f"master-{pid}.json", json.dumps({
+                "version": VERSION, "pid": pid, "start_ticks": me.start_ticks, "boot_id": me.boot_id,
+                "key": key, "created_at": time.time()}).encode())
+        finally:
+            os.close(dir_fd)
     except (OSError, CowprofError) as err:
         return f"{type(err).__name__}: {err}"
     _state["recorded"] = (d, pid, key)
@@ -354,17 +346,22 @@ def watch_imports() -> bool:
     atexit.register(recorder.flush)
     fingerprint = _state["fingerprint"]
     if fingerprint is not None:
-        atexit.register(_record_hot_code, fingerprint, os.path.join(d, f"hotcode-{master}-{os.getpid()}.txt"))
+        atexit.register(_record_hot_code, fingerprint, d, f"hotcode-{master}-{os.getpid()}.txt")
     return True
 
 
-def _record_hot_code(fingerprint: Any, path: str) -> None:
+def _record_hot_code(fingerprint: Any, directory: str, name: str) -> None:
     """At a worker's exit: writes the code objects it wrote since the fork (one per line)."""
     try:
         keys = fingerprint.written()
-        if keys:
-            _write_private(path, "".join(f"{f}\t{line}\t{q}\n" for f, line, q in keys
-                                         if "\t" not in f + q and "\n" not in f + q))
+        if not keys:
+            return
+        dir_fd = privatedir.open_dir(directory, create=False)
+        try:
+            privatedir.write_file(dir_fd, name, "".join(
+                f"{f}\t{line}\t{q}\n" for f, line, q in keys if "\t" not in f + q and "\n" not in f + q).encode())
+        finally:
+            os.close(dir_fd)
     except Exception:  # noqa: BLE001 - never fail a worker's exit over diagnostics
         pass
 

@@ -27,7 +27,7 @@ def test_unusable_directory_is_reported_not_raised(tmp_path, monkeypatch):
     os.chmod(d, 0o777)
     monkeypatch.setenv(preload.ENV_DIR, str(d))
     learned = preload.learn("k")
-    assert learned.modules == () and "writable by others" in learned.error
+    assert learned.modules == () and "writable by other users" in learned.error
     assert stat.S_IMODE(d.stat().st_mode) == 0o777  # never changed: not ours
 
 

@@ -145,9 +145,10 @@ def test_master_exit_detaches_then_pidfile_reattaches(procs, tmp_path, caplog):
 
 def test_master_exit_then_reattach_by_command_line(procs):
     fake = FakeTree()
-    argv = ["sleep", "61.5"]  # an unusual command line nobody else runs
+    # a command line nobody else runs, this test in another version's suite at the same time included
+    argv = ["sleep", f"61.{os.getpid()}5"]
     old = procs(*argv)
-    other = procs("sleep", "61.25")  # different command line: never picked
+    other = procs("sleep", f"61.{os.getpid()}25")  # different command line: never picked
     fake.trees[old.pid] = [11]
     fake.trees[other.pid] = [31]
     exp = _exporter(fake, old.pid)

@@ -5,7 +5,7 @@ _CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-fie
 
 setup(
     ext_modules=[
-        Extension("cowprof._native", sources=["native/_native.c"], extra_compile_args=_CFLAGS),
+        Extension("cowprof._native", sources=["native/_native.c", "native/interp_state.c"], extra_compile_args=_CFLAGS),
         Extension("cowprof._alloc", sources=["native/_alloc.c"], extra_compile_args=_CFLAGS),
     ]
 )

@@ -10,7 +10,8 @@
    Objects with a finalizer (io objects, ``__del__``, generators) and the objects holding them
    directly stay mortal; :mod:`cowprof.finalize` finalizes at exit those still alive. On 3.14 the
    loads of constants that are now immortal become ``LOAD_CONST_IMMORTAL`` (``LOAD_CONST_MORTAL``
-   increfs them without looking);
+   increfs them without looking). On 3.12, functions without a version get the one the
+   interpreter would give them at their first specialized call (:mod:`cowprof.function_versions`);
 3. ``gc.freeze()`` — moves everything tracked to the permanent generation, so the workers'
    collections never write GC headers of the master's objects;
 4. releasing what a worker would free or reuse in pages it shares: the attribute names only the
@@ -46,7 +47,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from cowprof import _env, allocator, hugepages
+from cowprof import _env, allocator, function_versions, hugepages
 
 try:
     from cowprof import _native
@@ -102,6 +103,14 @@ class PrepareReport:
     """3.14: ``LOAD_CONST_MORTAL`` instructions of code the master ran before the walk, rewritten to
     ``LOAD_CONST_IMMORTAL`` now that their constants are immortal (the mortal form increfs without
     looking, writing the constant's page in every worker); ``COWPROF_SETTLE_CONST_LOADS=0`` keeps them."""
+    functions_versioned: int = 0
+    """3.12: functions given in the master the version the interpreter gives them at the first
+    specialized call (those made by ``types.FunctionType`` or whose code, defaults or annotations
+    were set), which would otherwise be written in every worker (:mod:`cowprof.function_versions`;
+    ``COWPROF_VERSION_FUNCTIONS=0`` turns it off)."""
+    function_versions_skipped: str | None = None
+    """Why no function was versioned (3.13+: not needed; ``"not requested"``; a failed check of the
+    interpreter's version counter), or None."""
     full_walk: bool = True
     """False when only objects created since the previous call were walked (the cheap repeat)."""
     heapmap_path: str | None = None
@@ -134,8 +143,8 @@ class PrepareReport:
     (the heap map file, which removes stale maps), ``walk`` (the native walk, its heap map writer
     thread included; ``writer_wait``: how much of it the walk waited for that thread), ``heapmap``
     (the map's metadata, renaming it into place), ``finalize`` (registering the objects left
-    mortal), ``freeze``, ``release`` (type cache and free lists), ``fill`` (free pool blocks), ``trim``,
-    ``fill_malloc``, ``hugepages``."""
+    mortal), ``versions`` (3.12's function versions), ``freeze``, ``release`` (type cache and free
+    lists), ``fill`` (free pool blocks), ``trim``, ``fill_malloc``, ``hugepages``."""
 
     @property
     def immortalize_ran(self) -> bool:
@@ -159,6 +168,8 @@ class PrepareReport:
         parts.append(f"{self.frozen:,} objects frozen")
         if self.const_loads_settled:
             parts.append(f"{self.const_loads_settled:,} constant loads made immortal")
+        if self.functions_versioned:
+            parts.append(f"{self.functions_versioned:,} function versions given")
         if self.filler_bytes:
             parts.append(f"{self.filler_bytes / 1e6:,.2f} MB of free pool blocks filled")
         if self.trimmed:
@@ -304,6 +315,11 @@ def prepare_fork(
             sys.modules["cowprof.preload"].retake_fingerprint()
             t = _phase(phases, "fingerprint", t)
     walk.pop("finalizable", None)
+    if immortalize and not skipped:
+        versioned, versions_skipped = function_versions.assign()
+    else:
+        versioned, versions_skipped = 0, skipped if immortalize else "not requested"
+    t = _phase(phases, "versions", t)
     if freeze:
         gc.freeze()
         if immortalize and not skipped:
@@ -336,6 +352,8 @@ def prepare_fork(
         strings_hashed=int(walk.get("strings_hashed", 0)),
         types_tagged=int(walk.get("types_tagged", 0)),
         const_loads_settled=int(walk.get("const_loads_settled", 0)),
+        functions_versioned=versioned,
+        function_versions_skipped=versions_skipped,
         full_walk=full_walk,
         heapmap_path=heapmap_path,
         filler_bytes=fills.pools.filler_bytes,

@@ -131,6 +131,12 @@ def mode_specs() -> dict[str, ModeSpec]:
                                       "python:cowprof.gunicorn",
                                       {"COWPROF_GUNICORN_CONFIG": conf, "COWPROF_WARMUP": ""},
                                       prepare_report=True),
+        # 3.12: the workers version the functions made without one (as before cowprof.function_versions)
+        "cowprof-no-function-versions": ModeSpec(
+            "cowprof-no-function-versions", "cowprof.gunicorn hook with COWPROF_VERSION_FUNCTIONS=0",
+            "python:cowprof.gunicorn",
+            {"COWPROF_GUNICORN_CONFIG": conf, "COWPROF_WARMUP": _warmup_paths(), "COWPROF_VERSION_FUNCTIONS": "0"},
+            prepare_report=True),
         # the hook as it was before the residue fixes: warm-up calls the app directly, no framework
         # steps, no hot code relocation, no allocator fill
         "cowprof-no-residue-fixes": ModeSpec(

@@ -1302,6 +1302,66 @@ static PyObject *cp_functions(PyObject *self, PyObject *unused) {
     return list;
 }
 
+/* ---- 3.12: function versions given in the master (see interp_state.c) --------------------- */
+
+uint32_t *cp_function_version_counter(void);
+
+PyDoc_STRVAR(function_version_doc,
+"function_version($module, func, /)\n--\n\n"
+"func's version (func_version: what specialized calls to it check; 0 = none yet).");
+
+static PyObject *cp_function_version(PyObject *self, PyObject *func) {
+    if (!PyFunction_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "function_version() takes a Python function");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(((PyFunctionObject *)func)->func_version);
+}
+
+PyDoc_STRVAR(function_version_counter_doc,
+"function_version_counter($module, /)\n--\n\n"
+"3.12: the interpreter's next function version (func_state.next_version), read through the internal\n"
+"headers compiled against; None on other versions.");
+
+static PyObject *cp_function_version_counter_fn(PyObject *self, PyObject *unused) {
+    uint32_t *next = cp_function_version_counter();
+    if (next == NULL) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(*next);
+}
+
+#if PY_VERSION_HEX < 0x030D0000 /* 3.12: _PyFunction_Vectorcall is in its public headers */
+static int visit_unversioned(PyObject *op, void *arg) {
+    uint64_t *assigned = (uint64_t *)arg;
+    uint32_t *next = cp_function_version_counter();
+    if (!PyFunction_Check(op)) return 1;
+    PyFunctionObject *func = (PyFunctionObject *)op;
+    /* what _PyFunction_GetVersionForCurrentState does on its first call for func */
+    if (func->func_version != 0 || func->vectorcall != _PyFunction_Vectorcall) return 1;
+    if (*next == 0) return 0; /* the counter ran out: the interpreter stops versioning too */
+    func->func_version = (*next)++;
+    (*assigned)++;
+    return 1;
+}
+#endif
+
+PyDoc_STRVAR(version_functions_doc,
+"version_functions($module, /)\n--\n\n"
+"3.12: gives every GC-tracked Python function that has no version yet the one the interpreter would\n"
+"give it at the first specialized call to it (from function_version_counter()). Returns how many\n"
+"it versioned; None on other versions (they version functions at creation). The caller must first\n"
+"check that the interpreter draws versions from that counter (cowprof.function_versions).");
+
+static PyObject *cp_version_functions(PyObject *self, PyObject *unused) {
+#if PY_VERSION_HEX < 0x030D0000
+    if (cp_function_version_counter() != NULL) {
+        uint64_t assigned = 0;
+        PyUnstable_GC_VisitObjects(visit_unversioned, &assigned);
+        return PyLong_FromUnsignedLongLong(assigned);
+    }
+#endif
+    Py_RETURN_NONE;
+}
+
 #endif /* CP_CAN_WALK */
 
 PyDoc_STRVAR(trim_doc, "trim($module, /)\n--\n\nmalloc_trim(0): give free heap memory back to the OS (glibc only).\n"
@@ -1377,6 +1437,9 @@ static PyMethodDef cp_methods[] = {
     {"unfinalized", cp_unfinalized, METH_O, unfinalized_doc},
     {"call_finalizer", cp_call_finalizer, METH_O, call_finalizer_doc},
     {"functions", cp_functions, METH_NOARGS, functions_doc},
+    {"function_version", cp_function_version, METH_O, function_version_doc},
+    {"function_version_counter", cp_function_version_counter_fn, METH_NOARGS, function_version_counter_doc},
+    {"version_functions", cp_version_functions, METH_NOARGS, version_functions_doc},
 #endif
     {"trim", cp_trim, METH_NOARGS, trim_doc},
     {"clear_type_cache", cp_clear_type_cache, METH_NOARGS, clear_type_cache_doc},

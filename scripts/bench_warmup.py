@@ -88,6 +88,7 @@ def modes(tmp: Path) -> dict[str, dict[str, str]]:
         "zero-config-no-settle": {"COWPROF_SETTLE_CONST_LOADS": "0"},
         "zero-config-fork-fill": {"COWPROF_FILL_BEFORE_FORK": "1"},
         "zero-config-hugepages": {"COWPROF_NO_HUGEPAGES": "0"},
+        "zero-config-no-function-versions": {"COWPROF_VERSION_FUNCTIONS": "0"},
         "zero-config": {},
         "zero-config-second-start": {SECOND_START: "1"},
     }
@@ -108,6 +109,7 @@ def summarize(name: str, server: GunicornServer, loads: list, cpu: float, heap: 
         "pss_total": pages.master.pss_bytes + sum(w.pss_bytes for w in ws), "master_rss": pages.master.rss_bytes,
         "master_heap": heap, "cpu_ms_per_request": 1000 * cpu / answered if answered else 0.0,
         "prepare_s": prep.get("seconds"), "warmup_s": warm.get("seconds"), "filler_bytes": prep.get("filler_bytes", 0),
+        "functions_versioned": prep.get("functions_versioned", 0),
         "relocated_bytes": (warm.get("relocation") or {}).get("bytes", 0), "late_imports": None,
     }
     try:
@@ -179,15 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         for server, _report in servers.values():
             server.stop()
     base = next((r for r in results if r["mode"] == "baseline"), None)
-    print(f"stock Django project ({_django_version()}), {args.workers} sync workers, {args.requests:,} requests per mode "
-          f"in interleaved batches of {args.batch}, Python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"stock Django project ({_django_version()}), {args.workers} sync workers, "
+          f"{args.requests:,} requests per mode in interleaved batches of {args.batch}, "
+          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
     print("| mode | copied/worker MiB (max) | new MiB | USS MiB | total PSS MiB | master RSS MiB | "
           "CPU ms/req | prepare s | warm-up s | filler KiB | relocated KiB | top types (MiB/worker) | top causes |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        ratio = f" ({r['cpu_ms_per_request'] / base['cpu_ms_per_request']:.2f}×)" if base and base["cpu_ms_per_request"] else ""
-        print(f"| {r['mode']} | {r['copied_mean'] / MIB:.2f} ({r['copied_max'] / MIB:.2f}) | {r['new_mean'] / MIB:.2f} | "
+        cpu_base = base["cpu_ms_per_request"] if base else 0.0
+        ratio = f" ({r['cpu_ms_per_request'] / cpu_base:.2f}×)" if cpu_base else ""
+        print(f"| {r['mode']} | {r['copied_mean'] / MIB:.2f} ({r['copied_max'] / MIB:.2f}) | "
+              f"{r['new_mean'] / MIB:.2f} | "
               f"{r['uss_mean'] / MIB:.2f} | {r['pss_total'] / MIB:.1f} | {r['master_rss'] / MIB:.1f} | "
               f"{r['cpu_ms_per_request']:.2f}{ratio} | {_num(r['prepare_s'])} | {_num(r['warmup_s'])} | "
               f"{r['filler_bytes'] / 1024:.0f} | {r['relocated_bytes'] / 1024:.0f} | "

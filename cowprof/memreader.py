@@ -18,10 +18,13 @@ import numpy as np
 from . import procfs
 from .errors import AccessDenied
 
-__all__ = ["MAX_RUN_PAGES", "MemReader", "MemoryAccessDenied", "ptrace_requirement"]
+__all__ = ["ADDRESS_LIMIT", "MAX_RUN_PAGES", "MemReader", "MemoryAccessDenied", "ptrace_requirement"]
 
 #: at most this many adjacent pages per read (bounds a single syscall to 1 MiB with 4 KiB pages)
 MAX_RUN_PAGES = 256
+#: the first address ``preadv``'s (signed) offset cannot name: no user memory lies at or above it
+#: (x86-64 and arm64 user space ends at 2**47 to 2**57), so a read from there is a read of nothing
+ADDRESS_LIMIT = 1 << 63
 
 
 def ptrace_requirement(procfs_root: str = "/proc") -> str:
@@ -70,6 +73,8 @@ class MemReader:
         """Bytes read into ``buf`` from ``addr`` (short at an unmapped page or once the mm is gone)."""
         done = 0
         while done < len(buf):
+            if addr + done >= ADDRESS_LIMIT:  # a bogus pointer followed: nothing to read there
+                return done
             try:
                 got = os.preadv(self.fd, [buf[done:]], addr + done)
             except OSError as err:

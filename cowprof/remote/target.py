@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import procfs
 from ..errors import CowprofError
-from ..memreader import MemReader
+from ..memreader import ADDRESS_LIMIT, MemReader
 from . import elf
 
 __all__ = ["LAYOUTS", "Interpreter", "Layout", "Memory", "UnsupportedTarget", "find_interpreter"]
@@ -195,6 +195,8 @@ class Memory:
         """``size`` bytes at ``addr`` (None if any of it cannot be read)."""
         if size <= 0:
             return b""
+        if addr < 0 or addr + size > ADDRESS_LIMIT:  # a pointer read from memory may be anything
+            return None
         first, last = addr & ~(PAGE - 1), (addr + size - 1) & ~(PAGE - 1)
         if first == last:  # the common case, without numpy's per-call cost
             if first not in self._pages:

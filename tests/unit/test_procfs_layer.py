@@ -408,3 +408,20 @@ def test_find_heapmap_takes_the_current_map_of_a_live_master(tmp_path):
     (pathlib.Path(root) / "4242/stat").unlink()
     with pytest.raises(ProcessGone):
         heapmap.find_heapmap(4242, procfs_root=root, directory=str(maps))
+
+
+def test_memreader_takes_an_address_no_offset_can_name_as_unreadable():
+    """A pointer read from a target's memory may be anything: an address at or above 2**63 (what
+    preadv's signed offset cannot name) is a page that cannot be read, not an OverflowError."""
+    from cowprof.remote.target import Memory
+
+    here = np.zeros(4096, dtype=np.uint8)
+    with MemReader(os.getpid()) as reader:
+        addrs = np.array([1 << 63, 0xFFFF_FFFF_FFFF_F000], dtype=np.uint64)
+        ok = reader.read_pages(addrs, np.zeros((2, 4096), dtype=np.uint8), 4096)
+        assert ok.tolist() == [False, False]
+        page = here.ctypes.data & ~4095
+        readable = reader.read_pages(np.array([page], dtype=np.uint64), np.zeros((1, 4096), np.uint8), 4096)
+        assert readable.tolist() == [True]
+    with Memory(os.getpid()) as mem:
+        assert mem.word((1 << 63) + 8) is None and mem.word((1 << 64) - 4) is None and mem.read(-8, 8) is None

@@ -44,8 +44,10 @@ REPO = TESTS_DIR.parent
 SERVERAPPS = TESTS_DIR / "serverapps"
 MODES = ("baseline", "gc-freeze", "cowprof")
 MB = 1 << 20
-#: the caller's COWPROF_* settings the servers keep (every other one is dropped: the modes set theirs)
-PASSED_ON = ("COWPROF_HEAPMAP_DIR", "COWPROF_ALLOW_UNTESTED")
+#: the caller's COWPROF_* settings the servers keep (every other one is dropped: the modes set theirs):
+#: the suite's private directories among them (tests/conftest.py), so that no server writes into the
+#: user's ~/.cache, nor learns from an earlier run's workers
+PASSED_ON = ("COWPROF_HEAPMAP_DIR", "COWPROF_PRELOAD_DIR", "COWPROF_HELP_CACHE", "COWPROF_ALLOW_UNTESTED")
 
 
 # ------------------------------------------------------------------------------------- apps

@@ -13,6 +13,9 @@ kernel copies the pages, in every worker. The hooks here fix that at the right m
   logger. With ``preload_app`` off it warns instead: nothing would be shared.
 - ``post_fork(server, worker)`` — runs in each new worker: :func:`cowprof.after_fork`, then the
   user's own ``post_fork``.
+- ``post_request(worker, req, environ, resp)`` — runs in a worker after each request: with learned
+  warm-up on (``COWPROF_WARMUP=learned``) counts a GET answered with a 2xx status, then the user's
+  own ``post_request``.
 - gunicorn 25+'s dirty arbiter (``dirty_workers`` > 0 and ``dirty_apps``): the master forks it in
   ``Arbiter.start()`` after ``on_starting`` and *before* ``when_ready``, so ``on_starting(server)``
   (the user's own first) prepares instead of ``when_ready`` when one is configured: the dirty
@@ -34,7 +37,10 @@ Two ways to use it (docs/servers.md has the details):
 Environment (read when the hook runs, and stronger than arguments and config names):
 ``COWPROF_PREPARE=0`` keeps the hooks but skips ``prepare_fork`` (a baseline);
 ``COWPROF_WARMUP="/a,/b?x=1"`` warm-up paths on top of the framework's (unset or ``auto``: the
-framework's only; empty or ``0``: no warm-up at all); ``COWPROF_WARMUP_ROUNDS`` (default 2);
+framework's only; empty or ``0``: no warm-up at all; ``learned`` among them, opt-in because it
+sends requests the app's own clients sent: also the GET paths earlier workers of this app answered
+with a 2xx status, which the workers count through ``post_request``, see :mod:`cowprof.preload`);
+``COWPROF_WARMUP_ROUNDS`` (default 2);
 ``COWPROF_WARMUP_FRAMEWORK=0`` only the configured paths; ``COWPROF_RELOCATE_CODE=0`` keeps the code
 objects where they are; ``COWPROF_WARMUP_SERVER=0`` calls the app directly instead of through a
 sync worker's request code;
@@ -104,6 +110,9 @@ class HookOptions:
     warmup: tuple[str, ...] = ()
     """The user's warm-up paths, requested on top of the framework's own."""
     warmup_enabled: bool = True
+    warmup_learned: bool = False
+    """``learned`` among the warm-up paths: also request the GET paths earlier workers of this app
+    answered with a 2xx status, and have the workers count theirs (cowprof.preload)."""
     warmup_framework: bool = True
     warmup_rounds: int = 2
     relocate_code: bool = True
@@ -123,29 +132,33 @@ def _parse_bool(name: str, raw: str) -> bool:
 
 
 _OFF = ("0", "off", "false", "no", "none")
+_AUTO, _LEARNED = "auto", "learned"
 
 
 def _parse_paths(raw: str | Iterable[str] | None) -> tuple[str, ...]:
     if raw is None:
         return ()
     items = raw.split(",") if isinstance(raw, str) else list(raw)
-    paths = tuple(p.strip() for p in items if p and p.strip() and p.strip().lower() != "auto")
+    paths = tuple(p.strip() for p in items if p and p.strip() and p.strip().lower() not in (_AUTO, _LEARNED))
     for p in paths:
         if not (p.startswith("/") or "://" in p):
             raise BadInput(f"warm-up paths must start with '/' (or be http:// URLs), got {p!r}")
     return paths
 
 
-def _parse_warmup(raw: str | Iterable[str] | bool | None) -> tuple[bool, tuple[str, ...]]:
-    """(warm-up on, user paths) of a COWPROF_WARMUP value or ``cowprof_warmup`` setting: None and
-    ``auto`` are the framework's warm-up only; empty, ``0``, ``off`` and False turn it off."""
+def _parse_warmup(raw: str | Iterable[str] | bool | None) -> tuple[bool, tuple[str, ...], bool]:
+    """(warm-up on, user paths, learned paths too) of a COWPROF_WARMUP value or ``cowprof_warmup``
+    setting: None and ``auto`` are the framework's warm-up only; empty, ``0``, ``off`` and False
+    turn it off; ``learned`` among the items adds the learned paths."""
     if raw is None or raw is True:
-        return True, ()
+        return True, (), False
     if raw is False:
-        return False, ()
+        return False, (), False
     if isinstance(raw, str) and raw.strip().lower() in _OFF + ("",):
-        return False, ()
-    return True, _parse_paths(raw)
+        return False, (), False
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    learned = any(isinstance(p, str) and p.strip().lower() == _LEARNED for p in items)
+    return True, _parse_paths(items), learned
 
 
 def options_from_env(base: HookOptions = HookOptions(), environ: Mapping[str, str] | None = None) -> HookOptions:
@@ -155,8 +168,8 @@ def options_from_env(base: HookOptions = HookOptions(), environ: Mapping[str, st
     if ENV_PREPARE in env:
         opts = replace(opts, prepare=_parse_bool(ENV_PREPARE, env[ENV_PREPARE]))
     if ENV_WARMUP in env:
-        enabled, paths = _parse_warmup(env[ENV_WARMUP])
-        opts = replace(opts, warmup_enabled=enabled, warmup=paths)
+        enabled, paths, learned = _parse_warmup(env[ENV_WARMUP])
+        opts = replace(opts, warmup_enabled=enabled, warmup=paths, warmup_learned=learned)
     if env.get(ENV_WARMUP_FRAMEWORK, "").strip():
         opts = replace(opts, warmup_framework=_parse_bool(ENV_WARMUP_FRAMEWORK, env[ENV_WARMUP_FRAMEWORK]))
     if env.get(ENV_RELOCATE_CODE, "").strip():
@@ -210,13 +223,14 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
         _write_report(opts.report_path, payload, log)
         return None
     _preload_learned(server, log, payload)
-    if opts.warmup_enabled and (opts.warmup_framework or (opts.warmup and opts.warmup_rounds > 0)):
+    paths = opts.warmup + _learned_paths(opts, log, payload)
+    if opts.warmup_enabled and (opts.warmup_framework or (paths and opts.warmup_rounds > 0)):
         try:
             app = server.app.wsgi()
         except Exception as exc:  # noqa: BLE001
             log.warning("cowprof: warm-up skipped, cannot get the app: %s", exc)
         else:
-            wopts = WarmupOptions(paths=opts.warmup, framework=opts.warmup_framework, rounds=opts.warmup_rounds,
+            wopts = WarmupOptions(paths=paths, framework=opts.warmup_framework, rounds=opts.warmup_rounds,
                                   relocate_code=opts.relocate_code)
             try:
                 with worker_transport(server) if opts.warmup_server else contextlib.nullcontext() as transport:
@@ -242,6 +256,43 @@ def prepare_master(server: Any, options: HookOptions = HookOptions()) -> Prepare
             payload["prepare"] = report.to_dict()
     _write_report(opts.report_path, payload, log)
     return report
+
+
+def _learned_paths(opts: HookOptions, log: Any, payload: dict[str, Any]) -> tuple[str, ...]:
+    """With ``learned`` among the warm-up paths: the GET paths earlier workers of this app answered
+    with a 2xx status (the most frequent first, those already configured left out), and arming the
+    workers forked next to count theirs. () otherwise."""
+    if not (opts.warmup_enabled and opts.warmup_learned):
+        return ()
+    try:
+        learned = preload.learn()
+        preload.arm_path_learning()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cowprof: learned warm-up failed: %s: %s", type(exc).__name__, exc)
+        return ()
+    paths = tuple(p for p in learned.paths if p not in opts.warmup)
+    log.info("cowprof: learned warm-up: %d paths from earlier workers%s", len(paths),
+             f" ({learned.error})" if learned.error else "")
+    payload["learned_paths"] = list(paths)
+    return paths
+
+
+def make_post_request(user_hook: Hook | None = None) -> Hook:
+    """A ``post_request(worker, req, environ, resp)`` hook: counts the request for learned warm-up
+    (:func:`cowprof.preload.record_served`: only in workers of a master that armed it), then
+    ``user_hook``."""
+    if _is_ours(user_hook):
+        return user_hook  # type: ignore[return-value]
+
+    def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+        try:
+            preload.record_served(req.method, req.path, getattr(resp, "status_code", None))
+        except Exception:  # noqa: BLE001 - a record must never fail a request
+            pass
+        if user_hook is not None:
+            user_hook(worker, req, environ, resp)
+
+    return _mark(post_request, user_hook)
 
 
 def _preload_learned(server: Any, log: Any, payload: dict[str, Any]) -> None:
@@ -366,8 +417,8 @@ def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str 
             **prepare_kwargs: Any) -> None:
     """Installs cowprof's hooks into a gunicorn config namespace (call with ``globals()``).
 
-    Wraps the ``on_starting``, ``when_ready``, ``post_fork``, ``on_dirty_starting`` and
-    ``dirty_worker_init`` already in ``namespace`` (so call it at the end of the config file); other
+    Wraps the ``on_starting``, ``when_ready``, ``post_fork``, ``post_request``, ``on_dirty_starting``
+    and ``dirty_worker_init`` already in ``namespace`` (so call it at the end of the config file); other
     hooks are left alone. Arguments left ``None`` fall back to the names
     ``cowprof_warmup``, ``cowprof_warmup_rounds``, ``cowprof_prepare`` in the namespace;
     ``warmup`` lists paths requested on top of the framework's warm-up (``False`` or ``""``: no
@@ -380,12 +431,13 @@ def install(namespace: MutableMapping[str, Any], *, warmup: Sequence[str] | str 
         warmup_rounds = namespace.get("cowprof_warmup_rounds", HookOptions.warmup_rounds)
     if prepare is None:
         prepare = bool(namespace.get("cowprof_prepare", True))
-    enabled, paths = _parse_warmup(warmup)
-    options = HookOptions(prepare=prepare, warmup=paths, warmup_enabled=enabled, warmup_rounds=int(warmup_rounds),
-                          prepare_kwargs=dict(prepare_kwargs))
+    enabled, paths, learned = _parse_warmup(warmup)
+    options = HookOptions(prepare=prepare, warmup=paths, warmup_enabled=enabled, warmup_learned=learned,
+                          warmup_rounds=int(warmup_rounds), prepare_kwargs=dict(prepare_kwargs))
     namespace["on_starting"] = make_on_starting(_resolve_hook(namespace.get("on_starting")), options)
     namespace["when_ready"] = make_when_ready(_resolve_hook(namespace.get("when_ready")), options)
     namespace["post_fork"] = make_post_fork(_resolve_hook(namespace.get("post_fork")))
+    namespace["post_request"] = make_post_request(_resolve_hook(namespace.get("post_request")))
     namespace["on_dirty_starting"] = make_on_dirty_starting(_resolve_hook(namespace.get("on_dirty_starting")))
     namespace["dirty_worker_init"] = make_dirty_worker_init(_resolve_hook(namespace.get("dirty_worker_init")))
 
@@ -461,6 +513,7 @@ def _load_from_env() -> None:
 on_starting = make_on_starting()
 when_ready = make_when_ready()
 post_fork = make_post_fork()
+post_request = make_post_request()
 on_dirty_starting = make_on_dirty_starting()
 dirty_worker_init = make_dirty_worker_init()
 _load_from_env()

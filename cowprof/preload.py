@@ -18,6 +18,12 @@ modules that happens to:
   Fingerprint`) to ``hotcode-<master pid>-<worker pid>.txt``; the next master's warm-up relocates
   them with those its own probe round finds (*learned hot code*: code only workers run, such as the
   server's worker loop, then sits on a few dense pages instead of one page each);
+- with learned warm-up armed in the master (:func:`arm_path_learning`; gunicorn's hook does it for
+  ``COWPROF_WARMUP=learned``), each worker also counts the paths of the GET requests it answered
+  with a 2xx status (:func:`record_served`, from gunicorn's ``post_request``; the path only, never
+  the query string) and writes them at its exit to ``paths-<master pid>-<worker pid>.txt``: the next
+  master's warm-up requests the most frequent of them, so that the views real traffic runs are
+  specialized, and their lazy state built, once in the master instead of in every worker;
 - the next master of the same app (:func:`learn`, also called by ``prepare_fork``) merges the files
   of masters that are gone into ``learned-<key>.json`` and removes them. With ``COWPROF_PRELOAD=learned``
   (opt-in: importing a module can have side effects) :func:`import_learned` imports the learned
@@ -48,8 +54,9 @@ from cowprof import privatedir, procfs
 from cowprof._values import Frozen, Mutable, field
 from cowprof.errors import CowprofError, ProcessGone
 
-__all__ = ["ENV_DIR", "ENV_KEY", "ENV_PRELOAD", "LateImports", "app_key", "directory", "import_learned",
-           "late_imports", "learn", "preload_requested", "record_master", "set_app_identity", "watch_imports"]
+__all__ = ["ENV_DIR", "ENV_KEY", "ENV_PRELOAD", "LateImports", "app_key", "arm_path_learning", "directory",
+           "import_learned", "late_imports", "learn", "preload_requested", "record_master", "record_served",
+           "set_app_identity", "watch_imports"]
 
 ENV_DIR = "COWPROF_PRELOAD_DIR"
 ENV_KEY = "COWPROF_APP_KEY"
@@ -60,6 +67,11 @@ _HOT_CODE = re.compile(r"^hotcode-(\d+)-(\d+)\.txt$")
 #: the learned hot code list keeps at most this many code objects
 _MAX_HOT_CODE = 50_000
 _MASTER = re.compile(r"^master-(\d+)\.json$")
+_PATHS = re.compile(r"^paths-(\d+)-(\d+)\.txt$")
+#: the learned warm-up keeps this many paths (the most frequent), a worker counts this many distinct ones
+_MAX_PATHS, _MAX_SERVED = 64, 1024
+#: what a learned path may look like: absolute, printable, no query, of a sane length
+_SERVED_PATH = re.compile(r"/[!-~]{0,1023}")
 _MAX_FILE = 4 << 20
 #: a worker keeps at most this many names it saw asked for and not yet imported
 _MAX_PENDING = 256
@@ -72,6 +84,8 @@ _state: dict[str, Any] = {
     "fingerprint": None,  # cowprof.hotcode.Fingerprint taken by record_master, for the workers
     "imported": (),  # modules import_learned imported in this process
     "failed": (),
+    "learn_paths": False,  # arm_path_learning ran in this master: its workers count served paths
+    "served": None,  # in such a worker: {path: count} of the GET requests answered with a 2xx status
 }
 
 
@@ -138,6 +152,16 @@ def _code_keys(text: str) -> list[tuple[str, int, str]]:
     return out
 
 
+def _served_counts(text: str) -> list[tuple[str, int]]:
+    """Lines ``count<TAB>path`` of a served-paths file (malformed lines are skipped)."""
+    out = []
+    for line in text.splitlines():
+        count, _, path = line.partition("\t")
+        if count.isdigit() and _SERVED_PATH.fullmatch(path):
+            out.append((path, min(int(count), 1 << 40)))
+    return out
+
+
 def _module_names(text: str) -> list[str]:
     out = []
     for line in text.splitlines():
@@ -154,17 +178,19 @@ class Learned(Frozen):
     """What :func:`learn` found for this app."""
 
     __slots__ = ()
-    _fields = ("key", "modules", "error", "hot_code")
+    _fields = ("key", "modules", "error", "hot_code", "paths")
 
     def __new__(cls, key: str, modules: tuple[str, ...] = (), error: str | None = None,
-                hot_code: tuple[tuple[str, int, str], ...] = ()) -> Learned:
-        return tuple.__new__(cls, (key, modules, error, hot_code))
+                hot_code: tuple[tuple[str, int, str], ...] = (), paths: tuple[str, ...] = ()) -> Learned:
+        return tuple.__new__(cls, (key, modules, error, hot_code, paths))
 
     key: str = field(0)
     modules: tuple[str, ...] = field(1, "Modules that workers of earlier masters of this app imported after the fork.")
     error: str | None = field(2)
     hot_code: tuple[tuple[str, int, str], ...] = field(
         3, "Code objects (filename, first line, qualname) those workers wrote: relocated by the next warm-up.")
+    paths: tuple[str, ...] = field(
+        4, "GET paths those workers answered with a 2xx status, most frequent first (learned warm-up).")
 
 
 def learn(key: str | None = None) -> Learned:
@@ -181,6 +207,7 @@ def learn(key: str | None = None) -> Learned:
         modules = dict.fromkeys(str(m) for m in saved.get("modules", []))
         hot = dict.fromkeys((str(k[0]), int(k[1]), str(k[2])) for k in saved.get("hot_code", [])
                             if isinstance(k, list) and len(k) == 3)
+        paths = {str(p): int(n) for p, n in (saved.get("paths") or {}).items() if _SERVED_PATH.fullmatch(str(p))}
         masters = {}
         for name in os.listdir(d):
             m = _MASTER.match(name)
@@ -195,7 +222,7 @@ def learn(key: str | None = None) -> Learned:
                  if time.time() - float(masters[pid].get("created_at", 0) or 0) > _STALE_SECONDS}
         changed = False
         for name in sorted(os.listdir(d)):
-            m = _IMPORTS.match(name) or _HOT_CODE.match(name)
+            m = _IMPORTS.match(name) or _HOT_CODE.match(name) or _PATHS.match(name)
             if not m or int(m.group(1)) not in ours | stale:
                 continue
             if int(m.group(1)) in ours:
@@ -204,6 +231,10 @@ def learn(key: str | None = None) -> Learned:
                     for mod in _module_names(text):
                         changed |= mod not in modules
                         modules.setdefault(mod)
+                elif name.startswith("paths-"):
+                    for path, count in _served_counts(text):
+                        paths[path] = paths.get(path, 0) + count
+                        changed = True
                 else:
                     for k in _code_keys(text):
                         if k not in hot and len(hot) < _MAX_HOT_CODE:
@@ -212,11 +243,12 @@ def learn(key: str | None = None) -> Learned:
             _unlink(d, name)
         for pid in ours | stale:
             _unlink(d, f"master-{pid}.json")
+        top = dict(sorted(paths.items(), key=lambda kv: (-kv[1], kv[0]))[:_MAX_PATHS])
         if changed:
             privatedir.write_file(d, learned_name, json.dumps(
                 {"version": VERSION, "key": key, "updated_at": time.time(), "modules": sorted(modules),
-                 "hot_code": sorted(hot)}, indent=1).encode())
-        return Learned(key, tuple(sorted(modules)), hot_code=tuple(sorted(hot)))
+                 "hot_code": sorted(hot), "paths": top}, indent=1).encode())
+        return Learned(key, tuple(sorted(modules)), hot_code=tuple(sorted(hot)), paths=tuple(top))
     except (OSError, ValueError) as err:
         return Learned(key, error=f"{type(err).__name__}: {err}")
     finally:
@@ -347,23 +379,59 @@ def watch_imports() -> bool:
     fingerprint = _state["fingerprint"]
     if fingerprint is not None:
         atexit.register(_record_hot_code, fingerprint, d, f"hotcode-{master}-{os.getpid()}.txt")
+    if _state["learn_paths"]:
+        _state["learn_paths"] = False  # this worker's own children serve nothing of the master's
+        served: dict[str, int] = {}
+        _state["served"] = served
+        atexit.register(_record_served_paths, served, d, f"paths-{master}-{os.getpid()}.txt")
     return True
+
+
+def arm_path_learning() -> None:
+    """In the master, before it forks: its workers (see :func:`watch_imports`) count the paths of
+    the GET requests they answer with a 2xx status (:func:`record_served`) and write them at exit."""
+    _state["learn_paths"] = True
+
+
+def record_served(method: str, path: str, status: int | None) -> None:
+    """In a worker of a master that armed path learning: counts ``path`` (no query string) if the
+    request was a GET answered with a 2xx status; does nothing anywhere else."""
+    served = _state["served"]
+    if served is None or method != "GET" or status is None or not 200 <= status < 300:
+        return
+    if path in served:
+        served[path] += 1
+    elif len(served) < _MAX_SERVED and _SERVED_PATH.fullmatch(path):
+        served[path] = 1
+
+
+def _write_at_exit(directory: str, name: str, text: str) -> None:
+    """A worker's record, written at its exit into the private directory; nothing on failure."""
+    if not text:
+        return
+    try:
+        dir_fd = privatedir.open_dir(directory, create=False)
+        try:
+            privatedir.write_file(dir_fd, name, text.encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(dir_fd)
+    except Exception:  # noqa: BLE001 - never fail a worker's exit over a record
+        pass
 
 
 def _record_hot_code(fingerprint: Any, directory: str, name: str) -> None:
     """At a worker's exit: writes the code objects it wrote since the fork (one per line)."""
     try:
         keys = fingerprint.written()
-        if not keys:
-            return
-        dir_fd = privatedir.open_dir(directory, create=False)
-        try:
-            privatedir.write_file(dir_fd, name, "".join(
-                f"{f}\t{line}\t{q}\n" for f, line, q in keys if "\t" not in f + q and "\n" not in f + q).encode())
-        finally:
-            os.close(dir_fd)
     except Exception:  # noqa: BLE001 - never fail a worker's exit over diagnostics
-        pass
+        return
+    _write_at_exit(directory, name, "".join(
+        f"{f}\t{line}\t{q}\n" for f, line, q in keys if "\t" not in f + q and "\n" not in f + q))
+
+
+def _record_served_paths(served: dict[str, int], directory: str, name: str) -> None:
+    """At a worker's exit: writes the paths it counted (``count<TAB>path`` per line)."""
+    _write_at_exit(directory, name, "".join(f"{n}\t{p}\n" for p, n in list(served.items())))
 
 
 # ---------------------------------------------------------------------------------- profiler side

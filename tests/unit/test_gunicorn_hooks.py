@@ -323,12 +323,14 @@ def test_warmup_rounds_with_relocation(calls, monkeypatch, tmp_path):
     assert "cowprof: hot code:" in server.log.text("info")
 
 
-@pytest.mark.parametrize("value, enabled, paths", [
-    (None, True, ()), ("auto", True, ()), ("", False, ()), ("0", False, ()), ("off", False, ()),
-    ("/a, auto,/b", True, ("/a", "/b")), (False, False, ()), (["/x"], True, ("/x",)),
+@pytest.mark.parametrize("value, enabled, paths, learned", [
+    (None, True, (), False), ("auto", True, (), False), ("", False, (), False), ("0", False, (), False),
+    ("off", False, (), False), ("/a, auto,/b", True, ("/a", "/b"), False), (False, False, (), False),
+    (["/x"], True, ("/x",), False), ("learned", True, (), True), ("/a, Learned", True, ("/a",), True),
+    (["learned", "/x"], True, ("/x",), True),
 ])
-def test_warmup_setting_values(value, enabled, paths):
-    assert cg._parse_warmup(value) == (enabled, paths)
+def test_warmup_setting_values(value, enabled, paths, learned):
+    assert cg._parse_warmup(value) == (enabled, paths, learned)
 
 
 def test_warmup_off_runs_nothing(calls, monkeypatch, tmp_path):
@@ -352,7 +354,7 @@ def test_module_globals_set_no_other_gunicorn_setting():
     from gunicorn.config import KNOWN_SETTINGS
 
     names = {s.name for s in KNOWN_SETTINGS}
-    hooks = ["on_starting", "when_ready", "post_fork", "on_dirty_starting", "dirty_worker_init"]
+    hooks = ["on_starting", "when_ready", "post_fork", "post_request", "on_dirty_starting", "dirty_worker_init"]
     assert [k for k in vars(cg) if k in names] == [h for h in hooks if h in names]
 
 

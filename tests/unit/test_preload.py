@@ -46,3 +46,28 @@ def test_app_key_depends_on_identity(monkeypatch):
     assert a != b and len(a) == 16
     monkeypatch.setenv(preload.ENV_KEY, "my key/../x")
     assert preload.app_key() == "my_key_.._x"
+
+
+def test_served_paths_are_counted_only_for_2xx_gets_in_an_armed_worker(monkeypatch):
+    preload.record_served("GET", "/a", 200)  # not armed: nothing, no error
+    served: dict[str, int] = {}
+    monkeypatch.setitem(preload._state, "served", served)
+    for method, path, status in [("GET", "/a", 200), ("GET", "/a", 204), ("GET", "/b", 200), ("GET", "/c", 404),
+                                 ("POST", "/d", 200), ("GET", "/e", 302), ("GET", "/f", None),
+                                 ("GET", "no-slash", 200), ("GET", "/sp ace", 200), ("HEAD", "/g", 200)]:
+        preload.record_served(method, path, status)
+    assert served == {"/a": 2, "/b": 1}
+
+
+def test_next_master_learns_the_most_frequent_paths_of_gone_masters(tmp_path, monkeypatch):
+    d = tmp_path / "preload"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv(preload.ENV_DIR, str(d))
+    gone = 4_194_304 + 17  # above any pid_max: that master is gone
+    (d / f"master-{gone}.json").write_text(f'{{"pid": {gone}, "start_ticks": 1, "boot_id": "x", "key": "k"}}')
+    (d / f"paths-{gone}-1.txt").write_text("5\t/a\n2\t/b\nx\t/bad\n3\t/a b\n1\t/c\n")
+    (d / f"paths-{gone}-2.txt").write_text("4\t/b\n")
+    learned = preload.learn("k")
+    assert learned.error is None and learned.paths == ("/b", "/a", "/c")  # 6, 5, 1
+    assert sorted(os.listdir(d)) == ["learned-k.json"]
+    assert preload.learn("k").paths == ("/b", "/a", "/c")  # kept in the learned list

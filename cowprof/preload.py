@@ -22,7 +22,8 @@ modules that happens to:
   ``COWPROF_WARMUP=learned``), each worker also counts the paths of the GET requests it answered
   with a 2xx status (:func:`record_served`, from gunicorn's ``post_request``; the path only, never
   the query string) and writes them at its exit to ``paths-<master pid>-<worker pid>.txt``: the next
-  master's warm-up requests the most frequent of them, so that the views real traffic runs are
+  master's warm-up requests the most frequent of them (three at most of each shape: paths alike but
+  for their digits are one view), so that the views real traffic runs are
   specialized, and their lazy state built, once in the master instead of in every worker;
 - the next master of the same app (:func:`learn`, also called by ``prepare_fork``) merges the files
   of masters that are gone into ``learned-<key>.json`` and removes them. With ``COWPROF_PRELOAD=learned``
@@ -72,6 +73,9 @@ _PATHS = re.compile(r"^paths-(\d+)-(\d+)\.txt$")
 _MAX_PATHS, _MAX_SERVED = 64, 1024
 #: what a learned path may look like: absolute, printable, no query, of a sane length
 _SERVED_PATH = re.compile(r"/[!-~]{0,1023}")
+#: the learned warm-up keeps at most this many paths of one shape (paths alike but for their digits)
+_PER_SHAPE = 3
+_DIGITS = re.compile(r"\d+")
 _MAX_FILE = 4 << 20
 #: a worker keeps at most this many names it saw asked for and not yet imported
 _MAX_PENDING = 256
@@ -149,6 +153,21 @@ def _code_keys(text: str) -> list[tuple[str, int, str]]:
         parts = line.split("\t")
         if len(parts) == 3 and parts[1].lstrip("-").isdigit():
             out.append((parts[0], int(parts[1]), parts[2]))
+    return out
+
+
+def _most_served(paths: dict[str, int]) -> dict[str, int]:
+    """The most frequent paths, at most ``_PER_SHAPE`` of each shape (``/products/17/`` and
+    ``/products/4/`` are one view: its digits do not matter), at most ``_MAX_PATHS`` in all."""
+    out: dict[str, int] = {}
+    shapes: dict[str, int] = {}
+    for path, count in sorted(paths.items(), key=lambda kv: (-kv[1], kv[0])):
+        shape = _DIGITS.sub("#", path)
+        if shapes.get(shape, 0) < _PER_SHAPE:
+            shapes[shape] = shapes.get(shape, 0) + 1
+            out[path] = count
+            if len(out) == _MAX_PATHS:
+                break
     return out
 
 
@@ -243,7 +262,7 @@ def learn(key: str | None = None) -> Learned:
             _unlink(d, name)
         for pid in ours | stale:
             _unlink(d, f"master-{pid}.json")
-        top = dict(sorted(paths.items(), key=lambda kv: (-kv[1], kv[0]))[:_MAX_PATHS])
+        top = _most_served(paths)
         if changed:
             privatedir.write_file(d, learned_name, json.dumps(
                 {"version": VERSION, "key": key, "updated_at": time.time(), "modules": sorted(modules),

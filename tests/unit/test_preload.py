@@ -71,3 +71,14 @@ def test_next_master_learns_the_most_frequent_paths_of_gone_masters(tmp_path, mo
     assert learned.error is None and learned.paths == ("/b", "/a", "/c")  # 6, 5, 1
     assert sorted(os.listdir(d)) == ["learned-k.json"]
     assert preload.learn("k").paths == ("/b", "/a", "/c")  # kept in the learned list
+
+
+def test_learned_paths_keep_three_of_a_shape(tmp_path, monkeypatch):
+    d = tmp_path / "preload"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv(preload.ENV_DIR, str(d))
+    gone = 4_194_304 + 18
+    (d / f"master-{gone}.json").write_text(f'{{"pid": {gone}, "start_ticks": 1, "boot_id": "x", "key": "k"}}')
+    lines = [f"{100 - i}\t/products/{i}/" for i in range(10)] + ["1\t/categories/oak/", "1\t/"]
+    (d / f"paths-{gone}-1.txt").write_text("\n".join(lines) + "\n")
+    assert preload.learn("k").paths == ("/products/0/", "/products/1/", "/products/2/", "/", "/categories/oak/")

@@ -76,8 +76,8 @@ from cowprof.warmup import WarmupOptions, warm_up_app
 __all__ = [
     "ENV_CONFIG", "HookOptions", "WarmupResult", "apply_user_config", "dirty_worker_init", "install",
     "load_user_config", "make_dirty_worker_init", "make_on_dirty_starting", "make_on_starting",
-    "make_post_fork", "make_when_ready", "on_dirty_starting", "on_starting", "options_from_env", "post_fork",
-    "prepare_master", "warm_up", "when_ready",
+    "make_post_fork", "make_post_request", "make_when_ready", "on_dirty_starting", "on_starting",
+    "options_from_env", "post_fork", "post_request", "prepare_master", "warm_up", "when_ready",
 ]
 
 Hook = Callable[..., Any]  # a gunicorn server hook: arguments per hook, result ignored

@@ -369,3 +369,26 @@ def test_apply_user_config_from_python_module(calls, tmp_path, monkeypatch):
     assert ns["workers"] == 3
     assert ns["post_fork"].__wrapped_user_hook__.__module__ == "cowprof_test_settings"
     assert ns["when_ready"].__wrapped_user_hook__ is None
+
+
+def test_post_request_counts_for_learned_warmup_then_runs_the_users(monkeypatch):
+    from gunicorn.config import Config
+
+    from cowprof import preload
+
+    seen: list[str] = []
+    ns = {"post_request": lambda worker, req, environ, resp: seen.append(req.path)}
+    cg.install(ns)
+    Config().set("post_request", ns["post_request"])  # gunicorn accepts its arity
+    served: dict[str, int] = {}
+    monkeypatch.setitem(preload._state, "served", served)  # an armed worker
+
+    class Req:
+        method, path = "GET", "/items/1"
+
+    class Resp:
+        status_code = 200
+
+    ns["post_request"](object(), Req(), {}, Resp())
+    ns["post_request"](object(), Req(), {}, object())  # a response without a status: not counted, no error
+    assert served == {"/items/1": 1} and seen == ["/items/1", "/items/1"]

@@ -149,6 +149,8 @@ def mode_specs() -> dict[str, ModeSpec]:
 
 
 DEFAULT_MODES = ("baseline", "gc-freeze", "cowprof")
+#: the caller's COWPROF_* variables the servers keep: the directories cowprof writes into
+KEPT_SETTINGS = ("COWPROF_HEAPMAP_DIR", "COWPROF_PRELOAD_DIR", "COWPROF_HELP_CACHE")
 
 
 @dataclass
@@ -387,7 +389,9 @@ class GunicornProcess:
 
     def __init__(self, spec: ModeSpec, cfg: DemoConfig, port: int, log_path: Path,
                  report_path: Path | None) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COWPROF_", "SAMPLE_APP_"))}
+        # the caller's cowprof settings would skew the comparison: only where cowprof keeps its files passes
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("COWPROF_", "SAMPLE_APP_")) or k in KEPT_SETTINGS}
         env.update(spec.env)
         env["SAMPLE_APP_MB"] = f"{cfg.heap_mb:g}"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)

@@ -31,7 +31,7 @@ print(json.dumps({"workers": c.workers, "preload": c.preload_app, "bind": c.bind
 
 
 def _gunicorn_load(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COWPROF_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COWPROF_") or k.endswith("_DIR")}  # the suite's dirs
     env.update(env_extra)
     return subprocess.run([sys.executable, "-c", _LOAD_AS_GUNICORN], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=60)

@@ -1330,16 +1330,20 @@ static PyObject *cp_function_version_counter_fn(PyObject *self, PyObject *unused
 }
 
 #if PY_VERSION_HEX < 0x030D0000 /* 3.12: _PyFunction_Vectorcall is in its public headers */
+typedef struct {
+    uint32_t *next; /* the interpreter's counter, looked up once per visit */
+    uint64_t assigned;
+} cp_versioning;
+
 static int visit_unversioned(PyObject *op, void *arg) {
-    uint64_t *assigned = (uint64_t *)arg;
-    uint32_t *next = cp_function_version_counter();
+    cp_versioning *v = (cp_versioning *)arg;
     if (!PyFunction_Check(op)) return 1;
     PyFunctionObject *func = (PyFunctionObject *)op;
     /* what _PyFunction_GetVersionForCurrentState does on its first call for func */
     if (func->func_version != 0 || func->vectorcall != _PyFunction_Vectorcall) return 1;
-    if (*next == 0) return 0; /* the counter ran out: the interpreter stops versioning too */
-    func->func_version = (*next)++;
-    (*assigned)++;
+    if (*v->next == 0) return 0; /* the counter ran out: the interpreter stops versioning too */
+    func->func_version = (*v->next)++;
+    v->assigned++;
     return 1;
 }
 #endif
@@ -1353,10 +1357,10 @@ PyDoc_STRVAR(version_functions_doc,
 
 static PyObject *cp_version_functions(PyObject *self, PyObject *unused) {
 #if PY_VERSION_HEX < 0x030D0000
-    if (cp_function_version_counter() != NULL) {
-        uint64_t assigned = 0;
-        PyUnstable_GC_VisitObjects(visit_unversioned, &assigned);
-        return PyLong_FromUnsignedLongLong(assigned);
+    cp_versioning v = {cp_function_version_counter(), 0};
+    if (v.next != NULL) {
+        PyUnstable_GC_VisitObjects(visit_unversioned, &v);
+        return PyLong_FromUnsignedLongLong(v.assigned);
     }
 #endif
     Py_RETURN_NONE;

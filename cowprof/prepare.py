@@ -10,8 +10,10 @@
    Objects with a finalizer (io objects, ``__del__``, generators) and the objects holding them
    directly stay mortal; :mod:`cowprof.finalize` finalizes at exit those still alive. On 3.14 the
    loads of constants that are now immortal become ``LOAD_CONST_IMMORTAL`` (``LOAD_CONST_MORTAL``
-   increfs them without looking). On 3.12, functions without a version get the one the
-   interpreter would give them at their first specialized call (:mod:`cowprof.function_versions`);
+   increfs them without looking). The key table each class's instances share gets the immortal
+   count, and it and each module's globals table a version (:mod:`cowprof.key_tables`). On
+   3.12, functions without a version get the one the interpreter would give them at their first
+   specialized call (:mod:`cowprof.function_versions`);
 3. ``gc.freeze()`` — moves everything tracked to the permanent generation, so the workers'
    collections never write GC headers of the master's objects;
 4. releasing what a worker would free or reuse in pages it shares: the attribute names only the
@@ -47,7 +49,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from cowprof import _env, allocator, function_versions, hugepages
+from cowprof import _env, allocator, function_versions, hugepages, key_tables
 
 try:
     from cowprof import _native
@@ -111,6 +113,16 @@ class PrepareReport:
     function_versions_skipped: str | None = None
     """Why no function was versioned (3.13+: not needed; ``"not requested"``; a failed check of the
     interpreter's version counter), or None."""
+    shared_keys_immortalized: int = 0
+    """Key tables shared by a class's instances given the immortal count, so that a worker
+    materializing an instance's ``__dict__`` (or freeing it) does not write the master's table
+    (:mod:`cowprof.key_tables`; ``COWPROF_IMMORTAL_SHARED_KEYS=0`` turns it off)."""
+    keys_versioned: int = 0
+    """Modules' globals tables and classes' shared key tables given the version the specializer
+    would give them in a worker (``COWPROF_VERSION_KEYS=0`` turns it off)."""
+    key_tables_skipped: str | None = None
+    """Why either key-table step was not taken (``"not requested"``, no walk, a failed run-time
+    check of the interpreter), or None."""
     full_walk: bool = True
     """False when only objects created since the previous call were walked (the cheap repeat)."""
     heapmap_path: str | None = None
@@ -263,6 +275,8 @@ def prepare_fork(
     phases: dict[str, float] = {}
     learned, imports_error = _imports(record_imports)  # first: what it creates is prepared too
     t = _phase(phases, "imports", t0)
+    # before the collection: its probe classes are garbage the collection frees
+    keys_options, keys_skipped = key_tables.walk_options() if immortalize else ({}, "not requested")
     collected = gc.collect()
     t = _phase(phases, "collect", t)
     skipped = immortalize_unavailable() if immortalize else None
@@ -289,6 +303,8 @@ def prepare_fork(
         kwargs: dict[str, Any] = dict(immortalize=bool(immortalize and not skipped), gc_head=gc_head,
                                       managed_preheader=managed, new_only=not full_walk,
                                       opcode_caches=_opcode_caches() if _env.flag(ENV_SETTLE_LOADS, True) else None)
+        if not skipped:
+            kwargs.update(keys_options)
         segment = _heapmap_segment(heapmap, full_walk) if record else None
         t = _phase(phases, "setup", t)
         if segment is not None:
@@ -353,6 +369,9 @@ def prepare_fork(
         types_tagged=int(walk.get("types_tagged", 0)),
         const_loads_settled=int(walk.get("const_loads_settled", 0)),
         functions_versioned=versioned,
+        shared_keys_immortalized=int(walk.get("shared_keys_immortalized", 0)),
+        keys_versioned=int(walk.get("keys_versioned", 0)),
+        key_tables_skipped=skipped if (immortalize and skipped) else keys_skipped,
         function_versions_skipped=versions_skipped,
         full_walk=full_walk,
         heapmap_path=heapmap_path,

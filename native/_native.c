@@ -532,6 +532,9 @@ typedef struct {
     int record;
     int hash_strings;
     int tag_types;
+    int immortal_keys;        /* set the shared key tables of heap types to keys_immortal_refcnt */
+    Py_ssize_t keys_immortal_refcnt;
+    uint32_t *keys_versions;  /* the interpreter's key-version counter: version module and shared tables */
     Py_ssize_t gc_head;       /* sizeof(PyGC_Head), measured by the caller */
     Py_ssize_t managed_pre;   /* bytes of the managed dict/weakref pre-header */
     cp_stack stack;
@@ -556,6 +559,7 @@ typedef struct {
     uint64_t strings_hashed, types_tagged, containers_descended;
     uint64_t with_finalizer;
     uint64_t const_loads_settled;
+    uint64_t shared_keys_immortalized, keys_versioned;
 } cp_walk;
 
 static PyObject *first_c_sizeof(cp_walk *w, PyTypeObject *tp) {
@@ -581,6 +585,30 @@ static PyObject *first_c_sizeof(cp_walk *w, PyTypeObject *tp) {
 }
 
 static inline size_t type_slot(PyTypeObject *tp) { return ((uintptr_t)tp >> 6) & (CP_TYPE_CACHE - 1); }
+
+/* interp_state.c */
+Py_ssize_t *cp_keys_refcnt(PyDictKeysObject *keys);
+uint32_t *cp_keys_version(PyDictKeysObject *keys);
+uint32_t *cp_keys_version_counter(void);
+
+/* A key table given the version the specializer would give it (_PyDictKeys_GetVersionForCurrentState). */
+static void version_keys(cp_walk *w, PyDictKeysObject *keys) {
+    uint32_t *version = cp_keys_version(keys);
+    if (version == NULL || *version != 0 || *w->keys_versions == 0) return; /* 0: the counter ran out */
+    *version = (*w->keys_versions)++;
+    w->keys_versioned++;
+}
+
+/* The key table a heap type's instances share (ht_cached_keys): made immortal and versioned. */
+static void prepare_shared_keys(cp_walk *w, PyTypeObject *tp) {
+    if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE)) return;
+    PyDictKeysObject *keys = ((PyHeapTypeObject *)tp)->ht_cached_keys;
+    if (w->keys_versions != NULL) version_keys(w, keys);
+    Py_ssize_t *refcnt = w->immortal_keys ? cp_keys_refcnt(keys) : NULL;
+    if (refcnt == NULL || *refcnt == w->keys_immortal_refcnt) return;
+    *refcnt = w->keys_immortal_refcnt;
+    w->shared_keys_immortalized++;
+}
 
 static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
     size_t slot = type_slot(tp);
@@ -656,6 +684,7 @@ static cp_typeinfo *typeinfo_get(cp_walk *w, PyTypeObject *tp) {
         ti->mode = SZ_CALL;
     }
     if (w->tag_types && PyUnstable_Type_AssignVersionTag(tp)) w->types_tagged++;
+    if (w->immortal_keys || w->keys_versions != NULL) prepare_shared_keys(w, tp);
     return ti;
 }
 
@@ -762,6 +791,9 @@ static int account(cp_walk *w, cp_typeinfo *ti, PyObject *op) {
         else w->strings_hashed++;
     } else if (PyType_Check(op)) {
         if (typeinfo_get(w, (PyTypeObject *)op) == NULL) return -1;
+    } else if (w->keys_versions != NULL && PyModule_Check(op)) {
+        PyObject *globals = PyModule_GetDict(op); /* borrowed; NULL only for a module not initialized */
+        if (globals != NULL) version_keys(w, ((PyDictObject *)globals)->ma_keys);
     }
     return 0;
 }
@@ -958,16 +990,27 @@ static void walk_free(cp_walk *w) {
  * either way. */
 static int walk_init(cp_walk *w, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"immortalize", "heapmap_fd", "gc_head", "managed_preheader", "hash_strings",
-                             "tag_types", "new_only", "heapmap_format", "heapmap_copy_fd", "opcode_caches", NULL};
+                             "tag_types", "new_only", "heapmap_format", "heapmap_copy_fd", "opcode_caches",
+                             "shared_keys_refcnt", "version_keys", NULL};
     int immortalize = 1, heapmap_fd = -1, hash_strings = 1, tag_types = 1, new_only = 0;
-    int heapmap_format = 3, copy_fd = -1;
-    PyObject *opcode_caches = Py_None;
+    int heapmap_format = 3, copy_fd = -1, keys_versions = 0;
+    PyObject *opcode_caches = Py_None, *keys_refcnt = Py_None;
     Py_ssize_t gc_head = 16, managed_pre = 2 * (Py_ssize_t)sizeof(PyObject *);
     memset(w, 0, sizeof(*w));
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpppiiO:walk", kwlist, &immortalize, &heapmap_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pinnpppiiOOp:walk", kwlist, &immortalize, &heapmap_fd,
                                      &gc_head, &managed_pre, &hash_strings, &tag_types, &new_only,
-                                     &heapmap_format, &copy_fd, &opcode_caches))
+                                     &heapmap_format, &copy_fd, &opcode_caches, &keys_refcnt, &keys_versions))
         return -1;
+    if (keys_refcnt != Py_None) {
+        if (!PyLong_Check(keys_refcnt)) {
+            PyErr_SetString(PyExc_TypeError, "shared_keys_refcnt must be None or an int");
+            return -1;
+        }
+        w->keys_immortal_refcnt = PyLong_AsSsize_t(keys_refcnt);
+        if (w->keys_immortal_refcnt == -1 && PyErr_Occurred()) return -1;
+        w->immortal_keys = immortalize;
+    }
+    if (keys_versions && immortalize) w->keys_versions = cp_keys_version_counter();
     if (opcode_caches != Py_None && !(PyBytes_Check(opcode_caches) && PyBytes_GET_SIZE(opcode_caches) == 256)) {
         PyErr_SetString(PyExc_ValueError, "opcode_caches must be None or 256 bytes");
         return -1;
@@ -1165,6 +1208,8 @@ static PyObject *walk_result(const cp_walk *w, const cp_walk_run *run) {
     db_u64(&b, "containers_descended", w->containers_descended);
     db_u64(&b, "with_finalizer", w->with_finalizer);
     db_u64(&b, "const_loads_settled", w->const_loads_settled);
+    db_u64(&b, "shared_keys_immortalized", w->shared_keys_immortalized);
+    db_u64(&b, "keys_versioned", w->keys_versioned);
     db_make(&b, "finalizable", walk_finalizable, w);
     db_float(&b, "seconds", run->seconds);
     db_float(&b, "cpu_seconds", run->cpu_seconds);
@@ -1185,7 +1230,7 @@ static PyObject *walk_result(const cp_walk *w, const cp_walk_run *run) {
 PyDoc_STRVAR(walk_doc,
 "walk($module, /, *, immortalize=True, heapmap_fd=-1, gc_head=16, managed_preheader=16,\n"
 "     hash_strings=True, tag_types=True, new_only=False, heapmap_format=3, heapmap_copy_fd=-1,\n"
-"     opcode_caches=None)\n--\n\n"
+"     opcode_caches=None, shared_keys_refcnt=None, version_keys=False)\n--\n\n"
 "Visit every object reachable from the GC-tracked objects once (see the module docstring).\n"
 "new_only (a repeat walk, with immortalize): GC-tracked objects that are already immortal are not\n"
 "visited again (3.14+ lists the permanent generation among the tracked objects).\n"
@@ -1193,6 +1238,11 @@ PyDoc_STRVAR(walk_doc,
 "opcode_caches (256 bytes: the inline cache entries of each opcode, from the opcode module), with\n"
 "immortalize, on 3.14: afterwards, LOAD_CONST_MORTAL of a constant now immortal becomes\n"
 "LOAD_CONST_IMMORTAL in every code object walked ('const_loads_settled' counts them; 0 elsewhere).\n"
+"shared_keys_refcnt (an int, with immortalize): the reference count given to the key table the\n"
+"instances of each heap type walked share (ht_cached_keys), the interpreter's immortal value for key\n"
+"tables as keys_refcount({}) reads it ('shared_keys_immortalized' counts them).\n"
+"version_keys (with immortalize): the globals table of each module and the shared table of each heap\n"
+"type walked that has no version yet get the next one of keys_version_counter() ('keys_versioned').\n"
 "Returns counts (objects, immortalized, already_immortal, left_mortal, with_finalizer, tracked,\n"
 "untracked, bytes, strings_hashed, types_tagged), seconds, cpu_seconds (of the walking thread) and\n"
 "'finalizable' (list of the objects with a finalizer it left mortal). With heapmap_fd (an open file,\n"
@@ -1366,6 +1416,63 @@ static PyObject *cp_version_functions(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* ---- key tables shared by a class's instances, made immortal (see interp_state.c) -------- */
+
+static PyDictKeysObject *keys_of(PyObject *obj) {
+    if (PyDict_Check(obj)) return ((PyDictObject *)obj)->ma_keys;
+    if (PyType_Check(obj) && (((PyTypeObject *)obj)->tp_flags & Py_TPFLAGS_HEAPTYPE))
+        return ((PyHeapTypeObject *)obj)->ht_cached_keys;
+    return NULL;
+}
+
+PyDoc_STRVAR(keys_refcount_doc,
+"keys_refcount($module, obj, /)\n--\n\n"
+"The reference count of a dict's key table, or of the key table a heap type's instances share\n"
+"(ht_cached_keys); None when obj has none or this build cannot read it. keys_refcount({}) is that of\n"
+"the interpreter's static empty table: its immortal value.");
+
+static PyObject *cp_keys_refcount(PyObject *self, PyObject *obj) {
+    Py_ssize_t *refcnt = cp_keys_refcnt(keys_of(obj));
+    if (refcnt == NULL) Py_RETURN_NONE;
+    return PyLong_FromSsize_t(*refcnt);
+}
+
+PyDoc_STRVAR(keys_version_doc,
+"keys_version($module, obj, /)\n--\n\n"
+"The version of a dict's key table or of a heap type's shared one (0: none yet), or None.");
+
+static PyObject *cp_keys_version_fn(PyObject *self, PyObject *obj) {
+    uint32_t *version = cp_keys_version(keys_of(obj));
+    if (version == NULL) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(*version);
+}
+
+PyDoc_STRVAR(keys_version_counter_doc,
+"keys_version_counter($module, /)\n--\n\n"
+"The interpreter's next key-table version (dict_state.next_keys_version), or None.");
+
+static PyObject *cp_keys_version_counter_fn(PyObject *self, PyObject *unused) {
+    uint32_t *next = cp_keys_version_counter();
+    if (next == NULL) Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(*next);
+}
+
+PyDoc_STRVAR(immortalize_shared_keys_doc,
+"immortalize_shared_keys($module, cls, refcnt, /)\n--\n\n"
+"Sets the reference count of the key table the instances of cls share to refcnt (what walk's\n"
+"shared_keys_refcnt does for every heap type), for cowprof.shared_keys's run-time check. Returns\n"
+"False when cls has no such table.");
+
+static PyObject *cp_immortalize_shared_keys(PyObject *self, PyObject *args) {
+    PyObject *tp;
+    Py_ssize_t value;
+    if (!PyArg_ParseTuple(args, "O!n:immortalize_shared_keys", &PyType_Type, &tp, &value)) return NULL;
+    Py_ssize_t *refcnt = cp_keys_refcnt(keys_of(tp));
+    if (refcnt == NULL) Py_RETURN_FALSE;
+    *refcnt = value;
+    Py_RETURN_TRUE;
+}
+
 #endif /* CP_CAN_WALK */
 
 PyDoc_STRVAR(trim_doc, "trim($module, /)\n--\n\nmalloc_trim(0): give free heap memory back to the OS (glibc only).\n"
@@ -1444,6 +1551,10 @@ static PyMethodDef cp_methods[] = {
     {"function_version", cp_function_version, METH_O, function_version_doc},
     {"function_version_counter", cp_function_version_counter_fn, METH_NOARGS, function_version_counter_doc},
     {"version_functions", cp_version_functions, METH_NOARGS, version_functions_doc},
+    {"keys_refcount", cp_keys_refcount, METH_O, keys_refcount_doc},
+    {"keys_version", cp_keys_version_fn, METH_O, keys_version_doc},
+    {"keys_version_counter", cp_keys_version_counter_fn, METH_NOARGS, keys_version_counter_doc},
+    {"immortalize_shared_keys", cp_immortalize_shared_keys, METH_VARARGS, immortalize_shared_keys_doc},
 #endif
     {"trim", cp_trim, METH_NOARGS, trim_doc},
     {"clear_type_cache", cp_clear_type_cache, METH_NOARGS, clear_type_cache_doc},

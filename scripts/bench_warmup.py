@@ -89,6 +89,7 @@ def modes(tmp: Path) -> dict[str, dict[str, str]]:
         "zero-config-fork-fill": {"COWPROF_FILL_BEFORE_FORK": "1"},
         "zero-config-hugepages": {"COWPROF_NO_HUGEPAGES": "0"},
         "zero-config-no-function-versions": {"COWPROF_VERSION_FUNCTIONS": "0"},
+        "zero-config-no-key-tables": {"COWPROF_IMMORTAL_SHARED_KEYS": "0", "COWPROF_VERSION_KEYS": "0"},
         "zero-config": {},
         "zero-config-second-start": {SECOND_START: "1"},
     }

@@ -213,11 +213,17 @@ class ModeRun:
     load_seconds: float = 0.0
     cpu_seconds: float = 0.0  # user + system of the master and workers during the load
     pages: PageReport | None = None
+    boot_pages: PageReport | None = None  # the scan before the load (run_cell's scan_boot), or None
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. top copied types / causes
 
     @property
     def copied(self) -> list[int]:
         return [w.copied_bytes for w in self.pages.workers] if self.pages else []
+
+    @property
+    def boot_copied(self) -> list[int]:
+        """Each worker's copied bytes before the load: its start (and, for one, the readiness probe)."""
+        return [w.copied_bytes for w in self.boot_pages.workers] if self.boot_pages else []
 
     @property
     def copied_mean(self) -> float:
@@ -255,6 +261,8 @@ class ModeRun:
                 "copied_max_pct_of_master_rss": round(self.copied_max_pct, 3),
                 "master_rss_bytes": self.pages.master.rss_bytes if self.pages else 0,
                 "master_heap_bytes": self.master_heap_bytes, "total_pss_bytes": self.total_pss,
+                "boot_copied_min_bytes": min(self.boot_copied, default=None),
+                "boot_copied_max_bytes": max(self.boot_copied, default=None),
                 "requests": self.requested, "ok": self.ok, "load_seconds": round(self.load_seconds, 3),
                 "cpu_ms_per_request": round(self.cpu_ms_per_request, 4), "boot_seconds": self.boot_seconds,
                 "first_error": self.first_error, **self.extras}
@@ -467,11 +475,14 @@ def load_items(cell: Cell, count: int, seed: int = 1) -> list[Any]:
 def run_cell(cell: Cell, modes: Sequence[str], workdir: Path, *, requests: int, batch: int = 100,
              workers: int = 2, concurrency: int = 4, boot_timeout: float = 120.0, load_deadline: float = 120.0,
              env: dict[str, str] | None = None, mode_env: dict[str, dict[str, str]] | None = None,
-             keep_addresses: bool = False, collect: Callable[[ModeRun, Tree], None] | None = None) -> list[ModeRun]:
+             keep_addresses: bool = False, scan_boot: bool = False,
+             collect: Callable[[ModeRun, Tree], None] | None = None) -> list[ModeRun]:
     """Runs ``cell`` in each of ``modes`` side by side (see the module doc); every server is
     stopped before this returns. ``env`` is added to every server's environment (e.g. the
     databases of :func:`make_databases`), ``mode_env[mode]`` to that mode's; ``collect(run, tree)``
-    runs after a mode's scan, with its workers still alive."""
+    runs after a mode's scan, with its workers still alive. ``scan_boot`` also scans every mode once
+    all are ready, before the load (``ModeRun.boot_pages``: what the workers copied by starting and
+    answering the readiness probe)."""
     items = load_items(cell, requests)
     runs: list[ModeRun] = []
     try:
@@ -483,6 +494,10 @@ def run_cell(cell: Cell, modes: Sequence[str], workdir: Path, *, requests: int, 
             run.tree = run.server.wait_ready(boot_timeout)
             run.boot_seconds = round(time.monotonic() - run.server.started, 2)
             run.master_heap_bytes = procfs.read_smaps_rollup(run.tree.master).anonymous
+        if scan_boot:
+            for run in runs:
+                assert run.tree is not None
+                run.boot_pages = scan(run.tree)
         batches = split_batches(len(items), batch)
         per_batch = max(5.0, load_deadline / len(batches))
         for i, (lo, hi) in enumerate(batches):

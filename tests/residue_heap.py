@@ -1,7 +1,7 @@
 """A master whose child writes pages it shares only through the allocator or the specializer.
 
 Run as a script by tests/integration/test_residue_cow.py (never imported into pytest):
-    python residue_heap.py {pools|code|caches|malloc|consts|late|hugepages} {on|off}
+    python residue_heap.py {pools|code|caches|malloc|consts|late|hugepages|keys} {on|off}
 
 - ``pools``: the heap holds hundreds of pymalloc pools with free blocks (two of every three small
   tuples freed); the child then allocates tuples of the same size class. ``on`` prepares with the
@@ -35,6 +35,11 @@ Run as a script by tests/integration/test_residue_cow.py (never imported into py
   its own schedule to a range a process has partly written), which copies the whole range. ``on``
   prepares by default (the mappings advised ``MADV_NOHUGEPAGE``: the kernel refuses), ``off`` with
   ``COWPROF_NO_HUGEPAGES=0``. The child reports the ``madvise`` results.
+
+- ``keys``: 3,000 classes, then one instance of each (side by side on few pages); the child
+  materializes each instance's ``__dict__``, which counts the key table its class's instances
+  share, one table on nearly every page of the classes. ``on`` prepares by default (the tables
+  immortal), ``off`` with ``COWPROF_IMMORTAL_SHARED_KEYS=0``.
 
 Protocol: after the child's workload the master prints ``READY <master> <child>`` and waits for a
 line on stdin (the test scans the tree meanwhile), then prints one JSON line and exits.
@@ -189,6 +194,23 @@ def hugepages_child(heap: bytearray) -> list[int]:
     return errnos
 
 
+N_CLASSES = 3000
+
+
+def keys_heap() -> list:
+    classes = [type(f"Keyed{i}", (), {"__init__": _set_attributes}) for i in range(N_CLASSES)]
+    return [cls() for cls in classes]
+
+
+def _set_attributes(self: object) -> None:
+    self.a = 1  # type: ignore[attr-defined]
+    self.b = 2  # type: ignore[attr-defined]
+
+
+def keys_child(heap: list) -> int:
+    return len([vars(obj) for obj in heap])
+
+
 def main() -> None:
     scenario, mode = sys.argv[1], sys.argv[2]
     relocation = None
@@ -216,6 +238,11 @@ def main() -> None:
         os.environ["COWPROF_NO_HUGEPAGES"] = "1" if mode == "on" else "0"
         report = cowprof.prepare_fork(heapmap=False)
         child_work = hugepages_child
+    elif scenario == "keys":
+        heap = keys_heap()
+        os.environ["COWPROF_IMMORTAL_SHARED_KEYS"] = "1" if mode == "on" else "0"
+        report = cowprof.prepare_fork(heapmap=False)
+        child_work = keys_child
     elif scenario == "caches":
         heap = caches_heap()
         report = cowprof.prepare_fork(heapmap=False, release_caches=(mode == "on"))

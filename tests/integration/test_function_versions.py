@@ -12,30 +12,24 @@ from pyrun import run_json
 IS_312 = sys.version_info[:2] == (3, 12)
 
 FORK = """
-import json, os, types, cowprof
+import json, types, cowprof
 from cowprof import _native
+from forkjson import in_child
 ns = {}
 exec(compile("def f(x):\\n    return x + 1\\n", "<generated>", "exec"), ns)
 funcs = [types.FunctionType(ns["f"].__code__, {}) for _ in range(300)]
 report = cowprof.prepare_fork()
 master = [_native.function_version(f) for f in funcs]
-rd, wr = os.pipe()
-pid = os.fork()
-if pid == 0:
-    cowprof.after_fork()
+def worker():
     for f in funcs:  # a call site of its own for each, called until it is specialized
         caller = eval("lambda f: f(1)")
         for _ in range(8):
             caller(f)
-    os.write(wr, json.dumps([_native.function_version(f) for f in funcs]).encode())
-    os._exit(0)
-os.close(wr)
-data = b""
-while chunk := os.read(rd, 1 << 16):
-    data += chunk
-os.waitpid(pid, 0)
+    return [_native.function_version(f) for f in funcs]
+
+worker_versions = in_child(worker)
 print(json.dumps({"versioned": report.functions_versioned, "skipped": report.function_versions_skipped,
-                  "master": master, "worker": json.loads(data)}))
+                  "master": master, "worker": worker_versions}))
 """
 
 

@@ -13,8 +13,9 @@ HAS_IMMORTAL = sys.version_info >= (3, 12)
 NEEDS_312 = pytest.mark.skipif(not HAS_IMMORTAL, reason="immortal objects (and key tables) need CPython 3.12+")
 
 FORK = """
-import json, os, types, cowprof
+import json, types, cowprof
 from cowprof import _native
+from forkjson import in_child
 N = 300
 classes = [type(f"C{i}", (), {"__init__": lambda self: setattr(self, "a", 1)}) for i in range(N)]
 instances = [cls() for cls in classes]
@@ -29,25 +30,18 @@ def state():
     return {"counts": [_native.keys_refcount(c) for c in classes],
             "versions": [_native.keys_version(m.__dict__) for m in modules]}
 
-master = state()
-rd, wr = os.pipe()
-pid = os.fork()
-if pid == 0:
-    cowprof.after_fork()
+def worker():
     dicts = [vars(obj) for obj in instances]  # each materialized dict counts its class's table
     for module in modules:
         for _ in range(8):  # until its LOAD_GLOBAL is specialized, which versions the globals table
             module.read()
-    os.write(wr, json.dumps(state()).encode())
-    os._exit(0)
-os.close(wr)
-data = b""
-while chunk := os.read(rd, 1 << 16):
-    data += chunk
-os.waitpid(pid, 0)
+    return state()
+
+master = state()
+worker_state = in_child(worker)
 print(json.dumps({"immortal": _native.keys_refcount({}), "shared": report.shared_keys_immortalized,
                   "versioned": report.keys_versioned, "skipped": report.key_tables_skipped,
-                  "master": master, "worker": json.loads(data)}))
+                  "master": master, "worker": worker_state}))
 """
 
 

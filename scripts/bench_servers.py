@@ -14,11 +14,11 @@ user + system time of the master and its workers during the load, per request (r
 on how keep-alive connections spread over workers, CPU per request does not).
 
 Targets (issue 14, per cell, for ``cowprof``): worst worker ≤ 1% of the master's RSS and ≤ 1/5 of
-the baseline's worst; CPU per request ≤ 1.03x the baseline's. The column "before load" gives the
-least and the most a worker had copied once every mode's workers were up and one had answered the
-readiness probe, before any load: what starting a worker costs, which no load reduces. ``--attribution`` adds the top three
-copied types and causes of the cowprof mode (its heap map), as ``cowprof snapshot --by type|cause``
-would show. Every server (and Redis) it starts is stopped by PID before it exits.
+the baseline's worst; CPU per request ≤ 1.03x the baseline's. The column "before load" gives
+the least and the most a worker had copied once every mode's workers were up and one had
+answered the readiness probe, before any load: what starting a worker costs, which no load
+reduces. ``--attribution`` adds the top three copied types and causes of the cowprof mode (its
+heap map), as ``cowprof snapshot --by type|cause`` would show. Every server (and Redis) it starts is stopped by PID before it exits.
 
     .venv/py3.12/bin/python scripts/bench_servers.py [--cells gunicorn-sync/django,uwsgi/flask]
         [--modes baseline,gc-freeze,cowprof] [--workers 4] [--requests 3000] [--attribution]
@@ -100,15 +100,16 @@ def _verdict(row: dict[str, object]) -> str:
 
 
 def _boot(row: dict[str, object]) -> str:
-    least, most, rss = row.get("boot_copied_min_bytes"), row.get("boot_copied_max_bytes"), row["master_rss_bytes"]
+    least, most = row.get("boot_copied_min_bytes"), row.get("boot_copied_max_bytes")
+    rss = row["master_rss_bytes"]
     if not isinstance(least, int) or not isinstance(most, int) or not isinstance(rss, int) or not rss:
         return "—"
     return f"{least / MB:.2f}–{most / MB:.2f} ({100.0 * least / rss:.1f}–{100.0 * most / rss:.1f}%)"
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    head = ("| cell | mode | copied/worker MiB mean (max) | worst worker, % master RSS | before load MiB, least–most (% RSS) | "
-            "vs baseline | "
+    head = ("| cell | mode | copied/worker MiB mean (max) | worst worker, % master RSS | "
+            "before load MiB, least–most (% RSS) | vs baseline | "
             "total PSS MiB | CPU ms/req | vs baseline | targets |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             runs = run_cell(cell, modes, work, requests=DEFAULT_LOAD.get(cell.server, args.requests),
                             batch=args.batch, workers=args.workers, concurrency=args.concurrency, env=databases,
-                            mode_env=mode_env, keep_addresses=args.attribution, scan_boot=True, collect=collect,
+                            mode_env=mode_env, keep_addresses=args.attribution, scan_boot=True,
+                            collect=collect,
                             load_deadline=600.0)
         except CowprofError as err:
             print(f"bench_servers: {cell}: {err}", file=sys.stderr)

@@ -18,7 +18,8 @@ the baseline's worst; CPU per request ≤ 1.03x the baseline's. The column "befo
 the least and the most a worker had copied once every mode's workers were up and one had
 answered the readiness probe, before any load: what starting a worker costs, which no load
 reduces. ``--attribution`` adds the top three copied types and causes of the cowprof mode (its
-heap map), as ``cowprof snapshot --by type|cause`` would show. Every server (and Redis) it starts is stopped by PID before it exits.
+heap map), as ``cowprof snapshot --by type|cause`` would show. Every server (and Redis) it
+starts is stopped by PID before it exits.
 
     .venv/py3.12/bin/python scripts/bench_servers.py [--cells gunicorn-sync/django,uwsgi/flask]
         [--modes baseline,gc-freeze,cowprof] [--workers 4] [--requests 3000] [--attribution]

@@ -9,7 +9,8 @@ is written into one end of a socket pair and ``worker.handle(listener, client, a
 worker calls for each accepted connection) parses it, calls the app and writes the response, which
 is read back from the other end.
 
-Only for sync workers (``gunicorn.workers.sync.SyncWorker`` and subclasses) without TLS; other
+Only for sync workers (``gunicorn.workers.sync.SyncWorker`` and subclasses) without TLS, and for
+``UvicornWorker`` through a uvicorn server of the master's (:mod:`cowprof.uvicorn_requests`); other
 worker classes get ``None`` and the warm-up calls the app directly. The worker object never runs
 its ``init_process`` (no signal handlers, no loop); its temporary file is closed at the end, and
 its access log lines are dropped (warm-up requests do not show in the access log). The
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from cowprof.uvicorn_requests import is_uvicorn_worker, uvicorn_transport
 from cowprof.warmup import request_target
 
 __all__ = ["worker_transport"]
@@ -89,6 +91,10 @@ def worker_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
     """A ``target -> status`` function sending warm-up requests through a worker object of
     ``server``'s (gunicorn's Arbiter) worker class, or None where that is not supported (see the
     module doc)."""
+    if is_uvicorn_worker(server.worker_class):
+        with uvicorn_transport(server) as transport:
+            yield transport
+        return
     worker = None
     try:
         from gunicorn.workers.sync import SyncWorker

@@ -91,7 +91,7 @@ def worker_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
     """A ``target -> status`` function sending warm-up requests through a worker object of
     ``server``'s (gunicorn's Arbiter) worker class, or None where that is not supported (see the
     module doc)."""
-    if is_uvicorn_worker(server.worker_class):
+    if is_uvicorn_worker(getattr(server, "worker_class", None)):
         with uvicorn_transport(server) as transport:
             yield transport
         return

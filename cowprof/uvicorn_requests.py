@@ -62,8 +62,8 @@ def _request(port: int, target: str) -> int:
 def uvicorn_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
     """A ``target -> status`` function sending warm-up requests through a uvicorn server like
     the workers' own, or None where that is not supported (see the module doc)."""
-    cls = server.worker_class
-    if not is_uvicorn_worker(cls) or server.cfg.is_ssl:
+    cls = getattr(server, "worker_class", None)
+    if not is_uvicorn_worker(cls) or getattr(server.cfg, "is_ssl", False):
         yield None
         return
     import uvicorn

@@ -182,6 +182,9 @@ class PrepareReport:
             parts.append(f"{self.const_loads_settled:,} constant loads made immortal")
         if self.functions_versioned:
             parts.append(f"{self.functions_versioned:,} function versions given")
+        if self.shared_keys_immortalized or self.keys_versioned:
+            parts.append(f"{self.shared_keys_immortalized:,} shared key tables made immortal, "
+                         f"{self.keys_versioned:,} key tables versioned")
         if self.filler_bytes:
             parts.append(f"{self.filler_bytes / 1e6:,.2f} MB of free pool blocks filled")
         if self.trimmed:

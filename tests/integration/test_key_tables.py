@@ -75,10 +75,14 @@ def test_key_table_checks_on_this_version():
         from cowprof import key_tables
         report = cowprof.prepare_fork()
         print(json.dumps({"counts": key_tables.check_counts(), "versions": key_tables.check_versions(),
-                          "skipped": report.key_tables_skipped, "no_walk": report.immortalize_skipped}))
+                          "skipped": report.key_tables_skipped, "no_walk": report.immortalize_skipped,
+                          "summary": report.summary()}))
     """)
+    summary = out.pop("summary")
     if HAS_IMMORTAL:
         assert out == {"counts": None, "versions": None, "skipped": None, "no_walk": None}
+        assert "shared key tables made immortal" in summary and "key tables versioned" in summary
     else:
+        assert "key tables" not in summary
         assert out["counts"] == out["versions"] == "immortal objects need CPython 3.12+"
         assert out["skipped"] == out["no_walk"]

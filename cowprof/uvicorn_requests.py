@@ -77,14 +77,13 @@ def uvicorn_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
         config = uvicorn.Config(app=server.app.wsgi(), **{**getattr(cls, "CONFIG_KWARGS", {}), "lifespan": "off",
                                 "log_config": None, "access_log": False, "log_level": "critical"})
         uv = uvicorn.Server(config)
+        loop_factory = getattr(config, "get_loop_factory", lambda: None)()  # uvloop where the workers use it
     except Exception as exc:  # noqa: BLE001 - fall back to calling the app directly
         sock.close()
         server.log.info("cowprof: warm-up requests call the app directly (%s: %s)", type(exc).__name__, exc)
         yield None
         return
     failed: list[BaseException] = []
-
-    loop_factory = getattr(config, "get_loop_factory", lambda: None)()  # uvloop where the workers use it
 
     def serve() -> None:
         try:
@@ -109,3 +108,5 @@ def uvicorn_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
         uv.should_exit = True
         thread.join(_START_TIMEOUT)
         sock.close()
+        if thread.is_alive():
+            server.log.warning("cowprof: the warm-up's uvicorn server did not stop within %.0f s", _START_TIMEOUT)

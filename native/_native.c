@@ -1460,7 +1460,7 @@ static PyObject *cp_keys_version_counter_fn(PyObject *self, PyObject *unused) {
 PyDoc_STRVAR(immortalize_shared_keys_doc,
 "immortalize_shared_keys($module, cls, refcnt, /)\n--\n\n"
 "Sets the reference count of the key table the instances of cls share to refcnt (what walk's\n"
-"shared_keys_refcnt does for every heap type), for cowprof.shared_keys's run-time check. Returns\n"
+"shared_keys_refcnt does for every heap type), for cowprof.key_tables's run-time check. Returns\n"
 "False when cls has no such table.");
 
 static PyObject *cp_immortalize_shared_keys(PyObject *self, PyObject *args) {

@@ -4,7 +4,7 @@
  * module must not be compiled with. Everything here is read through the internal headers of the
  * interpreter this file is compiled against, and cowprof checks at run time that the interpreter
  * behaves as those headers say before it relies on a value (cowprof/function_versions.py,
- * cowprof/shared_keys.py).
+ * cowprof/key_tables.py).
  *
  * - cp_function_version_counter(): CPython 3.12 gives a function created without a version
  *   (types.FunctionType, PyFunction_New, or one whose __code__, __defaults__, __kwdefaults__ or

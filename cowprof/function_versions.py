@@ -15,6 +15,7 @@ until the call is specialized, must get the counter's value and move it by one.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from typing import Any
@@ -25,7 +26,6 @@ __all__ = ["ENV_SWITCH", "assign", "check"]
 
 ENV_SWITCH = "COWPROF_VERSION_FUNCTIONS"
 _CALLS = 32  # 3.12 specializes a call after 2 runs of it; a margin for a busier backoff
-_checked: dict[str, str | None] = {}
 
 
 def _native() -> Any:
@@ -40,11 +40,10 @@ def _call(func: Any) -> None:
     func()
 
 
+@functools.cache
 def check() -> str | None:
     """None when the interpreter versions functions from the counter cowprof reads; else why not
     (also on 3.13+, which need none of this). Checked once per process."""
-    if "result" in _checked:
-        return _checked["result"]
     native = _native()
     why: str | None
     if sys.version_info[:2] != (3, 12):
@@ -62,7 +61,6 @@ def check() -> str | None:
             got, after = native.function_version(probe), native.function_version_counter()
             why = None if (got, after) == (before, before + 1) else (
                 f"the interpreter gave version {got} (counter {before} -> {after}): not from this counter")
-    _checked["result"] = why
     return why
 
 

@@ -23,6 +23,7 @@ specialized (:func:`check_versions`).
 """
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from typing import Any
@@ -34,7 +35,6 @@ __all__ = ["ENV_COUNTS", "ENV_VERSIONS", "check_counts", "check_versions", "walk
 ENV_COUNTS = "COWPROF_IMMORTAL_SHARED_KEYS"
 ENV_VERSIONS = "COWPROF_VERSION_KEYS"
 _CALLS = 32  # a LOAD_GLOBAL is specialized after 2 runs; a margin for a busier backoff
-_checked: dict[str, str | None] = {}
 
 
 def _native() -> Any:
@@ -73,48 +73,46 @@ def _count_moves(native: Any, cls: type) -> tuple[int | None, int | None, int | 
     return before, during, native.keys_refcount(cls)
 
 
+@functools.cache
 def check_counts() -> str | None:
     """None when this interpreter leaves a shared key table with the immortal count alone; else
     why not. Checked once per process."""
-    if "counts" not in _checked:
-        why = _unavailable()
-        if why is None:
-            native = _native()
-            immortal = native.keys_refcount({})
-            before, during, after = _count_moves(native, _probe_class())
-            if before is None or (during, after) != (before + 1, before):
-                why = f"an instance's dict did not count the shared table ({before} -> {during} -> {after})"
-            else:
-                probe = _probe_class()
-                native.immortalize_shared_keys(probe, immortal)
-                moves = _count_moves(native, probe)
-                if moves != (immortal, immortal, immortal):
-                    why = f"the interpreter changed an immortal shared table's count ({immortal} -> {moves})"
-        _checked["counts"] = why
-    return _checked["counts"]
+    why = _unavailable()
+    if why is not None:
+        return why
+    native = _native()
+    immortal = native.keys_refcount({})
+    before, during, after = _count_moves(native, _probe_class())
+    if before is None or (during, after) != (before + 1, before):
+        return f"an instance's dict did not count the shared table ({before} -> {during} -> {after})"
+    probe = _probe_class()
+    native.immortalize_shared_keys(probe, immortal)
+    moves = _count_moves(native, probe)
+    if moves != (immortal, immortal, immortal):
+        return f"the interpreter changed an immortal shared table's count ({immortal} -> {moves})"
+    return None
 
 
+@functools.cache
 def check_versions() -> str | None:
     """None when this interpreter versions key tables from the counter cowprof reads; else why
     not. Checked once per process."""
-    if "versions" not in _checked:
-        why = _unavailable()
-        if why is None:
-            native = _native()
-            globals_: dict[str, Any] = {"__builtins__": __builtins__, "value": 1}
-            read = types.FunctionType(compile("def read():\n    return value\n", "<cowprof probe>", "exec")
-                                      .co_consts[0], globals_)
-            before = native.keys_version_counter()
-            if native.keys_version(globals_) != 0 or not before:
-                why = "a new globals table already had a version, or the counter ran out"
-            else:
-                for _ in range(_CALLS):
-                    read()
-                got, after = native.keys_version(globals_), native.keys_version_counter()
-                if (got, after) != (before, before + 1):
-                    why = f"the interpreter gave version {got} (counter {before} -> {after}): not from this counter"
-        _checked["versions"] = why
-    return _checked["versions"]
+    why = _unavailable()
+    if why is not None:
+        return why
+    native = _native()
+    globals_: dict[str, Any] = {"__builtins__": __builtins__, "value": 1}
+    read = types.FunctionType(compile("def read():\n    return value\n", "<cowprof probe>", "exec").co_consts[0],
+                              globals_)
+    before = native.keys_version_counter()
+    if native.keys_version(globals_) != 0 or not before:
+        return "a new globals table already had a version, or the counter ran out"
+    for _ in range(_CALLS):
+        read()
+    got, after = native.keys_version(globals_), native.keys_version_counter()
+    if (got, after) != (before, before + 1):
+        return f"the interpreter gave version {got} (counter {before} -> {after}): not from this counter"
+    return None
 
 
 def walk_options() -> tuple[dict[str, Any], str | None]:

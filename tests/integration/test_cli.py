@@ -319,6 +319,41 @@ def test_python_m_cowprof():
     assert out.returncode == 0 and "Usage: cowprof" in out.stdout and "snapshot" in out.stdout
 
 
+# sitecustomize: once the module run by -m starts importing, a string exec cut short by a
+# KeyboardInterrupt that is caught at once (what a Ctrl-C landing inside an import can do)
+_CAUGHT_STRING_INTERRUPT = """
+import sys
+
+def hook(event, args):
+    if event == "import" and args[0] in ("cowprof.cli", "plain_helper") and not hasattr(sys, "_interrupted_once"):
+        sys._interrupted_once = True
+        try:
+            exec("raise KeyboardInterrupt", {})
+        except KeyboardInterrupt:
+            pass
+
+sys.addaudithook(hook)
+"""
+
+
+def test_python_m_cowprof_keeps_its_exit_code_after_a_caught_interrupt(tmp_path):
+    """A Ctrl-C that `record` or `top` catches while a string exec runs (an import building a
+    dataclass) must not turn ``python -m cowprof``'s exit code into a death by SIGINT."""
+    (tmp_path / "sitecustomize.py").write_text(_CAUGHT_STRING_INTERRUPT)
+    (tmp_path / "plain_helper.py").write_text("")
+    (tmp_path / "plain_main.py").write_text("import sys\nimport plain_helper\nsys.exit(0)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    ours = subprocess.run([sys.executable, "-m", "cowprof", "--version"], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=tmp_path)
+    assert ours.returncode == 0 and ours.stdout.strip(), (ours.returncode, ours.stderr)
+    plain = subprocess.run([sys.executable, "-m", "plain_main"], capture_output=True, timeout=60, env=env,
+                           cwd=tmp_path)
+    if sys.version_info < (3, 14):  # the interpreter's behaviour the fix is for (fixed in 3.14)
+        assert plain.returncode == -signal.SIGINT, plain
+    else:
+        assert plain.returncode == 0, plain
+
+
 # --- start-up: what is imported before the work begins (scripts/bench_startup.py times it) -------
 
 _AT_FIRST_PROC_READ = r'''

@@ -86,6 +86,7 @@ _state: dict[str, Any] = {
     "identity": None,  # set by the server hook: the app URI
     "recorded": None,  # (directory, master pid, key) once record_master ran in this process
     "fingerprint": None,  # cowprof.hotcode.Fingerprint taken by record_master, for the workers
+    "learned": None,  # ((pid, directory, key), Learned) of this process's merge (see learn)
     "imported": (),  # modules import_learned imported in this process
     "failed": (),
     "learn_paths": False,  # arm_path_learning ran in this master: its workers count served paths
@@ -214,8 +215,24 @@ class Learned(Frozen):
 
 def learn(key: str | None = None) -> Learned:
     """Merges the import records of this app's earlier masters (gone now) into its learned list and
-    removes their files; returns the learned list. Never raises: a problem is in ``error``."""
+    removes their files; returns the learned list. Never raises: a problem is in ``error``.
+
+    One master start asks up to three times (its learned warm-up paths, the warm-up's hot code, the
+    import record): the merge runs once per process, directory and key, and a later call gets the
+    same list (a failed merge is tried again)."""
     key = key or app_key()
+    memo = (os.getpid(), os.path.abspath(directory()), key)
+    if _state["learned"] is not None and _state["learned"][0] == memo:
+        learned: Learned = _state["learned"][1]
+        return learned
+    learned = _merge(key)
+    if learned.error is None:
+        _state["learned"] = (memo, learned)
+    return learned
+
+
+def _merge(key: str) -> Learned:
+    """:func:`learn`'s merge, each time it is called."""
     try:
         d = privatedir.open_dir(directory(), create=True)
     except OSError as err:

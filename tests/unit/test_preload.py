@@ -70,7 +70,14 @@ def test_next_master_learns_the_most_frequent_paths_of_gone_masters(tmp_path, mo
     learned = preload.learn("k")
     assert learned.error is None and learned.paths == ("/b", "/a", "/c")  # 6, 5, 1
     assert sorted(os.listdir(d)) == ["learned-k.json"]
-    assert preload.learn("k").paths == ("/b", "/a", "/c")  # kept in the learned list
+    later = gone + 1  # another gone master of the app, seen after this process's merge
+    (d / f"master-{later}.json").write_text(f'{{"pid": {later}, "start_ticks": 1, "boot_id": "x", "key": "k"}}')
+    (d / f"paths-{later}-1.txt").write_text("9\t/late\n")
+    assert preload.learn("k") is learned  # merged once per process: the later calls of a start read nothing
+    assert (d / f"paths-{later}-1.txt").exists()
+    monkeypatch.setitem(preload._state, "learned", None)  # as the next master
+    again = preload.learn("k")
+    assert again.paths == ("/late", "/b", "/a", "/c")  # the learned list was kept, the new record merged
 
 
 def test_learned_paths_keep_three_of_a_shape(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -58,6 +58,20 @@ def _request(port: int, target: str) -> int:
         conn.close()
 
 
+class _Requests:
+    """The transport: ``target -> status`` through the server; ``run_coroutine`` runs a coroutine
+    in the server's loop (:mod:`cowprof.warmup` closes the async database pools there)."""
+
+    def __init__(self, port: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._port, self._loop = port, loop
+
+    def __call__(self, target: str) -> int:
+        return _request(self._port, target)
+
+    def run_coroutine(self, coro: Coroutine[Any, Any, object]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(_START_TIMEOUT)
+
+
 @contextmanager
 def uvicorn_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
     """A ``target -> status`` function sending warm-up requests through a uvicorn server like
@@ -84,10 +98,12 @@ def uvicorn_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
         yield None
         return
     failed: list[BaseException] = []
+    loops: list[asyncio.AbstractEventLoop] = []
 
     def serve() -> None:
         try:
             with asyncio.Runner(loop_factory=loop_factory) as runner:
+                loops.append(runner.get_loop())
                 runner.run(uv.serve(sockets=[sock]))
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
             failed.append(exc)
@@ -103,7 +119,7 @@ def uvicorn_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
                             f": {failed[0]!r}" if failed else "")
             yield None
         else:
-            yield lambda target: _request(port, target)
+            yield _Requests(port, loops[0])
     finally:
         uv.should_exit = True
         thread.join(_START_TIMEOUT)

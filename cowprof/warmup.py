@@ -19,7 +19,8 @@
    or ``settle_seconds``, whichever ends first, so that this happens in the master and not in
    every worker (measured on a stock Django project: 2 rounds left ~0.3 MB of function objects
    and call sites per worker to be written, 60 rounds none);
-4. the plans' cleanup (Django: close the database connections the requests opened).
+4. the plans' cleanup (Django: close the database connections the requests opened), then the
+   same for the SQLAlchemy engines the requests connected (:mod:`cowprof.db_connections`).
 
 :func:`warm_up` is the request part alone for a WSGI app (the older API, kept).
 """
@@ -38,7 +39,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from cowprof import allocator, frameworks, hotcode
+from cowprof import allocator, db_connections, frameworks, hotcode
 
 __all__ = ["StepResult", "WarmupOptions", "WarmupResult", "is_asgi", "warm_up", "warm_up_app"]
 
@@ -217,12 +218,15 @@ class _Tally:
 
 
 Transport = Callable[[str], int]
-"""Sends one warm-up GET of a target and returns the status (e.g. through the server's own code)."""
+"""Sends one warm-up GET of a target and returns the status (e.g. through the server's own code).
+One that serves from an event loop of its own has ``run_coroutine(coro)``, which runs ``coro`` in
+that loop (the async database pools are closed there)."""
 
 
 def _request_rounds(app: Any, paths: Sequence[str], rounds: int, tally: _Tally,
-                    transport: Transport | None = None) -> None:
-    """``rounds`` GETs of each path through ``transport``, else through ``app`` (WSGI or ASGI)."""
+                    transport: Transport | None = None, runner: asyncio.Runner | None = None) -> None:
+    """``rounds`` GETs of each path through ``transport``, else through ``app`` (WSGI, or ASGI in
+    ``runner``'s event loop, else in one of its own)."""
     if not paths or rounds <= 0:
         return
     if transport is not None:
@@ -251,7 +255,10 @@ def _request_rounds(app: Any, paths: Sequence[str], rounds: int, tally: _Tally,
                     tally.add(path, None, exc)
 
     try:
-        asyncio.run(all_rounds())
+        if runner is not None:
+            runner.run(all_rounds())
+        else:
+            asyncio.run(all_rounds())
     except RuntimeError as exc:  # called from a running event loop
         for path in paths:
             tally.add(path, None, exc)
@@ -307,6 +314,20 @@ def _quiet(loggers: Iterable[str]) -> Any:
             lg.setLevel(level)
 
 
+def _close_async_pools(opened: db_connections.Opened, runner: asyncio.Runner | None,
+                       transport: Transport | None, log: Any) -> None:
+    """Closes the async engines' pooled connections in the event loop that opened them: the
+    in-process ASGI warm-up's, or the transport's."""
+    run_coroutine = runner.run if runner is not None else getattr(transport, "run_coroutine", None)
+    if run_coroutine is None:
+        return  # Opened.close drops those pools instead
+    try:
+        run_coroutine(opened.aclose())
+    except Exception as exc:  # noqa: BLE001 - the pools are then dropped by Opened.close
+        if log is not None:
+            log.warning("cowprof: closing the async database connections failed: %s: %s", type(exc).__name__, exc)
+
+
 def _learned_hot_code() -> tuple[hotcode.CodeKey, ...]:
     """The code objects workers of this app's earlier masters wrote (cowprof.preload), or ()."""
     from cowprof import preload
@@ -341,10 +362,16 @@ def warm_up_app(app: Any, options: WarmupOptions = WarmupOptions(), *, log: Any 
     tally = _Tally(log)
     rounds = max(0, options.rounds)
     relocation = None
-    with _quiet(name for p in plans for name in p.quiet_loggers):
-        _request_rounds(app, paths, rounds, tally, transport)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet(name for p in plans for name in p.quiet_loggers))
+        opened = stack.enter_context(db_connections.watch())
+        # one event loop for every round of an in-process ASGI warm-up: what the app opens in it
+        # (a pool's connections) stays usable from round to round and is closed in it at the end
+        runner = (stack.enter_context(asyncio.Runner())
+                  if transport is None and paths and rounds and is_asgi(app) else None)
+        _request_rounds(app, paths, rounds, tally, transport, runner)
         if options.relocate_code and paths and rounds:
-            result = hotcode.relocate(lambda: _request_rounds(app, paths, 1, tally, transport),
+            result = hotcode.relocate(lambda: _request_rounds(app, paths, 1, tally, transport, runner),
                                       before_copy=allocator.fill_all, learned=_learned_hot_code())
             relocation = result.to_dict()
             if log is not None:
@@ -352,11 +379,15 @@ def warm_up_app(app: Any, options: WarmupOptions = WarmupOptions(), *, log: Any 
             if not result.skipped:
                 settle_until = time.perf_counter() + options.settle_seconds
                 for _ in range(max(rounds, options.settle_rounds)):
-                    _request_rounds(app, paths, 1, tally, transport)
+                    _request_rounds(app, paths, 1, tally, transport, runner)
                     if time.perf_counter() > settle_until:
                         break
+        if opened is not None and opened.has_async():
+            _close_async_pools(opened, runner, transport, log)
     for p in plans:
         steps += _run_steps(p.framework, p.cleanup, log)
+    if opened is not None:
+        steps += _run_steps("generic", [("database connections the warm-up opened", opened.close)], log)
     return WarmupResult(tally.ok + tally.failed, tally.ok, tally.failed, round(time.perf_counter() - started, 4),
                         tuple(tally.failures), tuple(p.framework for p in plans), tuple(steps), tuple(paths),
                         skipped, relocation)

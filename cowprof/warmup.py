@@ -20,7 +20,8 @@
    every worker (measured on a stock Django project: 2 rounds left ~0.3 MB of function objects
    and call sites per worker to be written, 60 rounds none);
 4. the plans' cleanup (Django: close the database connections the requests opened), then the
-   same for the SQLAlchemy engines the requests connected (:mod:`cowprof.db_connections`).
+   same for the SQLAlchemy engines the requests connected (:mod:`cowprof.db_connections`);
+5. the sockets and threads the warm-up left open are listed and logged (:mod:`cowprof.left_open`).
 
 :func:`warm_up` is the request part alone for a WSGI app (the older API, kept).
 """
@@ -39,7 +40,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from cowprof import allocator, db_connections, frameworks, hotcode
+from cowprof import allocator, db_connections, frameworks, hotcode, left_open
 
 __all__ = ["StepResult", "WarmupOptions", "WarmupResult", "is_asgi", "warm_up", "warm_up_app"]
 
@@ -72,6 +73,8 @@ class WarmupResult:
     requests_skipped: tuple[str, ...] = ()
     """Why a framework's own requests were not made."""
     relocation: dict[str, Any] | None = None
+    left_open: tuple[str, ...] = ()
+    """Sockets and threads the warm-up left open, which every worker inherits (:mod:`cowprof.left_open`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,7 @@ class WarmupResult:
     def summary(self) -> str:
         s = f"warm-up: {self.requests} in-process requests in {self.seconds:.2f} s, {self.ok} ok"
         s += f", {self.failed} failed" if self.failed else ""
+        s += f", {len(self.left_open)} sockets or threads left open" if self.left_open else ""
         if self.frameworks:
             failed_steps = sum(1 for st in self.steps if not st.ok)
             s += (f"; {', '.join(self.frameworks)}: {len(self.steps)} steps"
@@ -342,6 +346,7 @@ def warm_up_app(app: Any, options: WarmupOptions = WarmupOptions(), *, log: Any 
     that goes through its worker code, :mod:`cowprof.gunicorn_requests`). Never raises for a
     failure of the app or a framework step."""
     started = time.perf_counter()
+    before = left_open.Snapshot.take()
     try:
         plans = frameworks.plan(app) if options.framework else []
     except Exception as exc:  # noqa: BLE001
@@ -388,6 +393,11 @@ def warm_up_app(app: Any, options: WarmupOptions = WarmupOptions(), *, log: Any 
         steps += _run_steps(p.framework, p.cleanup, log)
     if opened is not None:
         steps += _run_steps("generic", [("database connections the warm-up opened", opened.close)], log)
+    left = tuple(before.new_since())
+    for line in left:
+        if log is not None:
+            log.warning("cowprof: the warm-up left %s; leave the path that opens it out of COWPROF_WARMUP, "
+                        "or close it before the fork", line)
     return WarmupResult(tally.ok + tally.failed, tally.ok, tally.failed, round(time.perf_counter() - started, 4),
                         tuple(tally.failures), tuple(p.framework for p in plans), tuple(steps), tuple(paths),
-                        skipped, relocation)
+                        skipped, relocation, left)

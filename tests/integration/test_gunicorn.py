@@ -43,6 +43,7 @@ def test_cowprof_copies_at_most_a_fifth_of_baseline(tmp_path):
     # the hook did run prepare_fork (and the warm-up) in the master
     assert cow.prepare is not None and cow.prepare["prepare"]["immortalized"] > 0
     assert cow.prepare["warmup"]["failed"] == 0
+    assert cow.prepare["warmup"]["left_open"] == []  # nothing a worker would inherit or miss
     assert "cowprof: prepared" in Path(cow.log_path).read_text()
     # the demo's table and target checks render from these results
     from rich.console import Console

@@ -63,6 +63,7 @@ def test_second_master_warms_up_with_what_the_first_ones_workers_served(tmp_path
     served.write_text("")
     second = _serve_and_stop(tmp_path, env, "second", [])
     warm = second["report"]["warmup"]
+    assert warm["left_open"] == [], warm["left_open"]  # nothing a worker would inherit or miss
     in_master = [line.split()[1] for line in served.read_text().splitlines()
                  if int(line.split()[0]) == second["master"]]
     if warmup == "learned":

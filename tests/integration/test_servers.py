@@ -71,6 +71,7 @@ def test_cowprof_passes_the_bar_the_baseline_fails(cell: Cell, databases, tmp_pa
         assert len(run.copied) == 2, run.describe()
     assert _recipe_ran(cow), f"the cowprof recipe did not prepare: {cow.describe()}"
     assert not _recipe_ran(base)
+    assert "the warm-up left" not in cow.server.log_path.read_text(errors="replace")  # cowprof.left_open
     assert base.copied_max_pct > bar, f"the baseline passes the bar, which then proves nothing: {base.describe()}"
     assert cow.copied_max_pct <= bar, cow.describe()
 

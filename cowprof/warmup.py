@@ -74,7 +74,8 @@ class WarmupResult:
     """Why a framework's own requests were not made."""
     relocation: dict[str, Any] | None = None
     left_open: tuple[str, ...] = ()
-    """Sockets and threads the warm-up left open, which every worker inherits (:mod:`cowprof.left_open`)."""
+    """Sockets the warm-up left open (every worker inherits them) and threads it left running (no
+    worker has them): :mod:`cowprof.left_open`."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,7 +43,7 @@ with a 2xx status, which the workers count through ``post_request``, see :mod:`c
 ``COWPROF_WARMUP_ROUNDS`` (default 2);
 ``COWPROF_WARMUP_FRAMEWORK=0`` only the configured paths; ``COWPROF_RELOCATE_CODE=0`` keeps the code
 objects where they are; ``COWPROF_WARMUP_SERVER=0`` calls the app directly instead of through a
-sync worker's request code;
+sync or gthread worker's request code or a uvicorn server;
 ``COWPROF_HEAPMAP=0`` skips the heap map (on by default), a directory saves it there;
 ``COWPROF_PREPARE_REPORT=path`` writes what the hook did as JSON. In a config file loaded through
 ``COWPROF_GUNICORN_CONFIG`` the names ``cowprof_prepare``, ``cowprof_warmup`` and

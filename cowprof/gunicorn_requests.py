@@ -9,7 +9,9 @@ is written into one end of a socket pair and ``worker.handle(listener, client, a
 worker calls for each accepted connection) parses it, calls the app and writes the response, which
 is read back from the other end.
 
-Only for sync workers (``gunicorn.workers.sync.SyncWorker`` and subclasses) without TLS, and for
+For sync workers (``gunicorn.workers.sync.SyncWorker`` and subclasses) and gthread workers
+(``ThreadWorker``: the request goes through its ``handle(conn)``, what a pool thread runs for an
+accepted connection; not with HTTP/2 prior knowledge only), both without TLS, and for
 ``UvicornWorker`` through a uvicorn server of the master's (:mod:`cowprof.uvicorn_requests`); other
 worker classes get ``None`` and the warm-up calls the app directly. The worker object never runs
 its ``init_process`` (no signal handlers, no loop); its temporary file is closed at the end, and
@@ -60,7 +62,9 @@ def _status_of(response: bytes) -> int:
     return int(first[1]) if len(first) >= 2 and first[1].isdigit() else 0
 
 
-def _one_request(worker: Any, listener: Any, target: str) -> int:
+def _exchange(target: str, serve: Callable[[socket.socket], object]) -> int:
+    """Writes the request for ``target`` into one end of a socket pair, has ``serve`` answer it on
+    the other end (and close that end), and returns the status it answered."""
     ours, theirs = socket.socketpair()
     chunks: list[bytes] = []
 
@@ -76,7 +80,7 @@ def _one_request(worker: Any, listener: Any, target: str) -> int:
     reader = threading.Thread(target=read_response, name="cowprof-warmup-reader", daemon=True)
     reader.start()
     try:
-        worker.handle(listener, theirs, _CLIENT_ADDR)
+        serve(theirs)
     finally:
         reader.join(30)
         try:
@@ -84,6 +88,50 @@ def _one_request(worker: Any, listener: Any, target: str) -> int:
         except OSError:
             pass
     return _status_of(b"".join(chunks))
+
+
+def _sync_request(worker: Any, listener: Any, target: str) -> int:
+    return _exchange(target, lambda client: worker.handle(listener, client, _CLIENT_ADDR))  # closes the client
+
+
+def _threaded_request(worker: Any, listener: Any, target: str) -> int:
+    """What a gthread worker's pool thread does with an accepted connection (``handle``), then
+    what its main loop does with the answer (``Connection: close``: the connection is closed)."""
+    from gunicorn.workers.gthread import TConn
+
+    def serve(client: socket.socket) -> None:
+        conn = TConn(worker.cfg, client, _CLIENT_ADDR, listener.getsockname())
+        try:
+            worker.handle(conn)
+        finally:
+            conn.close()
+
+    return _exchange(target, serve)
+
+
+def _transport_worker(server: Any) -> tuple[Any, Callable[[Any, Any, str], int]] | None:
+    """A worker object of ``server``'s class and its request function, or None where that class
+    is not supported (see the module doc)."""
+    from gunicorn.workers.sync import SyncWorker
+
+    cls = server.worker_class
+    listeners = list(getattr(server, "LISTENERS", ()) or ())
+    if not isinstance(cls, type) or not listeners or server.cfg.is_ssl:
+        return None
+    if issubclass(cls, SyncWorker):
+        request = _sync_request
+    else:
+        try:
+            from gunicorn.workers.gthread import ThreadWorker
+        except ImportError:
+            return None
+        # prior knowledge only: the worker expects an HTTP/2 preface, not the warm-up's HTTP/1.1
+        if not issubclass(cls, ThreadWorker) or getattr(server.cfg, "http2_cleartext", None) == "prior-knowledge":
+            return None
+        request = _threaded_request
+    worker = cls(0, os.getpid(), listeners, server.app, server.timeout / 2.0, server.cfg, _NoAccessLog(server.log))
+    worker.wsgi = server.app.wsgi()
+    return worker, request
 
 
 @contextmanager
@@ -95,25 +143,18 @@ def worker_transport(server: Any) -> Iterator[Callable[[str], int] | None]:
         with uvicorn_transport(server) as transport:
             yield transport
         return
-    worker = None
     try:
-        from gunicorn.workers.sync import SyncWorker
-
-        cls = server.worker_class
-        listeners = list(getattr(server, "LISTENERS", ()) or ())
-        if isinstance(cls, type) and issubclass(cls, SyncWorker) and listeners and not server.cfg.is_ssl:
-            worker = cls(0, os.getpid(), listeners, server.app, server.timeout / 2.0, server.cfg,
-                         _NoAccessLog(server.log))
-            worker.wsgi = server.app.wsgi()
+        found = _transport_worker(server)
     except Exception as exc:  # noqa: BLE001 - fall back to calling the app directly
         server.log.info("cowprof: warm-up requests call the app directly (%s: %s)", type(exc).__name__, exc)
-        worker = None
-    if worker is None:
+        found = None
+    if found is None:
         yield None
         return
-    listener = listeners[0]
+    worker, request = found
+    listener = worker.sockets[0]
     try:
-        yield lambda target: _one_request(worker, listener, target)
+        yield lambda target: request(worker, listener, target)
     finally:
         try:
             worker.tmp.close()
